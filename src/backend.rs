@@ -1,0 +1,66 @@
+//! Choosing the compute device: Burn's wgpu backend (Metal, Vulkan, DX12 natively; WebGPU in
+//! the browser) or the pure-Rust CPU backend (`flex`), which also runs in wasm.
+
+use crate::error::{Result, invalid};
+use burn::tensor::Device;
+use std::fmt;
+use std::str::FromStr;
+
+/// A backend a user can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Pure-Rust CPU backend (Burn's `flex`).
+    Cpu,
+    /// Burn's wgpu backend on the best adapter found.
+    Wgpu,
+}
+
+impl FromStr for Backend {
+    type Err = crate::DisaError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "wgpu" | "gpu" | "webgpu" | "vulkan" | "metal" | "dx12" => Ok(Self::Wgpu),
+            _ => Err(invalid!("unknown backend `{s}`: use cpu or wgpu")),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+        })
+    }
+}
+
+impl Backend {
+    /// The Burn device for this backend.
+    ///
+    /// # Errors
+    /// When the wgpu backend was not compiled in.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::flex()),
+            Self::Wgpu => wgpu_device(),
+        }
+    }
+}
+
+#[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+fn wgpu_device() -> Result<Device> {
+    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn wgpu_device() -> Result<Device> {
+    Ok(Device::webgpu(burn::tensor::DeviceKind::DefaultDevice))
+}
+
+#[cfg(all(not(feature = "wgpu"), not(target_arch = "wasm32")))]
+fn wgpu_device() -> Result<Device> {
+    Err(invalid!(
+        "this build has no wgpu backend (built without the `wgpu` feature)"
+    ))
+}

@@ -1,0 +1,24 @@
+//! `disa`: MAR image generation with DiSA (diffusion step annealing), one library for the
+//! `disa` command-line program and the browser demo.
+//!
+//! The pieces, from the outside in:
+//! - [`sampler`]: [`Generation`], MAR's AR loop as a step-by-step state machine;
+//! - [`model`]: the MAR transformer, the diffusion head, the VAE / patch decoders;
+//! - [`diffusion`] and [`schedule`]: the DDPM tables and the DiSA / mask / CFG schedules;
+//! - [`noise`]: seeded or replayed random streams;
+//! - [`weights`]: reading official checkpoints and safetensors;
+//! - [`image`]: turning decoded tensors into RGB pixels.
+
+pub mod backend;
+pub mod diffusion;
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod noise;
+pub mod sampler;
+pub mod schedule;
+pub mod weights;
+
+pub use error::{DisaError, Result};
+pub use sampler::{Generation, Generator, Request, StepEvent};
+pub use schedule::{CfgSchedule, StepSchedule};

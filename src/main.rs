@@ -1,0 +1,344 @@
+//! The `disa` command-line program: a thin shell over the library.
+
+use clap::{Args, Parser, Subcommand};
+use disa::backend::Backend;
+use disa::diffusion::TimestepClip;
+use disa::image::{RgbImage, grid, images_from_tensor};
+use disa::model::{ImageDecoder, MarConfig, Model, VaeDecoder};
+use disa::noise::SeededNoise;
+use disa::sampler::{Generation, Generator, Request, StepTimings};
+use disa::schedule::{self, CfgSchedule, StepSchedule};
+use disa::weights::WeightMap;
+use disa::{DisaError, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "disa",
+    version,
+    about = "MAR image generation with DiSA diffusion step annealing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images and write a PNG.
+    Generate(GenerateArgs),
+    /// Print the per-step plan of a schedule: tokens revealed, diffusion steps, totals.
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// AR steps K.
+    #[arg(long, default_value_t = 64)]
+    ar_steps: usize,
+    /// Diffusion steps per AR step: constant:N, linear:START:END, cosine:START:END,
+    /// two-stage:START:END or custom:N,N,...
+    #[arg(long, default_value = "linear:50:5")]
+    schedule: String,
+    /// Timestep clip: 950 (DiSA), none (MAR), or default (950 for DiSA schedules, none for constant).
+    #[arg(long, default_value = "default")]
+    clip: String,
+    /// Classifier-free guidance scale (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    cfg: f32,
+    /// How the CFG scale grows over the AR steps: linear or constant.
+    #[arg(long, default_value = "linear")]
+    cfg_schedule: String,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// MAR weights: an official checkpoint (.pth) or safetensors.
+    #[arg(long)]
+    weights: PathBuf,
+    /// VAE weights (.ckpt or safetensors); default: vae.safetensors or vae.ckpt beside the weights.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Model configuration: a preset (mar_base, mar_large, mar_huge) or a JSON file of MAR's
+    /// constructor arguments (a reference manifest.json works); default: manifest.json or
+    /// config.json beside the weights, else inferred from the weights.
+    #[arg(long)]
+    config: Option<String>,
+    /// State dict inside a .pth checkpoint: model_ema (default) or model.
+    #[arg(long, default_value = "model_ema")]
+    state_dict: String,
+    /// Class label(s), comma-separated; omit for unconditional generation.
+    #[arg(long = "class", value_delimiter = ',')]
+    classes: Vec<usize>,
+    /// Images per class.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Random seed (orders and noise).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Noise temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Compute backend: cpu or wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Output PNG (a grid when several images).
+    #[arg(long, default_value = "disa.png")]
+    out: PathBuf,
+    /// No progress bar or table.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ScheduleArgs {
+    /// Tokens per image (256 for MAR at 256×256).
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+fn parse_clip(text: &str) -> Result<Option<TimestepClip>> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "default" => Ok(None),
+        "none" | "off" => Ok(Some(TimestepClip::NONE)),
+        n => n
+            .parse::<usize>()
+            .map(|c| Some(TimestepClip(Some(c))))
+            .map_err(|_| {
+                DisaError::InvalidSetting(format!("clip `{text}`: use a timestep, none or default"))
+            }),
+    }
+}
+
+fn read_config(spec: Option<&str>, weights_path: &Path, weights: &WeightMap) -> Result<MarConfig> {
+    let from_json = |path: &Path| -> Result<MarConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| DisaError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| DisaError::Config(format!("{}: not JSON ({e})", path.display())))?;
+        let kwargs = value.get("mar_ctor_kwargs").cloned().unwrap_or(value);
+        serde_json::from_value(kwargs)
+            .map_err(|e| DisaError::Config(format!("{}: {e}", path.display())))
+    };
+    if let Some(spec) = spec {
+        if let Some(preset) = MarConfig::preset(spec) {
+            return Ok(preset);
+        }
+        return from_json(Path::new(spec));
+    }
+    let dir = weights_path.parent().unwrap_or(Path::new("."));
+    for name in ["manifest.json", "config.json"] {
+        let candidate = dir.join(name);
+        if candidate.exists() {
+            return from_json(&candidate);
+        }
+    }
+    MarConfig::infer(weights, None)
+}
+
+fn find_vae(explicit: Option<&Path>, weights_path: &Path) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    let dir = weights_path.parent().unwrap_or(Path::new("."));
+    ["vae.safetensors", "vae.ckpt"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+}
+
+fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+    let io = |source: std::io::Error| DisaError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut encoder = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        img.width as u32,
+        img.height as u32,
+    );
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder
+        .write_header()
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    writer
+        .write_image_data(&img.pixels)
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let backend: Backend = args.backend.parse()?;
+    let device = backend.device()?;
+    let weights = WeightMap::from_path(&args.weights, Some(&args.state_dict))?;
+    let config = read_config(args.config.as_deref(), &args.weights, &weights)?;
+    let decoder = match find_vae(args.vae.as_deref(), &args.weights) {
+        Some(path) => Some(ImageDecoder::Vae(VaeDecoder::load(
+            &WeightMap::from_path(&path, Some("model"))?,
+            &device,
+        )?)),
+        None => None,
+    };
+    let model = Model::load(&weights, &config, decoder, &device)?;
+    drop(weights);
+    let generator = Generator {
+        model,
+        config,
+        device,
+    };
+
+    let classes: Vec<Option<usize>> = if args.classes.is_empty() {
+        vec![None]
+    } else {
+        args.classes.iter().map(|&c| Some(c)).collect()
+    };
+    if args.batch == 0 {
+        return Err(DisaError::InvalidSetting("batch must be at least 1".into()));
+    }
+    let labels: Vec<Option<usize>> = classes
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(*c, args.batch))
+        .collect();
+    let request = Request {
+        labels,
+        ar_steps: args.sampling.ar_steps,
+        schedule: StepSchedule::parse(&args.sampling.schedule)?,
+        clip: parse_clip(&args.sampling.clip)?,
+        cfg: args.sampling.cfg,
+        cfg_schedule: CfgSchedule::parse(&args.sampling.cfg_schedule)?,
+        temperature: args.temperature,
+    };
+    let mut generation = Generation::new(
+        &generator,
+        request.clone(),
+        Box::new(SeededNoise::new(args.seed)),
+    )?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(request.ar_steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} AR step {pos}/{len} [{bar:30}] {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let start = disa::sampler::now_ms();
+    let mut totals = StepTimings::default();
+    let (mut head_calls, mut token_steps) = (0usize, 0usize);
+    while let Some(event) = generation.step()? {
+        totals.transformer_ms += event.timings.transformer_ms;
+        totals.head_ms += event.timings.head_ms;
+        if event.tokens_per_image() > 0 {
+            head_calls += event.effective_steps;
+        }
+        token_steps += event.tokens_per_image() * event.effective_steps;
+        bar.set_message(format!(
+            "{} tokens × {} steps",
+            event.tokens_per_image(),
+            event.effective_steps
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let t_decode = disa::sampler::now_ms();
+    let decoded = generation
+        .decode()
+        .ok_or_else(|| DisaError::Config("the model has no image decoder (give --vae)".into()))?;
+    let images = images_from_tensor(decoded)?;
+    let decode_ms = disa::sampler::now_ms() - t_decode;
+    let total_ms = disa::sampler::now_ms() - start;
+    let columns = if args.batch > 1 {
+        args.batch
+    } else {
+        images.len()
+    };
+    let sheet = grid(&images, columns).expect("at least one image");
+    write_png(&args.out, &sheet)?;
+    if !args.quiet {
+        println!(
+            "wrote {} ({} image(s), {}×{} each)",
+            args.out.display(),
+            images.len(),
+            images[0].width,
+            images[0].height
+        );
+        println!(
+            "schedule {} · K={} · cfg {} ({}) · backend {backend}",
+            request.schedule, request.ar_steps, request.cfg, request.cfg_schedule
+        );
+        println!("{:<14}{:>10}{:>8}", "phase", "ms", "share");
+        for (name, ms) in [
+            ("transformer", totals.transformer_ms),
+            ("diffusion head", totals.head_ms),
+            ("decode", decode_ms),
+        ] {
+            println!("{name:<14}{ms:>10.1}{:>7.1}%", 100.0 * ms / total_ms);
+        }
+        println!("{:<14}{total_ms:>10.1}", "total");
+        println!("sequential head calls {head_calls} · token·steps per image {token_steps}");
+    }
+    Ok(())
+}
+
+fn print_schedule(args: ScheduleArgs) -> Result<()> {
+    let s = &args.sampling;
+    let sched = StepSchedule::parse(&s.schedule)?;
+    let clip = parse_clip(&s.clip)?.unwrap_or_else(|| sched.default_clip());
+    let plan = schedule::plan(
+        s.ar_steps,
+        args.tokens,
+        &sched,
+        clip,
+        s.cfg,
+        CfgSchedule::parse(&s.cfg_schedule)?,
+    )?;
+    let clip_text = clip.0.map_or("none".to_string(), |c| c.to_string());
+    println!(
+        "schedule {sched} · K={} · {} tokens · timestep clip {clip_text}",
+        s.ar_steps, args.tokens
+    );
+    println!(
+        "{:>4} {:>7} {:>9} {:>8} {:>10} {:>6}",
+        "k", "tokens", "masked", "nominal", "effective", "cfg"
+    );
+    for st in &plan.steps {
+        println!(
+            "{:>4} {:>7} {:>9} {:>8} {:>10} {:>6.3}",
+            st.k, st.tokens, st.mask_len_after, st.nominal_steps, st.effective_steps, st.cfg
+        );
+    }
+    let tokens: usize = plan.steps.iter().map(|s| s.tokens).sum();
+    println!("sequential head calls: {}", plan.head_calls());
+    println!(
+        "token·steps: {} (mean {:.1} steps per token)",
+        plan.token_steps(),
+        plan.token_steps() as f64 / tokens as f64
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Schedule(a) => print_schedule(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Small building blocks shared by the MAR transformer, the diffusion head and the VAE, each
+//! built from a [`WeightMap`] with its PyTorch key names.
+
+use crate::error::Result;
+use crate::weights::{HostTensor, WeightMap};
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
+pub const LN_EPS: f64 = 1e-6;
+
+/// Uploads a host tensor with its own shape.
+pub fn upload<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.values.clone(), t.shape.clone()), device)
+}
+
+/// A parameter tensor `key` of exactly `shape`.
+pub fn param<const D: usize>(
+    w: &WeightMap,
+    key: &str,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Param<Tensor<D>>> {
+    Ok(Param::from_tensor(upload(w.get(key, &shape)?, device)))
+}
+
+/// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as Burn's `Linear`
+/// (`weight [in, out]`).
+pub fn linear(
+    w: &WeightMap,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let weight = w.get(&format!("{prefix}.weight"), &[d_out, d_in])?;
+    let mut transposed = vec![0.0f32; d_in * d_out];
+    for o in 0..d_out {
+        for i in 0..d_in {
+            transposed[i * d_out + o] = weight.values[o * d_in + i];
+        }
+    }
+    let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
+    let bias = param::<1>(w, &format!("{prefix}.bias"), [d_out], device)?;
+    Ok(Linear {
+        weight: Param::from_tensor(weight),
+        bias: Some(bias),
+    })
+}
+
+/// LayerNorm with optional affine parameters, eps 1e-6.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl LayerNorm {
+    /// An affine LayerNorm from `prefix.weight` and `prefix.bias`.
+    pub fn load(w: &WeightMap, prefix: &str, dim: usize, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: param(w, &format!("{prefix}.weight"), [dim], device)?,
+            bias: Some(param(w, &format!("{prefix}.bias"), [dim], device)?),
+        })
+    }
+
+    /// A LayerNorm without affine parameters (`elementwise_affine=False`).
+    pub fn plain(dim: usize, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([dim], device)),
+            bias: None,
+        }
+    }
+
+    /// Normalizes over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::layer_norm(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            LN_EPS,
+        )
+    }
+}
+
+/// timm's ViT `Block`: `x + Attn(LN(x))`, then `x + MLP(LN(x))`; full bidirectional attention,
+/// exact-erf GELU.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub num_heads: usize,
+}
+
+impl Block {
+    /// Loads `prefix.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`.
+    pub fn load(
+        w: &WeightMap,
+        prefix: &str,
+        dim: usize,
+        heads: usize,
+        hidden: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::load(w, &format!("{prefix}.norm1"), dim, device)?,
+            qkv: linear(w, &format!("{prefix}.attn.qkv"), dim, 3 * dim, device)?,
+            proj: linear(w, &format!("{prefix}.attn.proj"), dim, dim, device)?,
+            norm2: LayerNorm::load(w, &format!("{prefix}.norm2"), dim, device)?,
+            fc1: linear(w, &format!("{prefix}.mlp.fc1"), dim, hidden, device)?,
+            fc2: linear(w, &format!("{prefix}.mlp.fc2"), hidden, dim, device)?,
+            num_heads: heads,
+        })
+    }
+
+    /// # Shapes
+    /// `x`: `[B, L, D]` → `[B, L, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attention(self.norm1.forward(x));
+        let h = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        x + h
+    }
+
+    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let hd = d / self.num_heads;
+        // [B, L, 3, H, hd] -> [3, B, H, L, hd]
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, l, 3, self.num_heads, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let q: Tensor<4> = qkv.clone().slice(0..1).squeeze_dim(0);
+        let k: Tensor<4> = qkv.clone().slice(1..2).squeeze_dim(0);
+        let v: Tensor<4> = qkv.slice(2..3).squeeze_dim(0);
+        let scale = (hd as f64).powf(-0.5);
+        let attn = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, d]);
+        self.proj.forward(out)
+    }
+}

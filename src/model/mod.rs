@@ -1,0 +1,96 @@
+//! The model: MAR's transformer, its diffusion head, and the decoder from tokens to pixels
+//! (the KL-16 VAE, or a patch un-embedding for models whose tokens are pixel patches).
+
+pub mod config;
+pub mod head;
+pub mod layers;
+pub mod mar;
+pub mod patch;
+pub mod vae;
+
+pub use config::MarConfig;
+pub use head::DiffusionHead;
+pub use mar::{MarTransformer, MaskLayout};
+pub use patch::PatchDecoder;
+pub use vae::{VaeConfig, VaeDecoder};
+
+use crate::error::Result;
+use crate::weights::WeightMap;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+/// MAR's latent scale: tokens are VAE latents × 0.2325 (`engine_mar.py`).
+pub const VAE_LATENT_SCALE: f32 = 0.2325;
+
+/// How tokens become pixels.
+// One decoder per model, built once: the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum ImageDecoder {
+    /// KL-16 VAE: tokens are scaled VAE latents.
+    Vae(VaeDecoder),
+    /// Tokens are (normalized) pixel patches.
+    Patch(PatchDecoder),
+}
+
+/// A complete generator.
+#[derive(Module, Debug)]
+pub struct Model {
+    pub transformer: MarTransformer,
+    pub head: DiffusionHead,
+    pub decoder: Option<ImageDecoder>,
+}
+
+impl Model {
+    /// Builds the transformer and head from MAR weights (official key names), and the decoder
+    /// if given.
+    pub fn load(
+        weights: &WeightMap,
+        config: &MarConfig,
+        decoder: Option<ImageDecoder>,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            transformer: MarTransformer::load(weights, config, device)?,
+            head: DiffusionHead::load(weights, config, device)?,
+            decoder,
+        })
+    }
+
+    /// Decodes tokens to images in about [−1, 1].
+    ///
+    /// # Shapes
+    /// `tokens [B, N, C]` (N = grid², C = `vae_embed_dim · p²`) → `[B, 3 or 1, H, W]`,
+    /// or `None` when the model has no decoder.
+    pub fn decode_tokens(&self, tokens: Tensor<3>, config: &MarConfig) -> Option<Tensor<4>> {
+        let decoder = self.decoder.as_ref()?;
+        let latents = unpatchify(
+            tokens,
+            config.grid_size(),
+            config.patch_size,
+            config.vae_embed_dim,
+        );
+        Some(match decoder {
+            ImageDecoder::Vae(vae) => vae.forward(latents.div_scalar(VAE_LATENT_SCALE)),
+            ImageDecoder::Patch(p) => p.forward(latents),
+        })
+    }
+}
+
+/// MAR's `unpatchify`: `[B, g·g, c·p·p]` → `[B, c, g·p, g·p]`, channel order `(c, pi, pj)`.
+pub fn unpatchify(x: Tensor<3>, grid: usize, p: usize, c: usize) -> Tensor<4> {
+    let [b, _, _] = x.dims();
+    x.reshape([b, grid, grid, c, p, p])
+        .permute([0, 3, 1, 4, 2, 5])
+        .reshape([b, c, grid * p, grid * p])
+}
+
+/// MAR's `patchify`: the inverse of [`unpatchify`].
+pub fn patchify(x: Tensor<4>, p: usize) -> Tensor<3> {
+    let [b, c, h, w] = x.dims();
+    let (gh, gw) = (h / p, w / p);
+    x.reshape([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, gh * gw, c * p * p])
+}

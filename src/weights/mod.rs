@@ -1,0 +1,8 @@
+//! Reading weights: the official checkpoint layouts (`checkpoint-last.pth`, VAE `.ckpt`) and
+//! safetensors, into a validated name → tensor map the model builders take from. Every check
+//! (format, missing keys, shapes, non-finite values) happens here, before any tensor reaches a
+//! module, so bad files give an error and never a panic.
+
+mod map;
+
+pub use map::{HostTensor, WeightMap};

@@ -1,0 +1,159 @@
+//! The `disa` program as a user runs it, and the same-seed-same-image promise across backends.
+
+mod common;
+
+use common::*;
+use disa::noise::SeededNoise;
+use disa::sampler::{Generation, Request};
+use disa::schedule::StepSchedule;
+use std::process::Command;
+
+fn disa() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_disa"))
+}
+
+#[test]
+fn schedule_totals_match_the_spec() {
+    // SPEC §1.5: K = 64, 256 tokens.
+    for (schedule, calls, token_steps) in [
+        ("linear:50:5", 1681, 5246),
+        ("cosine:50:5", 1674, 4891),
+        ("two-stage:50:5", 1696, 4505),
+    ] {
+        let out = disa()
+            .args([
+                "schedule",
+                "--ar-steps",
+                "64",
+                "--tokens",
+                "256",
+                "--schedule",
+                schedule,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains(&format!("sequential head calls: {calls}")),
+            "{schedule}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("token·steps: {token_steps} ")),
+            "{schedule}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_settings_exit_with_a_message() {
+    for args in [
+        vec!["schedule", "--schedule", "linear:5:50"],
+        vec!["schedule", "--ar-steps", "0"],
+        vec!["schedule", "--ar-steps", "300", "--tokens", "256"],
+        vec!["schedule", "--schedule", "constant:0"],
+        vec!["generate", "--weights", "/nonexistent/model.safetensors"],
+    ] {
+        let out = disa().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn generate_writes_a_png() {
+    let dir = std::env::temp_dir().join(format!("disa-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("img.png");
+    let weights = reference_dir().join("checkpoint-last.pth");
+    let status = disa()
+        .args([
+            "generate",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--class",
+            "3",
+            "--seed",
+            "7",
+        ])
+        .args([
+            "--ar-steps",
+            "4",
+            "--schedule",
+            "linear:20:5",
+            "--cfg",
+            "2.0",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    let side = config().grid_size() * 16;
+    assert_eq!((info.width as usize, info.height as usize), (side, side));
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("diffusion head"),
+        "timing table printed:\n{stdout}"
+    );
+}
+
+/// The same seed gives the same image on the CPU backend and on wgpu.
+#[cfg(feature = "wgpu")]
+#[test]
+fn same_seed_same_image_on_cpu_and_wgpu() {
+    let request = Request {
+        labels: vec![Some(3), Some(7)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 30, end: 5 },
+        cfg: 2.0,
+        ..Request::default()
+    };
+    let image = |device: burn::tensor::Device| {
+        let g = generator(&device);
+        let mut generation =
+            Generation::new(&g, request.clone(), Box::new(SeededNoise::new(11))).unwrap();
+        generation.run_to_end().unwrap();
+        generation
+            .decode()
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let cpu = image(burn::tensor::Device::flex());
+    let gpu = image(disa::backend::Backend::Wgpu.device().unwrap());
+    let absmax = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = cpu
+        .iter()
+        .zip(&gpu)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-3 * absmax.max(1.0),
+        "max diff {diff} (absmax {absmax})"
+    );
+    let bytes_differ = cpu
+        .iter()
+        .zip(&gpu)
+        .filter(|(a, b)| disa::image::to_u8(**a) != disa::image::to_u8(**b))
+        .count();
+    eprintln!(
+        "max diff {diff:.2e}; {bytes_differ} of {} 8-bit values differ",
+        cpu.len()
+    );
+}

@@ -1,0 +1,191 @@
+//! Reading a golden reference set (`manifest.json` + `case_*.safetensors`) produced by the
+//! official PyTorch code. The folder comes from `DISA_REFERENCE`, defaulting to the copy of
+//! `mar-tiny` committed under `tests/reference/`. Nothing here assumes that set's sizes.
+
+#![allow(dead_code)]
+
+use disa::model::{ImageDecoder, MarConfig, Model, VaeDecoder};
+use disa::sampler::Generator;
+use disa::weights::WeightMap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The reference folder under test.
+pub fn reference_dir() -> PathBuf {
+    match std::env::var_os("DISA_REFERENCE") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/mar-tiny"),
+    }
+}
+
+/// The parsed manifest.
+pub fn manifest() -> serde_json::Value {
+    let path = reference_dir().join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("manifest.json is JSON")
+}
+
+/// A reference tensor of any dtype, with values widened to f64.
+#[derive(Clone, Debug)]
+pub struct RefTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl RefTensor {
+    pub fn f32s(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+    pub fn i64s(&self) -> Vec<i64> {
+        self.values.iter().map(|&v| v as i64).collect()
+    }
+    pub fn absmax(&self) -> f64 {
+        self.values.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+    }
+}
+
+/// All tensors of one case file.
+pub struct Case {
+    pub name: String,
+    pub tensors: BTreeMap<String, RefTensor>,
+}
+
+impl Case {
+    pub fn load(file: &str) -> Self {
+        let path = reference_dir().join(file);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let d = view.data();
+            let values: Vec<f64> = match format!("{:?}", view.dtype()).as_str() {
+                "F32" => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                "F64" => d
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                "I64" => d
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                "U8" | "BOOL" => d.iter().map(|&b| b as f64).collect(),
+                other => panic!("{file}: tensor {name} has unsupported dtype {other}"),
+            };
+            tensors.insert(
+                name,
+                RefTensor {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            );
+        }
+        Self {
+            name: file.to_string(),
+            tensors,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> &RefTensor {
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+}
+
+/// Case files of a given `kind` in the manifest, with their metadata.
+pub fn cases_of_kind(kind: &str) -> Vec<(String, serde_json::Value)> {
+    let m = manifest();
+    let files = m["files"].as_object().expect("manifest.files");
+    files
+        .iter()
+        .filter(|(_, v)| v["kind"].as_str() == Some(kind))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The model configuration of the set.
+pub fn config() -> MarConfig {
+    serde_json::from_value(manifest()["mar_ctor_kwargs"].clone()).expect("mar_ctor_kwargs")
+}
+
+/// The set's MAR weights (`model_ema` of the official checkpoint layout).
+pub fn mar_weights() -> WeightMap {
+    WeightMap::from_path(
+        &reference_dir().join("checkpoint-last.pth"),
+        Some("model_ema"),
+    )
+    .expect("checkpoint loads")
+}
+
+/// The set's VAE weights.
+pub fn vae_weights() -> WeightMap {
+    WeightMap::from_path(&reference_dir().join("vae.ckpt"), Some("model")).expect("vae.ckpt loads")
+}
+
+/// A generator on `device` with the set's model and VAE.
+pub fn generator(device: &burn::tensor::Device) -> Generator {
+    let config = config();
+    let vae = VaeDecoder::load(&vae_weights(), device).expect("VAE builds");
+    let model = Model::load(
+        &mar_weights(),
+        &config,
+        Some(ImageDecoder::Vae(vae)),
+        device,
+    )
+    .expect("model builds");
+    Generator {
+        model,
+        config,
+        device: device.clone(),
+    }
+}
+
+/// Max |a − b| over max |reference|: the scaled error the reference README asks for.
+pub fn scaled_error(actual: &[f32], reference: &RefTensor) -> f64 {
+    assert_eq!(actual.len(), reference.values.len(), "element count");
+    let max_diff = actual
+        .iter()
+        .zip(&reference.values)
+        .fold(0.0f64, |m, (&a, &r)| m.max((a as f64 - r).abs()));
+    max_diff / reference.absmax().max(f64::MIN_POSITIVE)
+}
+
+/// Scaled tolerance for f32 outputs: the upper end of the manifest's hint
+/// ("a port in f32 should match within ~1e-5..1e-4 · max|ref|").
+pub const TOLERANCE: f64 = 1e-4;
+
+/// Asserts a scaled error within [`TOLERANCE`], naming what was compared.
+pub fn assert_close(what: &str, actual: &[f32], reference: &RefTensor) {
+    let err = scaled_error(actual, reference);
+    assert!(
+        err <= TOLERANCE,
+        "{what}: max|diff|/max|ref| = {err:.3e} > {TOLERANCE:e} (max|ref| = {:.4e})",
+        reference.absmax()
+    );
+    eprintln!("{what}: scaled error {err:.2e}");
+}
+
+/// Runs a parity check once per backend: `NAME_cpu` on Burn's CPU backend and, when the
+/// `wgpu` feature is on, `NAME_wgpu` on the wgpu backend (Mesa lavapipe where no GPU exists).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident => $check:ident;)*) => {
+        mod cpu {
+            $(#[test] fn $name() { super::$check(&burn::tensor::Device::flex()); })*
+        }
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(#[test] fn $name() {
+                let device = disa::backend::Backend::Wgpu.device().expect("wgpu device");
+                super::$check(&device);
+            })*
+        }
+    };
+}

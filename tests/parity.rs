@@ -1,0 +1,513 @@
+//! Parity with the official PyTorch MAR and DiSA code, on every case of the reference set in
+//! `DISA_REFERENCE` (default: the committed `tests/reference/mar-tiny`). Each check runs on the
+//! CPU backend and on wgpu. Tolerance: max|diff| ≤ 1e-4 · max|ref| (see `common::TOLERANCE`).
+
+mod common;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use common::*;
+use disa::diffusion::{SpacedDiffusion, TimestepClip};
+use disa::model::MaskLayout;
+use disa::noise::ReplayNoise;
+use disa::sampler::{Generation, Request, p_sample};
+use disa::schedule::{CfgSchedule, StepSchedule};
+
+fn upload2(t: &RefTensor, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(t.f32s(), [t.shape[0], t.shape[1]]), device)
+}
+
+fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 data")
+}
+
+/// A replay of the draws recorded under `prefix` (`rng.` or `runN.rng.`).
+fn replay(case: &Case, prefix: &str) -> ReplayNoise {
+    let ev = case.get(&format!("{prefix}events"));
+    let events: Vec<[i64; 4]> = ev
+        .i64s()
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect();
+    let normal = case.get(&format!("{prefix}normal")).f32s();
+    let perms = if case.has(&format!("{prefix}perms")) {
+        let p = case.get(&format!("{prefix}perms"));
+        p.i64s()
+            .chunks_exact(p.shape[1])
+            .map(|r| r.iter().map(|&v| v as usize).collect())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    ReplayNoise::new(events, normal, perms)
+}
+
+fn check_mae(device: &Device) {
+    let g = generator(device);
+    for (file, meta) in cases_of_kind("mae") {
+        let case = Case::load(&file);
+        let uncond = case.get("uncond").i64s();
+        let labels: Vec<Option<usize>> = case
+            .get("labels")
+            .i64s()
+            .iter()
+            .zip(&uncond)
+            .map(|(&l, &u)| if u != 0 { None } else { Some(l as usize) })
+            .collect();
+        let class_emb = g.model.transformer.class_embedding(&labels, device);
+        assert_close(
+            "class_embedding",
+            &read(class_emb.clone()),
+            case.get("class_embedding"),
+        );
+        for sub in meta["subcases"].as_array().expect("subcases") {
+            let p = sub["prefix"].as_str().unwrap();
+            let x = case.get(&format!("{p}x"));
+            let m = case.get(&format!("{p}mask"));
+            let (b, n) = (m.shape[0], m.shape[1]);
+            let mask: Vec<Vec<bool>> = m
+                .values
+                .chunks_exact(n)
+                .map(|r| r.iter().map(|&v| v != 0.0).collect())
+                .collect();
+            let layout = MaskLayout::new(&mask, g.config.buffer_size);
+            let tokens =
+                Tensor::<3>::from_data(TensorData::new(x.f32s(), [b, n, x.shape[2]]), device);
+            let enc = g
+                .model
+                .transformer
+                .encode(tokens, &layout, class_emb.clone());
+            assert_close(
+                &format!("{p}encoder_out"),
+                &read(enc.clone()),
+                case.get(&format!("{p}encoder_out")),
+            );
+            let dec = g.model.transformer.decode(enc, &layout);
+            assert_close(
+                &format!("{p}decoder_out"),
+                &read(dec),
+                case.get(&format!("{p}decoder_out")),
+            );
+        }
+    }
+}
+
+fn check_diffnet(device: &Device) {
+    let g = generator(device);
+    for (file, meta) in cases_of_kind("diffnet") {
+        let case = Case::load(&file);
+        let head = &g.model.head;
+        let t = case.get("t").i64s();
+        // Timestep embedding, row by row (each row has its own timestep here).
+        let mut t_freq = Vec::new();
+        let mut t_emb = Vec::new();
+        let mut out = Vec::new();
+        let x = case.get("x");
+        let c = case.get("c");
+        for (row, &ti) in t.iter().enumerate() {
+            t_freq.extend(disa::model::head::timestep_frequencies(ti as usize));
+            t_emb.extend(read(head.time_embedding(ti as usize, device)));
+            let xr = upload2(x, device).slice(row..row + 1);
+            let cr = upload2(c, device).slice(row..row + 1);
+            out.extend(read(head.forward(xr, ti as usize, cr)));
+        }
+        assert_close("t_freq", &t_freq, case.get("t_freq"));
+        assert_close("t_emb", &t_emb, case.get("t_emb"));
+        assert_close("out", &out, case.get("out"));
+
+        // forward_with_cfg: rows with equal timesteps per half in the official call.
+        let scale = meta["cfg_scale"].as_f64().unwrap() as f32;
+        let (cx, cc, ct) = (
+            case.get("cfg.x"),
+            case.get("cfg.c"),
+            case.get("cfg.t").i64s(),
+        );
+        let rows = cx.shape[0];
+        let half = rows / 2;
+        let reference = case.get("cfg.out");
+        let width = reference.shape[1];
+        let token = width / 2;
+        // The official net takes a timestep per row; evaluate row pairs (i, i + half).
+        let mut got = vec![0f32; rows * width];
+        for i in 0..half {
+            assert_eq!(ct[i], ct[i + half], "cfg case pairs share a timestep");
+            let xi = upload2(cx, device).slice(i..i + 1);
+            let ci = Tensor::cat(
+                vec![
+                    upload2(cc, device).slice(i..i + 1),
+                    upload2(cc, device).slice(i + half..i + half + 1),
+                ],
+                0,
+            );
+            let temb = head.time_embedding(ct[i] as usize, device);
+            let cond = head.condition(ci.clone());
+            let (eps, _v) = head.forward_cfg_embedded(xi.clone(), temb, cond, scale);
+            let eps = read(eps);
+            // Variance channels are per-row and unguided: the plain forward of each row.
+            let full = read(head.forward(Tensor::cat(vec![xi.clone(), xi], 0), ct[i] as usize, ci));
+            for (r, src) in [(i, 0usize), (i + half, 1)] {
+                got[r * width..r * width + token].copy_from_slice(&eps);
+                got[r * width + token..(r + 1) * width]
+                    .copy_from_slice(&full[src * width + token..(src + 1) * width]);
+            }
+        }
+        assert_close("cfg.out", &got, reference);
+    }
+}
+
+fn check_diffusion_sampling(device: &Device) {
+    let g = generator(device);
+    let head = &g.model.head;
+    for (file, meta) in cases_of_kind("diffusion_sample") {
+        let case = Case::load(&file);
+        for run in meta["runs"].as_array().expect("runs") {
+            let p = run["prefix"].as_str().unwrap();
+            let steps = run["num_sampling_steps"].as_u64().unwrap() as usize;
+            let temperature = run["temperature"].as_f64().unwrap() as f32;
+            let cfg = run["cfg"].as_f64().unwrap() as f32;
+            let z = case.get(&format!("{p}z"));
+            let rows = z.shape[0];
+            let use_cfg = cfg != 1.0;
+            let n = if use_cfg { rows / 2 } else { rows };
+            let reference_x = case.get(&format!("{p}x_after_step"));
+            let c = reference_x.shape[2];
+            let mut noise = replay(&case, &format!("{p}rng."));
+            use disa::noise::{DrawKind, NoiseSource};
+            let d = SpacedDiffusion::new(steps, TimestepClip::NONE).unwrap();
+            let cond = head.condition(upload2(z, device));
+            let init = noise.normal(DrawKind::InitialNoise, n, c).unwrap();
+            let mut x = Tensor::<2>::from_data(TensorData::new(init, [n, c]), device);
+            let absmax_all = reference_x.absmax();
+            let mut worst = 0.0f64;
+            for (i, idx) in (0..d.len()).rev().enumerate() {
+                let s = d.step_coefficients(idx);
+                let temb = head.time_embedding(s.timestep, device);
+                let (eps, v) = if use_cfg {
+                    head.forward_cfg_embedded(x.clone(), temb, cond.clone(), cfg)
+                } else {
+                    let out = head.forward_embedded(x.clone(), temb, cond.clone());
+                    (out.clone().slice([0..n, 0..c]), out.slice([0..n, c..2 * c]))
+                };
+                let mut drawn = noise.normal(DrawKind::StepNoise, rows, c).unwrap();
+                drawn.truncate(n * c);
+                x = p_sample(
+                    x,
+                    eps,
+                    v,
+                    &s,
+                    Tensor::from_data(TensorData::new(drawn, [n, c]), device),
+                    temperature,
+                );
+                // Compare the kept rows after every step, scaled by the run's largest value.
+                let got = read(x.clone());
+                let step_ref = &reference_x.values[i * rows * c..i * rows * c + n * c];
+                let diff = got
+                    .iter()
+                    .zip(step_ref)
+                    .fold(0.0f64, |m, (&a, &r)| m.max((a as f64 - r).abs()));
+                worst = worst.max(diff / absmax_all);
+            }
+            assert!(
+                worst <= TOLERANCE,
+                "{p} every step: scaled error {worst:.3e}"
+            );
+            assert_eq!(noise.remaining(), 0, "{p}: all recorded draws consumed");
+            let out_ref = case.get(&format!("{p}out"));
+            let kept = RefTensor {
+                shape: vec![n, c],
+                values: out_ref.values[..n * c].to_vec(),
+            };
+            assert_close(
+                &format!("{p}out (T={steps}, temp {temperature}, cfg {cfg})"),
+                &read(x),
+                &kept,
+            );
+        }
+    }
+}
+
+/// The first `n` rows of a `[rows, C]` reference tensor.
+fn head_rows(t: &RefTensor, n: usize) -> RefTensor {
+    let c = t.shape[1];
+    RefTensor {
+        shape: vec![n, c],
+        values: t.values[..n * c].to_vec(),
+    }
+}
+
+fn check_generation_kind(device: &Device, kind: &str) {
+    let g = generator(device);
+    let cases = cases_of_kind(kind);
+    assert!(!cases.is_empty(), "no {kind} cases in the manifest");
+    for (file, meta) in cases {
+        let case = Case::load(&file);
+        let name = meta["name"].as_str().unwrap_or(&file).to_string();
+        let bsz = meta["bsz"].as_u64().unwrap() as usize;
+        let labels: Vec<Option<usize>> = match meta["labels"].as_array() {
+            Some(l) => l
+                .iter()
+                .map(|v| Some(v.as_u64().unwrap() as usize))
+                .collect(),
+            None => vec![None; bsz],
+        };
+        let schedule = if kind == "sample_tokens_disa" {
+            let (hi, lo) = (
+                meta["diff_upper_steps"].as_u64().unwrap() as usize,
+                meta["diff_lower_steps"].as_u64().unwrap() as usize,
+            );
+            match meta["diff_annealing_strategy"].as_str().unwrap() {
+                "linear" => StepSchedule::Linear { start: hi, end: lo },
+                "cosine" => StepSchedule::Cosine { start: hi, end: lo },
+                "two-stage" => StepSchedule::TwoStage { start: hi, end: lo },
+                // DiSA's "constant" strategy: the lowest count, with DiSA's clip.
+                "constant" => {
+                    StepSchedule::Custom(vec![lo; meta["num_iter"].as_u64().unwrap() as usize])
+                }
+                other => panic!("unknown strategy {other}"),
+            }
+        } else {
+            StepSchedule::Constant(
+                meta["num_sampling_steps"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            )
+        };
+        let clip = if kind == "sample_tokens_disa" {
+            TimestepClip::DISA
+        } else {
+            TimestepClip::NONE
+        };
+        let request = Request {
+            labels,
+            ar_steps: meta["num_iter"].as_u64().unwrap() as usize,
+            schedule,
+            clip: Some(clip),
+            cfg: meta["cfg"].as_f64().unwrap() as f32,
+            cfg_schedule: CfgSchedule::parse(meta["cfg_schedule"].as_str().unwrap()).unwrap(),
+            temperature: meta["temperature"].as_f64().unwrap() as f32,
+        };
+        let use_cfg = request.cfg != 1.0;
+        let mut generation = Generation::new(&g, request.clone(), Box::new(replay(&case, "rng.")))
+            .unwrap()
+            .record_conditions(true);
+        let perms = case.get("rng.perms");
+        let orders: Vec<i64> = generation
+            .orders()
+            .iter()
+            .flatten()
+            .map(|&v| v as i64)
+            .collect();
+        assert_eq!(orders, perms.i64s(), "{name}: orders");
+        let mask_to_pred = case.get("ar.mask_to_pred");
+        let n_tokens = mask_to_pred.shape[2];
+        while let Some(ev) = generation.step().unwrap() {
+            let k = ev.k;
+            // Positions revealed, exactly.
+            for (b, positions) in ev.positions.iter().enumerate() {
+                let row =
+                    &mask_to_pred.values[(k * bsz + b) * n_tokens..(k * bsz + b + 1) * n_tokens];
+                let expected: Vec<usize> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(positions, &expected, "{name} step {k} image {b}: positions");
+            }
+            assert_eq!(
+                ev.mask_len_after as f64,
+                case.get("ar.mask_len_next").values[k],
+                "{name} step {k}: mask_len"
+            );
+            let cfg_ref = case.get(&format!("ar.step{k}.cfg_iter")).values[0];
+            assert!(
+                (ev.cfg as f64 - cfg_ref).abs() <= 1e-6 * cfg_ref.abs().max(1.0),
+                "{name} step {k}: cfg {} vs {cfg_ref}",
+                ev.cfg
+            );
+            if kind == "sample_tokens_disa" {
+                assert_eq!(
+                    ev.nominal_steps as f64,
+                    case.get("disa.requested_steps").values[k],
+                    "{name} step {k}: requested steps"
+                );
+                assert_eq!(
+                    ev.effective_steps as f64,
+                    case.get("disa.num_timesteps").values[k],
+                    "{name} step {k}: steps run"
+                );
+                let d = SpacedDiffusion::new(ev.nominal_steps, TimestepClip::DISA).unwrap();
+                assert_tables(&case, &format!("disa.step{k}"), &d);
+            }
+            let z_ref = case.get(&format!("ar.step{k}.z"));
+            assert_close(
+                &format!("{name} step {k} z"),
+                ev.conditions.as_ref().unwrap(),
+                z_ref,
+            );
+            let sampled_ref = case.get(&format!("ar.step{k}.sampled"));
+            let n = if use_cfg {
+                sampled_ref.shape[0] / 2
+            } else {
+                sampled_ref.shape[0]
+            };
+            assert_close(
+                &format!("{name} step {k} sampled"),
+                &ev.values,
+                &head_rows(sampled_ref, n),
+            );
+        }
+        // Final tokens, unpatchified to [B, C, h, w] as the official output.
+        let cfgm = &g.config;
+        let tokens = Tensor::<3>::from_data(
+            TensorData::new(
+                generation.tokens().to_vec(),
+                [bsz, cfgm.seq_len(), cfgm.token_dim()],
+            ),
+            device,
+        );
+        let latents = disa::model::unpatchify(
+            tokens,
+            cfgm.grid_size(),
+            cfgm.patch_size,
+            cfgm.vae_embed_dim,
+        );
+        assert_close(
+            &format!("{name} tokens"),
+            &read(latents),
+            case.get("tokens"),
+        );
+    }
+}
+
+fn check_generation(device: &Device) {
+    check_generation_kind(device, "sample_tokens");
+}
+
+fn check_generation_disa(device: &Device) {
+    check_generation_kind(device, "sample_tokens_disa");
+}
+
+fn check_vae(device: &Device) {
+    let g = generator(device);
+    let Some(disa::model::ImageDecoder::Vae(vae)) = &g.model.decoder else {
+        panic!("VAE decoder")
+    };
+    for (file, meta) in cases_of_kind("vae_decode") {
+        let case = Case::load(&file);
+        let scale = meta["scale_factor"].as_f64().unwrap() as f32;
+        assert_eq!(scale, disa::model::VAE_LATENT_SCALE, "latent scale");
+        for sub in meta["subcases"].as_array().unwrap() {
+            let p = sub["prefix"].as_str().unwrap();
+            let latent = case.get(&format!("{p}latent"));
+            let s = &latent.shape;
+            let z = Tensor::<4>::from_data(
+                TensorData::new(latent.f32s(), [s[0], s[1], s[2], s[3]]),
+                device,
+            );
+            let image = vae.forward(z);
+            let dims = image.dims();
+            let values = read(image);
+            assert_close(
+                &format!("{p}image"),
+                &values,
+                case.get(&format!("{p}image")),
+            );
+            // 8-bit output: HWC, at most one level off where a value sits on a rounding edge.
+            let u8_ref = case.get(&format!("{p}image_u8_hwc"));
+            let imgs = disa::image::images_from_values(&values, dims).unwrap();
+            let got: Vec<f64> = imgs
+                .iter()
+                .flat_map(|i| i.pixels.iter().map(|&v| v as f64))
+                .collect();
+            let off = got
+                .iter()
+                .zip(&u8_ref.values)
+                .filter(|(a, b)| (*a - *b).abs() > 1.0)
+                .count();
+            assert_eq!(off, 0, "{p}: pixels more than one level off");
+        }
+    }
+}
+
+/// Every f64 table of a respaced diffusion against the reference arrays under `prefix`.
+fn assert_tables(case: &Case, prefix: &str, d: &SpacedDiffusion) {
+    let fields: [(&str, &Vec<f64>); 10] = [
+        ("alphas_cumprod", &d.alphas_cumprod),
+        ("alphas_cumprod_prev", &d.alphas_cumprod_prev),
+        ("betas", &d.betas),
+        ("log_betas", &d.log_betas),
+        (
+            "posterior_log_variance_clipped",
+            &d.posterior_log_variance_clipped,
+        ),
+        ("posterior_mean_coef1", &d.posterior_mean_coef1),
+        ("posterior_mean_coef2", &d.posterior_mean_coef2),
+        ("posterior_variance", &d.posterior_variance),
+        ("sqrt_recip_alphas_cumprod", &d.sqrt_recip_alphas_cumprod),
+        (
+            "sqrt_recipm1_alphas_cumprod",
+            &d.sqrt_recipm1_alphas_cumprod,
+        ),
+    ];
+    for (name, ours) in fields {
+        let r = case.get(&format!("{prefix}.{name}"));
+        assert_eq!(ours.len(), r.values.len(), "{prefix}.{name} length");
+        for (i, (a, b)) in ours.iter().zip(&r.values).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1e-12),
+                "{prefix}.{name}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+    let map: Vec<f64> = d.timestep_map.iter().map(|&t| t as f64).collect();
+    assert_eq!(
+        map,
+        case.get(&format!("{prefix}.timestep_map")).values,
+        "{prefix}.timestep_map"
+    );
+}
+
+fn check_schedules(_device: &Device) {
+    let m = manifest();
+    let files: Vec<String> = m["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("schedules"))
+        .cloned()
+        .collect();
+    assert!(!files.is_empty(), "the reference set has a schedules file");
+    for file in files {
+        let case = Case::load(&file);
+        let prefixes: std::collections::BTreeSet<String> = case
+            .tensors
+            .keys()
+            .filter_map(|k| k.split('.').next().map(str::to_string))
+            .collect();
+        assert!(!prefixes.is_empty());
+        for prefix in prefixes {
+            let steps: usize = prefix
+                .trim_start_matches("sched")
+                .parse()
+                .expect("schedN prefix");
+            let d = SpacedDiffusion::new(steps, TimestepClip::NONE).unwrap();
+            assert_tables(&case, &prefix, &d);
+        }
+    }
+}
+
+#[test]
+fn schedule_tables_match_reference() {
+    check_schedules(&Device::flex());
+}
+
+on_every_backend! {
+    mae_encoder_decoder => check_mae;
+    diffusion_head_forward => check_diffnet;
+    head_sampling_every_step => check_diffusion_sampling;
+    generation_mar => check_generation;
+    generation_disa => check_generation_disa;
+    vae_decode => check_vae;
+}
