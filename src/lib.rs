@@ -17,6 +17,8 @@ pub mod model;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod weights;
 
 pub use error::{DisaError, Result};

@@ -4,15 +4,15 @@ use clap::{Args, Parser, Subcommand};
 use disa::backend::Backend;
 use disa::diffusion::TimestepClip;
 use disa::image::{RgbImage, grid, images_from_tensor};
-use disa::model::{ImageDecoder, MarConfig, Model, VaeDecoder};
 use disa::noise::SeededNoise;
-use disa::sampler::{Generation, Generator, Request, StepTimings};
+use disa::sampler::{Generation, Request, StepTimings};
 use disa::schedule::{self, CfgSchedule, StepSchedule};
-use disa::weights::WeightMap;
+use disa::weights::ModelFiles;
 use disa::{DisaError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,20 @@ enum Command {
     Generate(GenerateArgs),
     /// Print the per-step plan of a schedule: tokens revealed, diffusion steps, totals.
     Schedule(ScheduleArgs),
+    /// Convert official weights (MAR checkpoint + VAE + config) to one disa model file.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A name shown by the page and the CLI.
+    #[arg(long)]
+    name: Option<String>,
+    /// Output file (safetensors with disa metadata).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -53,9 +67,9 @@ struct SamplingArgs {
     cfg_schedule: String,
 }
 
-#[derive(Args)]
-struct GenerateArgs {
-    /// MAR weights: an official checkpoint (.pth) or safetensors.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A disa model file, or official MAR weights (checkpoint .pth or safetensors).
     #[arg(long)]
     weights: PathBuf,
     /// VAE weights (.ckpt or safetensors); default: vae.safetensors or vae.ckpt beside the weights.
@@ -69,6 +83,23 @@ struct GenerateArgs {
     /// State dict inside a .pth checkpoint: model_ema (default) or model.
     #[arg(long, default_value = "model_ema")]
     state_dict: String,
+}
+
+impl ModelArgs {
+    fn files(&self) -> ModelFiles {
+        ModelFiles {
+            weights: self.weights.clone(),
+            vae: self.vae.clone(),
+            config: self.config.clone(),
+            state_dict: self.state_dict.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
     /// Class label(s), comma-separated; omit for unconditional generation.
     #[arg(long = "class", value_delimiter = ',')]
     classes: Vec<usize>,
@@ -86,7 +117,7 @@ struct GenerateArgs {
     /// Compute backend: cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Output PNG (a grid when several images).
+    /// Output image: PNG, or PPM if the name ends in .ppm (a grid when several images).
     #[arg(long, default_value = "disa.png")]
     out: PathBuf,
     /// No progress bar or table.
@@ -116,50 +147,20 @@ fn parse_clip(text: &str) -> Result<Option<TimestepClip>> {
     }
 }
 
-fn read_config(spec: Option<&str>, weights_path: &Path, weights: &WeightMap) -> Result<MarConfig> {
-    let from_json = |path: &Path| -> Result<MarConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| DisaError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| DisaError::Config(format!("{}: not JSON ({e})", path.display())))?;
-        let kwargs = value.get("mar_ctor_kwargs").cloned().unwrap_or(value);
-        serde_json::from_value(kwargs)
-            .map_err(|e| DisaError::Config(format!("{}: {e}", path.display())))
-    };
-    if let Some(spec) = spec {
-        if let Some(preset) = MarConfig::preset(spec) {
-            return Ok(preset);
-        }
-        return from_json(Path::new(spec));
-    }
-    let dir = weights_path.parent().unwrap_or(Path::new("."));
-    for name in ["manifest.json", "config.json"] {
-        let candidate = dir.join(name);
-        if candidate.exists() {
-            return from_json(&candidate);
-        }
-    }
-    MarConfig::infer(weights, None)
-}
-
-fn find_vae(explicit: Option<&Path>, weights_path: &Path) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return Some(p.to_path_buf());
-    }
-    let dir = weights_path.parent().unwrap_or(Path::new("."));
-    ["vae.safetensors", "vae.ckpt"]
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.exists())
-}
-
-fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+/// Writes a PNG, or a binary PPM when the name ends in `.ppm` (handy for scripts and tests).
+fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
     let io = |source: std::io::Error| DisaError::Io {
         path: path.display().to_string(),
         source,
     };
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("ppm"))
+    {
+        let mut bytes = format!("P6\n{} {}\n255\n", img.width, img.height).into_bytes();
+        bytes.extend_from_slice(&img.pixels);
+        return std::fs::write(path, bytes).map_err(io);
+    }
     let file = std::fs::File::create(path).map_err(io)?;
     let mut encoder = png::Encoder::new(
         std::io::BufWriter::new(file),
@@ -180,22 +181,7 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
 fn generate(args: GenerateArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
     let device = backend.device()?;
-    let weights = WeightMap::from_path(&args.weights, Some(&args.state_dict))?;
-    let config = read_config(args.config.as_deref(), &args.weights, &weights)?;
-    let decoder = match find_vae(args.vae.as_deref(), &args.weights) {
-        Some(path) => Some(ImageDecoder::Vae(VaeDecoder::load(
-            &WeightMap::from_path(&path, Some("model"))?,
-            &device,
-        )?)),
-        None => None,
-    };
-    let model = Model::load(&weights, &config, decoder, &device)?;
-    drop(weights);
-    let generator = Generator {
-        model,
-        config,
-        device,
-    };
+    let generator = Arc::new(args.model.files().load()?.build(&device)?);
 
     let classes: Vec<Option<usize>> = if args.classes.is_empty() {
         vec![None]
@@ -219,7 +205,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         temperature: args.temperature,
     };
     let mut generation = Generation::new(
-        &generator,
+        generator.clone(),
         request.clone(),
         Box::new(SeededNoise::new(args.seed)),
     )?;
@@ -264,7 +250,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         images.len()
     };
     let sheet = grid(&images, columns).expect("at least one image");
-    write_png(&args.out, &sheet)?;
+    write_image(&args.out, &sheet)?;
     if !args.quiet {
         println!(
             "wrote {} ({} image(s), {}×{} each)",
@@ -288,6 +274,28 @@ fn generate(args: GenerateArgs) -> Result<()> {
         println!("{:<14}{total_ms:>10.1}", "total");
         println!("sequential head calls {head_calls} · token·steps per image {token_steps}");
     }
+    Ok(())
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let mut bundle = args.model.files().load()?;
+    if let Some(name) = args.name {
+        bundle.info.name = name;
+    }
+    // Build once on the CPU so a file that cannot run is never written.
+    bundle.build(&burn::tensor::Device::flex())?;
+    let bytes = bundle.to_bytes()?;
+    std::fs::write(&args.out, &bytes).map_err(|source| DisaError::Io {
+        path: args.out.display().to_string(),
+        source,
+    })?;
+    println!(
+        "wrote {} ({:.2} MB, {} tensors, decoder {:?})",
+        args.out.display(),
+        bytes.len() as f64 / 1e6,
+        bundle.mar.tensors.len() + bundle.vae.as_ref().map_or(0, |v| v.tensors.len()),
+        bundle.decoder
+    );
     Ok(())
 }
 
@@ -333,6 +341,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Schedule(a) => print_schedule(a),
+        Command::Convert(a) => convert(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

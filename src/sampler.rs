@@ -10,6 +10,7 @@ use crate::noise::{DrawKind, NoiseSource};
 use crate::schedule::{self, CfgSchedule, Plan, StepSchedule};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A loaded model with its configuration and device: what generations run on.
 #[derive(Debug)]
@@ -175,11 +176,11 @@ struct PendingStep {
 }
 
 /// One generation in progress.
-pub struct Generation<'g> {
-    generator: &'g Generator,
+pub struct Generation {
+    generator: Arc<Generator>,
     request: Request,
     plan: Plan,
-    noise: Box<dyn NoiseSource + 'g>,
+    noise: Box<dyn NoiseSource>,
     /// Per image, the generation order (a permutation of positions).
     orders: Vec<Vec<usize>>,
     /// Per image, `true` where the token is still unknown.
@@ -195,12 +196,12 @@ pub struct Generation<'g> {
     sync_timings: bool,
 }
 
-impl<'g> Generation<'g> {
+impl Generation {
     /// Starts a generation: validates the request and draws the generation orders.
     pub fn new(
-        generator: &'g Generator,
+        generator: Arc<Generator>,
         request: Request,
-        mut noise: Box<dyn NoiseSource + 'g>,
+        mut noise: Box<dyn NoiseSource>,
     ) -> Result<Self> {
         let config = &generator.config;
         request.validate(config)?;
@@ -330,7 +331,7 @@ impl<'g> Generation<'g> {
         if self.is_done() {
             return Ok(None);
         }
-        let g = self.generator;
+        let g = self.generator.clone();
         let (config, device) = (&g.config, &g.device);
         let (b, n, c) = (
             self.request.labels.len(),
@@ -493,7 +494,7 @@ impl<'g> Generation<'g> {
 
     /// The head's time embedding for an original timestep, computed once per generation.
     fn time_embedding(&mut self, t: usize) -> Tensor<2> {
-        let g = self.generator;
+        let g = &self.generator;
         self.time_embeddings
             .entry(t)
             .or_insert_with(|| g.model.head.time_embedding(t, &g.device))
@@ -503,7 +504,7 @@ impl<'g> Generation<'g> {
     /// Decodes the current tokens to images in about [−1, 1] (`[B, ch, H, W]`), if the model
     /// has a decoder.
     pub fn decode(&self) -> Option<Tensor<4>> {
-        let g = self.generator;
+        let g = &self.generator;
         let (b, n, c) = (
             self.request.labels.len(),
             g.config.seq_len(),

@@ -251,11 +251,11 @@ fn invalid_settings_are_rejected_with_a_message() {
         ),
     ];
     for (what, request) in cases {
-        let err = Generation::new(&g, request, Box::new(SeededNoise::new(0)))
+        let err = Generation::new(g.clone(), request, Box::new(SeededNoise::new(0)))
             .err()
             .unwrap_or_else(|| panic!("{what} accepted"));
         assert!(matches!(err, DisaError::InvalidSetting(_)), "{what}: {err}");
         assert!(!err.to_string().is_empty());
     }
-    Generation::new(&g, base, Box::new(SeededNoise::new(0))).expect("valid request");
+    Generation::new(g.clone(), base, Box::new(SeededNoise::new(0))).expect("valid request");
 }

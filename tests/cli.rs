@@ -127,7 +127,7 @@ fn same_seed_same_image_on_cpu_and_wgpu() {
     let image = |device: burn::tensor::Device| {
         let g = generator(&device);
         let mut generation =
-            Generation::new(&g, request.clone(), Box::new(SeededNoise::new(11))).unwrap();
+            Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(11))).unwrap();
         generation.run_to_end().unwrap();
         generation
             .decode()

@@ -288,9 +288,10 @@ fn check_generation_kind(device: &Device, kind: &str) {
             temperature: meta["temperature"].as_f64().unwrap() as f32,
         };
         let use_cfg = request.cfg != 1.0;
-        let mut generation = Generation::new(&g, request.clone(), Box::new(replay(&case, "rng.")))
-            .unwrap()
-            .record_conditions(true);
+        let mut generation =
+            Generation::new(g.clone(), request.clone(), Box::new(replay(&case, "rng.")))
+                .unwrap()
+                .record_conditions(true);
         let perms = case.get("rng.perms");
         let orders: Vec<i64> = generation
             .orders()

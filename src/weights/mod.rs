@@ -3,6 +3,12 @@
 //! (format, missing keys, shapes, non-finite values) happens here, before any tensor reaches a
 //! module, so bad files give an error and never a panic.
 
+mod bundle;
+#[cfg(not(target_arch = "wasm32"))]
+mod files;
 mod map;
 
+pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION};
+#[cfg(not(target_arch = "wasm32"))]
+pub use files::{ModelFiles, read_config_json};
 pub use map::{HostTensor, WeightMap};

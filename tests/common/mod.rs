@@ -130,7 +130,7 @@ pub fn vae_weights() -> WeightMap {
 }
 
 /// A generator on `device` with the set's model and VAE.
-pub fn generator(device: &burn::tensor::Device) -> Generator {
+pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
     let config = config();
     let vae = VaeDecoder::load(&vae_weights(), device).expect("VAE builds");
     let model = Model::load(
@@ -140,11 +140,11 @@ pub fn generator(device: &burn::tensor::Device) -> Generator {
         device,
     )
     .expect("model builds");
-    Generator {
+    std::sync::Arc::new(Generator {
         model,
         config,
         device: device.clone(),
-    }
+    })
 }
 
 /// Max |a − b| over max |reference|: the scaled error the reference README asks for.

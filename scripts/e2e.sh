@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Browser end-to-end test: builds the page (Trunk, dev profile unless DISA_WEB_PROFILE=release)
+# and the native CLI, then drives Debian's Chromium through playwright-core
+# (tests/e2e/e2e.test.mjs). Screenshots land in tests/e2e/screenshots/.
+source "$(dirname "${BASH_SOURCE[0]}")/setup-web.sh"
+cd "$ROOT"
+
+cargo build --bin disa
+profile_flag=()
+[ "${DISA_WEB_PROFILE:-dev}" = "release" ] && profile_flag=(--release)
+say "trunk build ${profile_flag[*]}"
+trunk build "${profile_flag[@]}"
+
+say "browser end-to-end test (Chromium, WebGPU on SwiftShader, then the CPU fallback)"
+cd tests/e2e
+DISA_BIN="$CARGO_TARGET_DIR/debug/disa" node --test --test-reporter=spec e2e.test.mjs

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the browser demo needs, only what is missing: the wasm target, Trunk,
+# wasm-bindgen-cli (the version in Cargo.lock), Node packages (binaryen's wasm-opt,
+# playwright-core) and Debian's Chromium for the end-to-end test. Source or run it.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$ROOT"
+
+rust_target_ensure wasm32-unknown-unknown
+command -v npm >/dev/null || apt_ensure nodejs npm
+[ -x /usr/bin/chromium ] || apt_ensure chromium
+
+# Trunk 0.21.14: newer ones need a newer rustc. ~11 min to build on 2 cores, so only once.
+if ! command -v trunk >/dev/null || ! trunk --version | grep -q '0.21.14'; then
+  say "cargo install trunk 0.21.14"
+  (unset CARGO_TARGET_DIR; cargo install trunk --version 0.21.14 --locked)
+fi
+
+# wasm-bindgen-cli must match the wasm-bindgen crate exactly; Trunk would otherwise try to
+# download one, which fails offline.
+WBG_VERSION="$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')"
+if ! command -v wasm-bindgen >/dev/null || ! wasm-bindgen --version | grep -q "$WBG_VERSION"; then
+  say "cargo install wasm-bindgen-cli $WBG_VERSION"
+  (unset CARGO_TARGET_DIR; cargo install wasm-bindgen-cli --version "$WBG_VERSION")
+fi
+
+if [ ! -x tests/e2e/node_modules/.bin/wasm-opt ] || [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  say "npm install (binaryen, playwright-core)"
+  (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
+fi
+export PATH="$ROOT/tests/e2e/node_modules/.bin:$PATH"
+
+# The page's default model: the reference weights converted to one disa file.
+if [ ! -f www/assets/model.safetensors ]; then
+  say "converting the default model for the page"
+  cargo build --bin disa
+  mkdir -p www/assets
+  "$CARGO_TARGET_DIR/debug/disa" convert --weights tests/reference/mar-tiny/checkpoint-last.pth \
+    --name "mar-tiny (reference, untrained)" --out www/assets/model.safetensors
+fi

@@ -1,0 +1,333 @@
+//! The browser surface (wasm only): a handful of functions the page's Web Worker calls. All
+//! state lives here, in the worker's single thread; every call returns a `Result` so failures
+//! become JS exceptions with a message instead of a dead module.
+
+use crate::error::DisaError;
+use crate::noise::SeededNoise;
+use crate::sampler::{Generation, Generator, Request, StepEvent};
+use crate::schedule::{CfgSchedule, StepSchedule};
+use crate::weights::{Bundle, BundleInfo};
+use burn::tensor::Device;
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::sync::Arc;
+use wasm_bindgen::prelude::*;
+
+/// The worker's state: the device, the loaded model and the generation in progress.
+#[derive(Default)]
+struct State {
+    device: Option<Device>,
+    backend: String,
+    generator: Option<Arc<Generator>>,
+    info: BundleInfo,
+    generation: Option<Generation>,
+    run_start_ms: f64,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+    /// Set by wgpu's device-lost callback.
+    static DEVICE_LOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn js_err(e: DisaError) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// Installs a panic hook that reports to the page before the module dies.
+#[wasm_bindgen(start)]
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = format!("internal error (the model worker must restart): {info}");
+        web_sys_log(&message);
+        let global = js_sys::global();
+        if let Ok(post) = js_sys::Reflect::get(&global, &"postMessage".into()) {
+            if let Ok(post) = post.dyn_into::<js_sys::Function>() {
+                let msg = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&msg, &"type".into(), &"error".into());
+                let _ = js_sys::Reflect::set(&msg, &"where".into(), &"panic".into());
+                let _ = js_sys::Reflect::set(&msg, &"message".into(), &message.into());
+                let _ = post.call1(&global, &msg);
+            }
+        }
+    }));
+}
+
+fn web_sys_log(message: &str) {
+    let console = js_sys::Reflect::get(&js_sys::global(), &"console".into()).ok();
+    if let Some(error) = console.and_then(|c| js_sys::Reflect::get(&c, &"error".into()).ok()) {
+        if let Ok(f) = error.dyn_into::<js_sys::Function>() {
+            let _ = f.call1(&JsValue::NULL, &message.into());
+        }
+    }
+}
+
+/// Picks the backend: WebGPU unless `force_cpu`, else (or when WebGPU fails) the CPU backend.
+/// Returns JSON `{backend, adapter, software, notice?}`. The GPU is initialized once per worker.
+#[wasm_bindgen(js_name = initBackend)]
+pub async fn init_backend(force_cpu: bool) -> Result<String, JsError> {
+    let mut notice = None;
+    let mut adapter = "CPU (Burn flex, WebAssembly)".to_string();
+    let mut software = false;
+    let device = if force_cpu {
+        notice = Some("CPU backend selected: WebGPU is off for this page.".to_string());
+        Device::flex()
+    } else {
+        match Device::wgpu_options().init_with_setup_async().await {
+            Ok((device, setup)) => {
+                let info = setup.adapter.get_info();
+                adapter = format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type);
+                software = matches!(info.device_type, burn::tensor::wgpu::wgpu::DeviceType::Cpu)
+                    || info.name.to_ascii_lowercase().contains("swiftshader");
+                setup.device.set_device_lost_callback(|reason, message| {
+                    DEVICE_LOST.with(|l| l.set(true));
+                    web_sys_log(&format!("WebGPU device lost ({reason:?}): {message}"));
+                });
+                // A tiny round trip proves the device really computes.
+                let probe = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &device).sum();
+                match probe.into_data_async().await {
+                    Ok(_) => device,
+                    Err(e) => {
+                        notice = Some(format!(
+                            "WebGPU failed a test computation ({e:?}); using the CPU backend."
+                        ));
+                        software = false;
+                        adapter = "CPU (Burn flex, WebAssembly)".to_string();
+                        Device::flex()
+                    }
+                }
+            }
+            Err(e) => {
+                notice = Some(format!(
+                    "WebGPU is not available ({e}); using the CPU backend (slower)."
+                ));
+                Device::flex()
+            }
+        }
+    };
+    let backend = if notice.is_none() { "webgpu" } else { "cpu" };
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.device = Some(device);
+        s.backend = backend.to_string();
+        s.generation = None;
+    });
+    Ok(serde_json::json!({
+        "backend": backend,
+        "adapter": adapter,
+        "software": software,
+        "notice": notice,
+    })
+    .to_string())
+}
+
+/// Whether the GPU device was lost since the backend was initialized.
+#[wasm_bindgen(js_name = deviceLost)]
+pub fn device_lost() -> bool {
+    DEVICE_LOST.with(|l| l.get())
+}
+
+/// Switches to the CPU backend (after a lost GPU), keeping the model bytes the caller
+/// passes back in with [`load_model`].
+#[wasm_bindgen(js_name = useCpuBackend)]
+pub fn use_cpu_backend() {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.device = Some(Device::flex());
+        s.backend = "cpu".into();
+        s.generator = None;
+        s.generation = None;
+    });
+}
+
+/// Loads a disa model file. On success the new model replaces the old one and its info is
+/// returned as JSON; on failure the old model stays.
+#[wasm_bindgen(js_name = loadModel)]
+pub fn load_model(name: &str, bytes: &[u8]) -> Result<String, JsError> {
+    let device = STATE
+        .with(|s| s.borrow().device.clone())
+        .ok_or_else(|| JsError::new("initBackend must run before loadModel"))?;
+    let bundle = Bundle::from_bytes(name, bytes).map_err(js_err)?;
+    let generator = bundle.build(&device).map_err(js_err)?;
+    let c = &generator.config;
+    let mut info = bundle.info.clone();
+    if info.name.is_empty() {
+        info.name = name.to_string();
+    }
+    let json = serde_json::json!({
+        "name": info.name,
+        "numClasses": c.class_num,
+        "classNames": info.class_names,
+        "grid": c.grid_size(),
+        "seqLen": c.seq_len(),
+        "tokenDim": c.token_dim(),
+        "defaults": info.defaults,
+    })
+    .to_string();
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.generator = Some(Arc::new(generator));
+        s.info = info;
+        s.generation = None;
+    });
+    Ok(json)
+}
+
+/// A request as the page sends it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WebRequest {
+    class_label: Option<usize>,
+    seed: u64,
+    ar_steps: usize,
+    schedule: String,
+    cfg: f32,
+    cfg_schedule: String,
+    temperature: f32,
+}
+
+impl WebRequest {
+    fn parse(json: &str) -> Result<(Request, u64), JsError> {
+        let r: WebRequest =
+            serde_json::from_str(json).map_err(|e| JsError::new(&format!("bad request: {e}")))?;
+        let request = Request {
+            labels: vec![r.class_label],
+            ar_steps: r.ar_steps,
+            schedule: StepSchedule::parse(&r.schedule).map_err(js_err)?,
+            clip: None,
+            cfg: r.cfg,
+            cfg_schedule: CfgSchedule::parse(&r.cfg_schedule).map_err(js_err)?,
+            temperature: r.temperature,
+        };
+        Ok((request, r.seed))
+    }
+}
+
+fn generator() -> Result<Arc<Generator>, JsError> {
+    STATE
+        .with(|s| s.borrow().generator.clone())
+        .ok_or_else(|| JsError::new("no model loaded"))
+}
+
+/// The per-step plan of a request, as JSON `{steps: [...], headCalls, tokenSteps}`.
+#[wasm_bindgen]
+pub fn plan(request_json: &str) -> Result<String, JsError> {
+    let g = generator()?;
+    let (request, _) = WebRequest::parse(request_json)?;
+    request.validate(&g.config).map_err(js_err)?;
+    let plan = request.plan(&g.config).map_err(js_err)?;
+    let steps: Vec<_> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "k": s.k, "tokens": s.tokens, "maskLenAfter": s.mask_len_after,
+                "nominalSteps": s.nominal_steps, "effectiveSteps": s.effective_steps, "cfg": s.cfg,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "steps": steps, "headCalls": plan.head_calls(), "tokenSteps": plan.token_steps() }).to_string())
+}
+
+/// Starts a generation (cancelling any in progress).
+#[wasm_bindgen(js_name = startGeneration)]
+pub fn start_generation(request_json: &str) -> Result<(), JsError> {
+    let g = generator()?;
+    let (request, seed) = WebRequest::parse(request_json)?;
+    let generation =
+        Generation::new(g, request, Box::new(SeededNoise::new(seed))).map_err(js_err)?;
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.generation = Some(generation);
+        s.run_start_ms = crate::sampler::now_ms();
+    });
+    Ok(())
+}
+
+/// Drops the generation in progress.
+#[wasm_bindgen]
+pub fn cancel() {
+    STATE.with(|s| s.borrow_mut().generation = None);
+}
+
+fn event_json(e: &StepEvent) -> String {
+    serde_json::json!({
+        "k": e.k, "arSteps": e.ar_steps, "positions": e.positions.first().cloned().unwrap_or_default(),
+        "nominalSteps": e.nominal_steps, "effectiveSteps": e.effective_steps, "cfg": e.cfg,
+        "transformerMs": e.timings.transformer_ms, "headMs": e.timings.head_ms,
+    })
+    .to_string()
+}
+
+/// Runs one AR step. Resolves to `{event: JSON string, preview: {width, height, pixels}}`, or
+/// `null` when the generation is finished (or was cancelled).
+#[wasm_bindgen]
+pub async fn step() -> Result<JsValue, JsError> {
+    // Take the generation out so no borrow is held across the await.
+    let Some(mut generation) = STATE.with(|s| s.borrow_mut().generation.take()) else {
+        return Ok(JsValue::NULL);
+    };
+    let event = match generation.step_async().await {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(JsValue::NULL),
+        Err(e) => return Err(device_aware(e)),
+    };
+    let preview = decode_rgba(&generation).await.map_err(device_aware)?;
+    let out = js_sys::Object::new();
+    set(&out, "event", &event_json(&event).into());
+    set(&out, "preview", &preview);
+    set(
+        &out,
+        "elapsedMs",
+        &(crate::sampler::now_ms() - STATE.with(|s| s.borrow().run_start_ms)).into(),
+    );
+    // Put it back unless a cancel or a new start happened meanwhile.
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.generation.is_none() {
+            s.generation = Some(generation);
+        }
+    });
+    Ok(out.into())
+}
+
+fn device_aware(e: DisaError) -> JsError {
+    if device_lost() {
+        JsError::new(&format!("GPU device lost: {e}"))
+    } else {
+        js_err(e)
+    }
+}
+
+fn set(obj: &js_sys::Object, key: &str, value: &JsValue) {
+    let _ = js_sys::Reflect::set(obj, &key.into(), value);
+}
+
+/// Decodes the tokens known so far to an RGBA image `{width, height, pixels}` (first image).
+async fn decode_rgba(generation: &Generation) -> Result<JsValue, DisaError> {
+    let Some(decoded) = generation.decode() else {
+        return Ok(JsValue::NULL);
+    };
+    let [_, ch, h, w] = decoded.dims();
+    let values = decoded
+        .into_data_async()
+        .await
+        .map_err(|e| DisaError::Device(format!("{e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| DisaError::Device(format!("{e:?}")))?;
+    let images = crate::image::images_from_values(&values, [1, ch, h, w])?;
+    let rgb = &images[0].pixels;
+    let mut rgba = Vec::with_capacity(w * h * 4);
+    for px in rgb.chunks_exact(3) {
+        rgba.extend_from_slice(&[px[0], px[1], px[2], 255]);
+    }
+    let out = js_sys::Object::new();
+    set(&out, "width", &(w as u32).into());
+    set(&out, "height", &(h as u32).into());
+    set(
+        &out,
+        "pixels",
+        &js_sys::Uint8ClampedArray::from(rgba.as_slice()).into(),
+    );
+    Ok(out.into())
+}

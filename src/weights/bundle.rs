@@ -1,0 +1,224 @@
+//! The project's weight file: one safetensors file holding the MAR tensors under their
+//! official names, the decoder's tensors under `vae.`, and metadata that makes it
+//! self-describing (model configuration, decoder kind, class names, format version). Both the
+//! CLI and the browser load it, from a path or from bytes.
+
+use super::map::{HostTensor, WeightMap};
+use crate::error::{DisaError, Result};
+use crate::model::{ImageDecoder, MarConfig, Model, PatchDecoder, VaeDecoder};
+use crate::sampler::Generator;
+use burn::tensor::Device;
+use std::collections::{BTreeMap, HashMap};
+
+/// The `format` metadata value that marks a disa bundle.
+pub const FORMAT: &str = "disa";
+/// The bundle format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Prefix of the decoder's tensors inside a bundle.
+const VAE_PREFIX: &str = "vae.";
+
+/// How a bundle's tokens become pixels.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DecoderSpec {
+    /// KL VAE decoder, tensors under `vae.`.
+    Vae,
+    /// Pixel patches normalized by `scale`.
+    Patch { scale: f32 },
+    /// Tokens only.
+    None,
+}
+
+/// Descriptive metadata carried by a bundle.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BundleInfo {
+    /// A short name shown to users.
+    pub name: String,
+    /// Class names, index = label (may be empty).
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// Suggested sampling defaults as a JSON object (AR steps, schedule, cfg, ...).
+    #[serde(default)]
+    pub defaults: serde_json::Value,
+}
+
+/// A model in the project's format, in memory.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub config: MarConfig,
+    pub decoder: DecoderSpec,
+    pub info: BundleInfo,
+    /// MAR tensors (official names).
+    pub mar: WeightMap,
+    /// Decoder tensors (official VAE names, without the `vae.` prefix).
+    pub vae: Option<WeightMap>,
+}
+
+fn meta_error(source: &str, reason: impl Into<String>) -> DisaError {
+    DisaError::WeightFormat {
+        source_name: source.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Bundle {
+    /// Whether safetensors bytes carry the bundle marker (cheap: reads the header only).
+    pub fn is_bundle(bytes: &[u8]) -> bool {
+        safetensors::SafeTensors::read_metadata(bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().as_ref().and_then(|m| m.get("format").cloned()))
+            .is_some_and(|f| f == FORMAT)
+    }
+
+    /// Parses a bundle from bytes (the browser's path).
+    pub fn from_bytes(source_name: &str, bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 8 {
+            return Err(meta_error(
+                source_name,
+                format!("only {} bytes: the file is empty or truncated", bytes.len()),
+            ));
+        }
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| meta_error(source_name, format!("not a valid safetensors file ({e})")))?;
+        let meta: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
+        match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => {}
+            _ => {
+                return Err(meta_error(
+                    source_name,
+                    "not a disa model file (no `format: disa` metadata); convert official \
+                     weights with `disa convert`",
+                ));
+            }
+        }
+        let version: u32 = meta
+            .get("format_version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| meta_error(source_name, "missing or unreadable format_version"))?;
+        if version != FORMAT_VERSION {
+            return Err(meta_error(
+                source_name,
+                format!("format version {version}; this build reads version {FORMAT_VERSION}"),
+            ));
+        }
+        let json = |key: &str| -> Result<&String> {
+            meta.get(key)
+                .ok_or_else(|| meta_error(source_name, format!("metadata `{key}` missing")))
+        };
+        let config: MarConfig = serde_json::from_str(json("config")?)
+            .map_err(|e| meta_error(source_name, format!("metadata `config`: {e}")))?;
+        config.validate()?;
+        let decoder: DecoderSpec = serde_json::from_str(json("decoder")?)
+            .map_err(|e| meta_error(source_name, format!("metadata `decoder`: {e}")))?;
+        let info: BundleInfo = match meta.get("info") {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| meta_error(source_name, format!("metadata `info`: {e}")))?,
+            None => BundleInfo::default(),
+        };
+        let all = WeightMap::from_safetensors_bytes(source_name, bytes)?;
+        let mut mar = BTreeMap::new();
+        let mut vae = BTreeMap::new();
+        for (k, t) in all.tensors {
+            match k.strip_prefix(VAE_PREFIX) {
+                Some(rest) => vae.insert(rest.to_string(), t),
+                None => mar.insert(k, t),
+            };
+        }
+        let vae = (!vae.is_empty()).then(|| WeightMap {
+            source_name: source_name.to_string(),
+            tensors: vae,
+        });
+        if decoder == DecoderSpec::Vae && vae.is_none() {
+            return Err(meta_error(
+                source_name,
+                "declares a VAE decoder but holds no `vae.` tensors",
+            ));
+        }
+        Ok(Self {
+            config,
+            decoder,
+            info,
+            mar: WeightMap {
+                source_name: source_name.to_string(),
+                tensors: mar,
+            },
+            vae,
+        })
+    }
+
+    /// Serializes to safetensors bytes (f32 tensors).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut entries: Vec<(String, &HostTensor)> = self
+            .mar
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t))
+            .collect();
+        if let Some(vae) = &self.vae {
+            entries.extend(
+                vae.tensors
+                    .iter()
+                    .map(|(k, t)| (format!("{VAE_PREFIX}{k}"), t)),
+            );
+        }
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(k, t)| {
+                (
+                    k,
+                    t.shape.clone(),
+                    t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(k, shape, data)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| DisaError::Config(format!("tensor `{k}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), FORMAT.to_string());
+        meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+        meta.insert("config".to_string(), to_json(&self.config));
+        meta.insert("decoder".to_string(), to_json(&self.decoder));
+        meta.insert("info".to_string(), to_json(&self.info));
+        meta.insert("quantization".to_string(), "none".to_string());
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| DisaError::Config(format!("serializing: {e}")))
+    }
+
+    /// Builds the model on `device`.
+    pub fn build(&self, device: &Device) -> Result<Generator> {
+        let decoder = match (&self.decoder, &self.vae) {
+            (DecoderSpec::Vae, Some(vae)) => {
+                Some(ImageDecoder::Vae(VaeDecoder::load(vae, device)?))
+            }
+            (DecoderSpec::Vae, None) => {
+                return Err(DisaError::Config("VAE decoder without tensors".into()));
+            }
+            (DecoderSpec::Patch { scale }, _) => {
+                if !scale.is_finite() || *scale <= 0.0 {
+                    return Err(DisaError::Config(format!(
+                        "patch decoder scale {scale} must be positive"
+                    )));
+                }
+                Some(ImageDecoder::Patch(PatchDecoder { scale: *scale }))
+            }
+            (DecoderSpec::None, _) => None,
+        };
+        let model = Model::load(&self.mar, &self.config, decoder, device)?;
+        Ok(Generator {
+            model,
+            config: self.config.clone(),
+            device: device.clone(),
+        })
+    }
+}
+
+/// A metadata value as a JSON string.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("metadata serializes")
+}

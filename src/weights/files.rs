@@ -1,0 +1,119 @@
+//! Finding and reading model files on disk (native only): a disa bundle, or the official
+//! release files (MAR checkpoint, VAE checkpoint, a configuration).
+
+use super::{Bundle, BundleInfo, DecoderSpec, WeightMap};
+use crate::error::{DisaError, Result};
+use crate::model::MarConfig;
+use std::path::{Path, PathBuf};
+
+/// Where a model comes from.
+#[derive(Clone, Debug, Default)]
+pub struct ModelFiles {
+    /// A disa bundle, or official MAR weights (`.pth` or safetensors).
+    pub weights: PathBuf,
+    /// The VAE (`.ckpt` or safetensors); default: `vae.safetensors` or `vae.ckpt` beside the
+    /// weights. Ignored for bundles.
+    pub vae: Option<PathBuf>,
+    /// A preset name or a JSON file of MAR's constructor arguments; default: `manifest.json`
+    /// or `config.json` beside the weights, else inferred from the weights. Ignored for bundles.
+    pub config: Option<String>,
+    /// State dict inside a `.pth` checkpoint (`model_ema` or `model`).
+    pub state_dict: String,
+}
+
+/// Reads a JSON configuration: MAR's constructor arguments, possibly under `mar_ctor_kwargs`
+/// (the reference manifests).
+pub fn read_config_json(path: &Path) -> Result<MarConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| DisaError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| DisaError::Config(format!("{}: not JSON ({e})", path.display())))?;
+    let kwargs = value.get("mar_ctor_kwargs").cloned().unwrap_or(value);
+    let config: MarConfig = serde_json::from_value(kwargs)
+        .map_err(|e| DisaError::Config(format!("{}: {e}", path.display())))?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl ModelFiles {
+    fn dir(&self) -> &Path {
+        self.weights.parent().unwrap_or(Path::new("."))
+    }
+
+    fn config_for(&self, weights: &WeightMap) -> Result<MarConfig> {
+        if let Some(spec) = &self.config {
+            return match MarConfig::preset(spec) {
+                Some(preset) => Ok(preset),
+                None => read_config_json(Path::new(spec)),
+            };
+        }
+        for name in ["manifest.json", "config.json"] {
+            let candidate = self.dir().join(name);
+            if candidate.exists() {
+                return read_config_json(&candidate);
+            }
+        }
+        MarConfig::infer(weights, None)
+    }
+
+    fn vae_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.vae {
+            return Some(p.clone());
+        }
+        ["vae.safetensors", "vae.ckpt"]
+            .iter()
+            .map(|n| self.dir().join(n))
+            .find(|p| p.exists())
+    }
+
+    /// Loads the model as a bundle, converting official files on the fly.
+    pub fn load(&self) -> Result<Bundle> {
+        let io = |source| DisaError::Io {
+            path: self.weights.display().to_string(),
+            source,
+        };
+        let head = {
+            use std::io::Read;
+            let mut buf = vec![0u8; 1 << 16];
+            let n = std::fs::File::open(&self.weights)
+                .and_then(|mut f| f.read(&mut buf))
+                .map_err(io)?;
+            buf.truncate(n);
+            buf
+        };
+        if !WeightMap::looks_like_pytorch(&head) && head.len() >= 8 {
+            let bytes = std::fs::read(&self.weights).map_err(io)?;
+            if Bundle::is_bundle(&bytes) {
+                return Bundle::from_bytes(&self.weights.display().to_string(), &bytes);
+            }
+        }
+        let mar = WeightMap::from_path(&self.weights, Some(&self.state_dict))?;
+        let config = self.config_for(&mar)?;
+        let vae = self
+            .vae_path()
+            .map(|p| WeightMap::from_path(&p, Some("model")))
+            .transpose()?;
+        let decoder = if vae.is_some() {
+            DecoderSpec::Vae
+        } else {
+            DecoderSpec::None
+        };
+        let name = self
+            .weights
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Bundle {
+            config,
+            decoder,
+            info: BundleInfo {
+                name,
+                ..BundleInfo::default()
+            },
+            mar,
+            vae,
+        })
+    }
+}
