@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (only what is missing), then runs every test
-# natively (CPU backend and wgpu on Mesa's lavapipe when no GPU exists) and checks that the
-# library builds for wasm32.
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# The test command: installs what the tests need (only what is missing), then runs every test:
+# parity with the official code on the CPU backend and on wgpu (Mesa's lavapipe when no GPU
+# exists), bad input, the CLI, the model file format, the wasm build of the library, and the
+# browser end-to-end test in Debian's Chromium (WebGPU on SwiftShader, then the CPU fallback).
+source "$(dirname "${BASH_SOURCE[0]}")/setup-web.sh"
 cd "$ROOT"
 
-# Software Vulkan device for the wgpu tests (no GPU on CI).
+# Software Vulkan device for the native wgpu tests (no GPU on CI).
 apt_ensure mesa-vulkan-drivers libvulkan1
-rust_target_ensure wasm32-unknown-unknown
+# wgpu probes Wayland; without a runtime dir it only complains, so give it one.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -17,5 +19,7 @@ cargo test --all-targets -- --test-threads=1
 
 say "wasm32 build of the library"
 cargo build --lib --target wasm32-unknown-unknown --no-default-features
+
+bash scripts/e2e.sh
 
 say "all tests passed"

@@ -33,6 +33,36 @@ enum Command {
     Schedule(ScheduleArgs),
     /// Convert official weights (MAR checkpoint + VAE + config) to one disa model file.
     Convert(ConvertArgs),
+    /// Time schedules against a baseline in one run: ms per image and speed-up ratios.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Schedules to time; the first is the baseline the ratios refer to.
+    #[arg(
+        long,
+        value_delimiter = ';',
+        default_value = "constant:100;constant:50;linear:50:5;cosine:50:5;two-stage:50:5"
+    )]
+    schedules: Vec<String>,
+    /// AR steps K.
+    #[arg(long, default_value_t = 64)]
+    ar_steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 1.0)]
+    cfg: f32,
+    /// Images per generation.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed repetitions per schedule (after one untimed warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Compute backend: cpu or wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
 }
 
 #[derive(Args)]
@@ -277,6 +307,69 @@ fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench(args: BenchArgs) -> Result<()> {
+    let backend: Backend = args.backend.parse()?;
+    let device = backend.device()?;
+    let generator = Arc::new(args.model.files().load()?.build(&device)?);
+    if args.repeats == 0 || args.batch == 0 {
+        return Err(DisaError::InvalidSetting(
+            "repeats and batch must be at least 1".into(),
+        ));
+    }
+    let classes = generator.config.class_num;
+    println!(
+        "backend {backend} · K={} · cfg {} · batch {} · median of {} (after a warm-up)",
+        args.ar_steps, args.cfg, args.batch, args.repeats
+    );
+    println!(
+        "{:<18}{:>12}{:>12}{:>12}{:>10}{:>12}",
+        "schedule", "ms/image", "head ms", "head calls", "speed-up", "head-call ×"
+    );
+    let mut baseline: Option<(f64, usize)> = None;
+    for text in &args.schedules {
+        let request = Request {
+            labels: (0..args.batch).map(|i| Some(i % classes)).collect(),
+            ar_steps: args.ar_steps,
+            schedule: StepSchedule::parse(text)?,
+            clip: None,
+            cfg: args.cfg,
+            cfg_schedule: CfgSchedule::Linear,
+            temperature: 1.0,
+        };
+        let head_calls = request.plan(&generator.config)?.head_calls();
+        let mut times = Vec::new();
+        let mut head_times = Vec::new();
+        for rep in 0..=args.repeats {
+            let start = disa::sampler::now_ms();
+            let mut generation = Generation::new(
+                generator.clone(),
+                request.clone(),
+                Box::new(SeededNoise::new(rep as u64)),
+            )?;
+            let events = generation.run_to_end()?;
+            if rep > 0 {
+                times.push((disa::sampler::now_ms() - start) / args.batch as f64);
+                head_times.push(
+                    events.iter().map(|e| e.timings.head_ms).sum::<f64>() / args.batch as f64,
+                );
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (ms, head_ms) = (median(&mut times), median(&mut head_times));
+        let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
+        println!(
+            "{text:<18}{ms:>12.1}{head_ms:>12.1}{head_calls:>12}{:>9.2}×{:>11.2}×",
+            base_ms / ms,
+            base_calls as f64 / head_calls as f64
+        );
+    }
+    println!("(sampling only: transformer + diffusion head; decoding is not timed)");
+    Ok(())
+}
+
 fn convert(args: ConvertArgs) -> Result<()> {
     let mut bundle = args.model.files().load()?;
     if let Some(name) = args.name {
@@ -342,6 +435,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Schedule(a) => print_schedule(a),
         Command::Convert(a) => convert(a),
+        Command::Bench(a) => bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -187,8 +187,6 @@ pub struct Generation {
     mask: Vec<Vec<bool>>,
     /// `[B, N, C]` row-major, zeros where unknown.
     tokens: Vec<f32>,
-    /// Number of tokens still masked (same for every image).
-    masked: usize,
     k: usize,
     diffusions: DiffusionCache,
     time_embeddings: HashMap<usize, Tensor<2>>,
@@ -217,7 +215,6 @@ impl Generation {
             orders,
             mask: vec![vec![true; n]; b],
             tokens: vec![0.0; b * n * c],
-            masked: n,
             k: 0,
             diffusions: DiffusionCache::default(),
             time_embeddings: HashMap::new(),
@@ -468,11 +465,6 @@ impl Generation {
                 row += 1;
             }
         }
-        self.masked = if self.k + 1 == self.request.ar_steps {
-            0
-        } else {
-            p.mask_len
-        };
         let event = StepEvent {
             k: self.k,
             ar_steps: self.request.ar_steps,

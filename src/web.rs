@@ -76,9 +76,22 @@ pub async fn init_backend(force_cpu: bool) -> Result<String, JsError> {
         match Device::wgpu_options().init_with_setup_async().await {
             Ok((device, setup)) => {
                 let info = setup.adapter.get_info();
-                adapter = format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type);
                 software = matches!(info.device_type, burn::tensor::wgpu::wgpu::DeviceType::Cpu)
                     || info.name.to_ascii_lowercase().contains("swiftshader");
+                // Browsers often hide the adapter's name; say what is known.
+                let name = if info.name.trim().is_empty() {
+                    "unnamed adapter".to_string()
+                } else {
+                    info.name.clone()
+                };
+                let kind = match info.device_type {
+                    burn::tensor::wgpu::wgpu::DeviceType::Cpu => "software, runs on the CPU",
+                    burn::tensor::wgpu::wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+                    burn::tensor::wgpu::wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+                    burn::tensor::wgpu::wgpu::DeviceType::VirtualGpu => "virtual GPU",
+                    burn::tensor::wgpu::wgpu::DeviceType::Other => "GPU",
+                };
+                adapter = format!("{name} ({kind})");
                 setup.device.set_device_lost_callback(|reason, message| {
                     DEVICE_LOST.with(|l| l.set(true));
                     web_sys_log(&format!("WebGPU device lost ({reason:?}): {message}"));
@@ -159,6 +172,7 @@ pub fn load_model(name: &str, bytes: &[u8]) -> Result<String, JsError> {
         "numClasses": c.class_num,
         "classNames": info.class_names,
         "grid": c.grid_size(),
+        "imageSize": generator.model.image_size(c),
         "seqLen": c.seq_len(),
         "tokenDim": c.token_dim(),
         "defaults": info.defaults,

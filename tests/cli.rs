@@ -157,3 +157,41 @@ fn same_seed_same_image_on_cpu_and_wgpu() {
         cpu.len()
     );
 }
+
+#[test]
+fn bench_reports_ratios_against_the_first_schedule() {
+    let weights = reference_dir().join("checkpoint-last.pth");
+    let out = disa()
+        .args([
+            "bench",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--schedules",
+            "constant:20;linear:20:5",
+        ])
+        .args(["--ar-steps", "4", "--repeats", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("constant:") || l.starts_with("linear:"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    // The baseline row compares with itself; K=4 linear 20→5 runs 20+15+10+5 = 50 calls vs 80.
+    assert!(
+        rows[0].contains("1.00×") && rows[0].contains(" 80 "),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains(" 50 ") && rows[1].contains("1.60×"),
+        "{}",
+        rows[1]
+    );
+}

@@ -58,6 +58,15 @@ impl Model {
         })
     }
 
+    /// Side of the decoded image in pixels (the token grid side without a decoder).
+    pub fn image_size(&self, config: &MarConfig) -> usize {
+        let tokens = config.grid_size() * config.patch_size;
+        match &self.decoder {
+            Some(ImageDecoder::Vae(vae)) => tokens * vae.upscale(),
+            _ => tokens,
+        }
+    }
+
     /// Decodes tokens to images in about [−1, 1].
     ///
     /// # Shapes

@@ -295,6 +295,11 @@ impl VaeDecoder {
         })
     }
 
+    /// Pixels per latent cell per side (2 per upsampling level).
+    pub fn upscale(&self) -> usize {
+        1 << self.up.iter().filter(|l| l.upsample.is_some()).count()
+    }
+
     /// Decodes VAE latents (already divided by the 0.2325 scale) to images in about [−1, 1].
     ///
     /// # Shapes

@@ -19,8 +19,10 @@ const SHOTS = path.join(import.meta.dirname, 'screenshots');
 const DISA_BIN = process.env.DISA_BIN;
 const MODEL = path.join(ROOT, 'www/assets/model.safetensors');
 const TIMEOUT = 240_000;
-// Settings shared by the page and the native CLI.
+// Settings shared by the page and the native CLI. WebGPU runs on SwiftShader (a software
+// rasterizer) here, where every kernel launch is slow: keep its runs short.
 const SETTINGS = { classLabel: 3, seed: 7, arSteps: 8, start: 50, end: 5, cfg: 2.0 };
+const GPU_SETTINGS = { classLabel: 3, seed: 7, arSteps: 4, start: 20, end: 5, cfg: 2.0 };
 
 const MIME = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
   '.wasm': 'application/wasm', '.json': 'application/json', '.safetensors': 'application/octet-stream' };
@@ -171,35 +173,39 @@ test('WebGPU: generates progressively, the end-steps slider changes the steps, t
     assert.match(backend.toLowerCase(), /webgpu/, `backend in use: ${backend}\n${logs.join('\n')}`);
     const model = await page.evaluate(() => window.disaEvents.find((e) => e.type === 'backend'));
     console.log(`backend: ${backend} (software: ${model?.info?.software})`);
-    await applySettings(page, SETTINGS);
+    await applySettings(page, GPU_SETTINGS);
     const seqLen = await page.evaluate(() => window.disaModelInfo.seqLen);
     const first = await generate(page, logs);
     console.log(`WebGPU cold: page load → ready ${loadMs} ms, first image ${first.ms} ms (incl. shader compilation)`);
     await page.screenshot({ path: path.join(SHOTS, 'webgpu-done.png') });
-    checkProgressive(first, SETTINGS, seqLen, 'webgpu');
-    assert.equal(first.steps.at(-1).event.nominalSteps, SETTINGS.end, 'last AR step uses the end steps');
-    compareImages(first.pixels, nativeImage(SETTINGS, SETTINGS.end), 'webgpu linear:50:5');
+    checkProgressive(first, GPU_SETTINGS, seqLen, 'webgpu');
+    assert.equal(first.steps.at(-1).event.nominalSteps, GPU_SETTINGS.end, 'last AR step uses the end steps');
+    compareImages(first.pixels, nativeImage(GPU_SETTINGS, GPU_SETTINGS.end), 'webgpu linear:20:5');
 
     // Moving the end-steps slider changes the steps used.
-    await setControl(page, 'end-steps', 20);
+    await setControl(page, 'end-steps', 10);
     const second = await generate(page, logs);
-    assert.equal(second.steps.at(-1).event.nominalSteps, 20, 'last AR step follows the slider');
+    assert.equal(second.steps.at(-1).event.nominalSteps, 10, 'last AR step follows the slider');
     assert.ok(second.steps.at(-1).event.effectiveSteps !== first.steps.at(-1).event.effectiveSteps, 'steps used changed');
     const usedText = await page.textContent('#steps-used');
-    assert.match(usedText, /20/, `#steps-used shows the new count: ${usedText}`);
-    compareImages(second.pixels, nativeImage(SETTINGS, 20), 'webgpu linear:50:20');
+    assert.match(usedText, /10/, `#steps-used shows the new count: ${usedText}`);
+    compareImages(second.pixels, nativeImage(GPU_SETTINGS, 10), 'webgpu linear:20:10');
     console.log(`WebGPU warm: one image ${second.ms} ms`);
 
     // Warm cache: reload, the weights come from the Cache API.
+    const inCache = await page.evaluate(async () => {
+      const cache = await caches.open('disa-models-v1');
+      return (await cache.keys()).map((r) => r.url).filter((u) => u.endsWith('model.safetensors')).length;
+    });
+    assert.equal(inCache, 1, 'the default model is kept in the Cache API');
     const t1 = Date.now();
     await page.reload();
+    // The second load reads the weights from the Cache API, not the network.
     await waitState(page, ['ready'], logs);
-    const cached = await page.evaluate(() => window.disaEvents.length);
     console.log(`WebGPU warm cache: page load → ready ${Date.now() - t1} ms`);
-    await applySettings(page, SETTINGS);
+    await applySettings(page, GPU_SETTINGS);
     const third = await generate(page, logs);
     console.log(`WebGPU warm cache: first image ${third.ms} ms`);
-    assert.ok(cached >= 0);
   } finally {
     await context.close();
   }

@@ -1,0 +1,115 @@
+//! The project's model file: official files in, one self-describing file out, loaded back
+//! identically; malformed files give distinct errors.
+
+mod common;
+
+use common::*;
+use disa::DisaError;
+use disa::noise::SeededNoise;
+use disa::sampler::{Generation, Request};
+use disa::schedule::StepSchedule;
+use disa::weights::{Bundle, DecoderSpec, ModelFiles};
+use std::sync::Arc;
+
+fn official() -> Bundle {
+    ModelFiles {
+        weights: reference_dir().join("checkpoint-last.pth"),
+        state_dict: "model_ema".into(),
+        ..ModelFiles::default()
+    }
+    .load()
+    .expect("official files load")
+}
+
+#[test]
+fn round_trip_keeps_every_tensor_and_the_config() {
+    let bundle = official();
+    assert_eq!(bundle.decoder, DecoderSpec::Vae);
+    assert_eq!(
+        bundle.config,
+        config(),
+        "config read from the manifest beside the weights"
+    );
+    let bytes = bundle.to_bytes().unwrap();
+    assert!(Bundle::is_bundle(&bytes));
+    let back = Bundle::from_bytes("bundle", &bytes).unwrap();
+    assert_eq!(back.config, bundle.config);
+    assert_eq!(back.decoder, bundle.decoder);
+    assert_eq!(
+        back.mar.tensors, bundle.mar.tensors,
+        "MAR tensors bit-identical"
+    );
+    assert_eq!(
+        back.vae.as_ref().unwrap().tensors,
+        bundle.vae.as_ref().unwrap().tensors,
+        "VAE tensors bit-identical"
+    );
+}
+
+#[test]
+fn a_bundle_generates_the_same_tokens_as_the_official_files() {
+    let device = burn::tensor::Device::flex();
+    let from_official = Arc::new(official().build(&device).unwrap());
+    let bytes = official().to_bytes().unwrap();
+    let from_bundle = Arc::new(
+        Bundle::from_bytes("bundle", &bytes)
+            .unwrap()
+            .build(&device)
+            .unwrap(),
+    );
+    let request = Request {
+        labels: vec![Some(1)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 20, end: 5 },
+        cfg: 1.5,
+        ..Request::default()
+    };
+    let run = |g: Arc<disa::Generator>| {
+        let mut generation =
+            Generation::new(g, request.clone(), Box::new(SeededNoise::new(3))).unwrap();
+        generation.run_to_end().unwrap();
+        generation.tokens().to_vec()
+    };
+    assert_eq!(run(from_official), run(from_bundle));
+}
+
+#[test]
+fn plain_safetensors_are_not_bundles() {
+    let bytes = std::fs::read(reference_dir().join("model.safetensors")).unwrap();
+    let err = Bundle::from_bytes("model.safetensors", &bytes)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("disa convert"), "{err}");
+}
+
+#[test]
+fn another_format_version_is_refused_by_name() {
+    let mut bundle = official();
+    bundle.vae = None;
+    bundle.decoder = DecoderSpec::None;
+    let bytes = bundle.to_bytes().unwrap();
+    // Rewrite the version inside the JSON header (same length, so offsets stay valid).
+    let needle = br#""format_version":"1""#;
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("version in header");
+    let mut edited = bytes.clone();
+    edited[at + "\"format_version\":\"".len()] = b'7';
+    let err = Bundle::from_bytes("v7", &edited).err().unwrap();
+    assert!(err.to_string().contains("version 7"), "{err}");
+}
+
+#[test]
+fn truncated_bundles_are_format_errors() {
+    let bytes = official().to_bytes().unwrap();
+    for cut in [0, 5, 9, 200, bytes.len() / 2, bytes.len() - 1] {
+        let err = Bundle::from_bytes("cut", &bytes[..cut])
+            .err()
+            .unwrap_or_else(|| panic!("cut {cut} accepted"));
+        assert!(
+            matches!(err, DisaError::WeightFormat { .. }),
+            "cut {cut}: {err}"
+        );
+    }
+}
