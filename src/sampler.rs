@@ -9,7 +9,6 @@ use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
 use crate::schedule::{self, CfgSchedule, Plan, StepSchedule};
 use burn::tensor::{Device, Tensor, TensorData};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A loaded model with its configuration and device: what generations run on.
@@ -18,6 +17,30 @@ pub struct Generator {
     pub model: Model,
     pub config: MarConfig,
     pub device: Device,
+    /// The head's time embedding of every base timestep, `[1000, W]`: computed once so each
+    /// diffusion step only slices a row (DiSA visits many distinct timesteps).
+    time_table: Tensor<2>,
+}
+
+impl Generator {
+    /// Wraps a built model; precomputes the time-embedding table.
+    pub fn new(model: Model, config: MarConfig, device: Device) -> Self {
+        let time_table = model
+            .head
+            .time_embedding_table(crate::diffusion::NUM_BASE_TIMESTEPS, &device);
+        Self {
+            model,
+            config,
+            device,
+            time_table,
+        }
+    }
+
+    /// The head's time embedding for an original timestep (`[1, W]`).
+    pub fn time_embedding(&self, t: usize) -> Tensor<2> {
+        let [_, w] = self.time_table.dims();
+        self.time_table.clone().slice([t..t + 1, 0..w])
+    }
 }
 
 /// What to generate and how.
@@ -189,7 +212,6 @@ pub struct Generation {
     tokens: Vec<f32>,
     k: usize,
     diffusions: DiffusionCache,
-    time_embeddings: HashMap<usize, Tensor<2>>,
     record_conditions: bool,
     sync_timings: bool,
 }
@@ -217,7 +239,6 @@ impl Generation {
             tokens: vec![0.0; b * n * c],
             k: 0,
             diffusions: DiffusionCache::default(),
-            time_embeddings: HashMap::new(),
             record_conditions: false,
             sync_timings: !cfg!(target_arch = "wasm32"),
             request,
@@ -411,7 +432,7 @@ impl Generation {
             let draw_rows = if use_cfg { 2 * rows_n } else { rows_n };
             for idx in (0..diffusion.len()).rev() {
                 let coeffs = diffusion.step_coefficients(idx);
-                let time_emb = self.time_embedding(coeffs.timestep);
+                let time_emb = g.time_embedding(coeffs.timestep);
                 let (eps, v) = if use_cfg {
                     g.model
                         .head
@@ -482,15 +503,6 @@ impl Generation {
         };
         self.k += 1;
         event
-    }
-
-    /// The head's time embedding for an original timestep, computed once per generation.
-    fn time_embedding(&mut self, t: usize) -> Tensor<2> {
-        let g = &self.generator;
-        self.time_embeddings
-            .entry(t)
-            .or_insert_with(|| g.model.head.time_embedding(t, &g.device))
-            .clone()
     }
 
     /// Decodes the current tokens to images in about [−1, 1] (`[B, ch, H, W]`), if the model

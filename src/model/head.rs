@@ -126,6 +126,16 @@ impl DiffusionHead {
         self.time_mlp_out.forward(silu(self.time_mlp_in.forward(f)))
     }
 
+    /// `TimestepEmbedder(t)` for every `t` in `0..count`, in one batched call.
+    ///
+    /// # Shapes
+    /// → `[count, W]`.
+    pub fn time_embedding_table(&self, count: usize, device: &Device) -> Tensor<2> {
+        let freqs: Vec<f32> = (0..count).flat_map(timestep_frequencies).collect();
+        let f = Tensor::<2>::from_data(TensorData::new(freqs, [count, TIME_FREQ_DIM]), device);
+        self.time_mlp_out.forward(silu(self.time_mlp_in.forward(f)))
+    }
+
     /// The head's condition embedding `cond_embed(z)`, constant over a sampling loop.
     ///
     /// # Shapes

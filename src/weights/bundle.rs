@@ -210,11 +210,7 @@ impl Bundle {
             (DecoderSpec::None, _) => None,
         };
         let model = Model::load(&self.mar, &self.config, decoder, device)?;
-        Ok(Generator {
-            model,
-            config: self.config.clone(),
-            device: device.clone(),
-        })
+        Ok(Generator::new(model, self.config.clone(), device.clone()))
     }
 }
 

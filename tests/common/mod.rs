@@ -140,11 +140,7 @@ pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
         device,
     )
     .expect("model builds");
-    std::sync::Arc::new(Generator {
-        model,
-        config,
-        device: device.clone(),
-    })
+    std::sync::Arc::new(Generator::new(model, config, device.clone()))
 }
 
 /// Max |a − b| over max |reference|: the scaled error the reference README asks for.
