@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The main command: installs what is missing, builds the browser demo (release wasm), and
-# serves it on http://127.0.0.1:${PORT:-8080}/ with the shipped default model.
+# The main command: installs what is missing, builds the browser demo (release wasm) and
+# serves it at http://127.0.0.1:${PORT:-8080}/ with the shipped default model.
 source "$(dirname "${BASH_SOURCE[0]}")/setup-web.sh"
 cd "$ROOT"
 
 PORT="${PORT:-8080}"
 say "building the page (release wasm; the first build takes a while)"
 trunk build --release
-say "serving the demo: open http://127.0.0.1:${PORT}/ (Ctrl-C stops)"
-say "Chromium/Chrome use WebGPU when available; elsewhere the page falls back to the CPU."
-exec trunk serve --release --offline --address 127.0.0.1 --port "$PORT" --no-autoreload
+say "Chrome/Edge use WebGPU when available; elsewhere the page falls back to the CPU."
+exec node scripts/serve.mjs dist "$PORT"

@@ -8,6 +8,8 @@ cd "$ROOT"
 
 # Software Vulkan device for the native wgpu tests (no GPU on CI).
 apt_ensure mesa-vulkan-drivers libvulkan1
+# Fashion-MNIST for the data tests (the small model's training set).
+apt_ensure dataset-fashion-mnist
 # wgpu probes Wayland; without a runtime dir it only complains, so give it one.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 

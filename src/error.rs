@@ -46,6 +46,10 @@ pub enum DisaError {
     #[error("device error: {0}")]
     Device(String),
 
+    /// A dataset file is malformed (wrong magic, truncated, inconsistent counts).
+    #[error("dataset {source_name}: {reason}")]
+    Dataset { source_name: String, reason: String },
+
     /// File system errors, with the path that failed.
     #[error("{path}: {source}")]
     Io {

@@ -10,6 +10,8 @@
 //! - [`image`]: turning decoded tensors into RGB pixels.
 
 pub mod backend;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod image;

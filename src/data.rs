@@ -1,0 +1,305 @@
+//! Fashion-MNIST in the MNIST idx format (Debian's `dataset-fashion-mnist` installs it under
+//! `/usr/share/datasets/fashion-mnist/`, gzipped), and its conversion to MAR tokens: 28×28
+//! images padded to 32×32 and cut into 4×4 patches, an 8×8 grid of 16-channel tokens.
+
+use crate::error::{DisaError, Result};
+use std::io::Read;
+use std::path::Path;
+
+/// Where Debian's package puts the files.
+pub const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The ten classes, index = label.
+pub const CLASS_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+
+fn bad(source: &str, reason: impl Into<String>) -> DisaError {
+    DisaError::Dataset {
+        source_name: source.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn be_u32(bytes: &[u8], at: usize, source: &str) -> Result<u32> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| bad(source, format!("truncated header ({} bytes)", bytes.len())))
+}
+
+/// Grayscale images, row-major, one byte per pixel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images {
+    pub count: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl Images {
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+/// Parses an idx3 image file (already decompressed).
+pub fn parse_images(source: &str, bytes: &[u8]) -> Result<Images> {
+    let magic = be_u32(bytes, 0, source)?;
+    if magic != IMAGES_MAGIC {
+        return Err(bad(
+            source,
+            format!("magic {magic:#010x} is not an idx3 image file ({IMAGES_MAGIC:#010x})"),
+        ));
+    }
+    let (count, rows, cols) = (
+        be_u32(bytes, 4, source)? as usize,
+        be_u32(bytes, 8, source)? as usize,
+        be_u32(bytes, 12, source)? as usize,
+    );
+    let expected = count
+        .checked_mul(rows)
+        .and_then(|v| v.checked_mul(cols))
+        .ok_or_else(|| bad(source, "image dimensions overflow"))?;
+    let data = &bytes[16..];
+    if data.len() != expected {
+        return Err(bad(
+            source,
+            format!(
+                "{count} images of {rows}×{cols} need {expected} bytes, the file has {}",
+                data.len()
+            ),
+        ));
+    }
+    Ok(Images {
+        count,
+        rows,
+        cols,
+        pixels: data.to_vec(),
+    })
+}
+
+/// Parses an idx1 label file (already decompressed); labels must be < `num_classes`.
+pub fn parse_labels(source: &str, bytes: &[u8], num_classes: usize) -> Result<Vec<u8>> {
+    let magic = be_u32(bytes, 0, source)?;
+    if magic != LABELS_MAGIC {
+        return Err(bad(
+            source,
+            format!("magic {magic:#010x} is not an idx1 label file ({LABELS_MAGIC:#010x})"),
+        ));
+    }
+    let count = be_u32(bytes, 4, source)? as usize;
+    let data = &bytes[8..];
+    if data.len() != count {
+        return Err(bad(
+            source,
+            format!("{count} labels declared, the file has {}", data.len()),
+        ));
+    }
+    if let Some((i, l)) = data
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l as usize >= num_classes)
+    {
+        return Err(bad(
+            source,
+            format!("label {l} at index {i} is not below {num_classes}"),
+        ));
+    }
+    Ok(data.to_vec())
+}
+
+/// Reads a file, gunzipping it when it starts with the gzip magic.
+pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let source = path.display().to_string();
+    let raw = std::fs::read(path).map_err(|e| DisaError::Io {
+        path: source.clone(),
+        source: e,
+    })?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| bad(&source, format!("gzip data is corrupt ({e})")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// One split: images and their labels.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub images: Images,
+    pub labels: Vec<u8>,
+}
+
+/// Fashion-MNIST's train (60k) and test (10k) splits.
+#[derive(Clone, Debug)]
+pub struct FashionMnist {
+    pub train: Split,
+    pub test: Split,
+}
+
+impl FashionMnist {
+    /// Loads the four files (`.gz` or plain) from `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let split = |prefix: &str| -> Result<Split> {
+            let find = |stem: String| -> Result<std::path::PathBuf> {
+                [format!("{stem}.gz"), stem.clone()]
+                    .iter()
+                    .map(|n| dir.join(n))
+                    .find(|p| p.exists())
+                    .ok_or_else(|| {
+                        bad(
+                            &dir.display().to_string(),
+                            format!(
+                                "{stem}(.gz) not found; install Debian's dataset-fashion-mnist"
+                            ),
+                        )
+                    })
+            };
+            let ip = find(format!("{prefix}-images-idx3-ubyte"))?;
+            let lp = find(format!("{prefix}-labels-idx1-ubyte"))?;
+            let images = parse_images(&ip.display().to_string(), &read_maybe_gz(&ip)?)?;
+            let labels = parse_labels(
+                &lp.display().to_string(),
+                &read_maybe_gz(&lp)?,
+                CLASS_NAMES.len(),
+            )?;
+            if labels.len() != images.count {
+                return Err(bad(
+                    prefix,
+                    format!("{} images but {} labels", images.count, labels.len()),
+                ));
+            }
+            Ok(Split { images, labels })
+        };
+        Ok(Self {
+            train: split("train")?,
+            test: split("t10k")?,
+        })
+    }
+}
+
+/// Token layout of the small model: pad to `side` (centred), cut into `patch`×`patch` patches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchLayout {
+    pub side: usize,
+    pub patch: usize,
+}
+
+impl PatchLayout {
+    /// 32×32 padded images, 4×4 patches: an 8×8 grid of 16-channel tokens.
+    pub const FASHION: Self = Self { side: 32, patch: 4 };
+
+    /// Tokens per image.
+    pub fn grid(&self) -> usize {
+        self.side / self.patch
+    }
+
+    /// Tokens of one grayscale image: pixels scaled to [−1, 1] then × `scale`, laid out as
+    /// MAR's `patchify` with one channel (`[grid², patch²]`, row-major tokens).
+    pub fn tokens(&self, pixels: &[u8], rows: usize, cols: usize, scale: f32) -> Vec<f32> {
+        let (g, p) = (self.grid(), self.patch);
+        let (oy, ox) = ((self.side - rows) / 2, (self.side - cols) / 2);
+        let mut out = Vec::with_capacity(g * g * p * p);
+        for gy in 0..g {
+            for gx in 0..g {
+                for py in 0..p {
+                    for px in 0..p {
+                        let (y, x) = (gy * p + py, gx * p + px);
+                        let v = if (oy..oy + rows).contains(&y) && (ox..ox + cols).contains(&x) {
+                            pixels[(y - oy) * cols + (x - ox)]
+                        } else {
+                            0
+                        };
+                        out.push((v as f32 / 127.5 - 1.0) * scale);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx3(count: u32, rows: u32, cols: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [IMAGES_MAGIC, count, rows, cols] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn parses_and_rejects_images() {
+        let ok = idx3(2, 2, 2, &[0, 1, 2, 3, 4, 5, 6, 7]);
+        let img = parse_images("t", &ok).unwrap();
+        assert_eq!((img.count, img.rows, img.cols), (2, 2, 2));
+        assert_eq!(img.image(1), &[4, 5, 6, 7]);
+        assert!(
+            parse_images("t", &ok[..ok.len() - 1]).is_err(),
+            "truncated data"
+        );
+        assert!(parse_images("t", &ok[..10]).is_err(), "truncated header");
+        let mut wrong = ok.clone();
+        wrong[3] = 0x01;
+        assert!(
+            parse_images("t", &wrong)
+                .unwrap_err()
+                .to_string()
+                .contains("magic")
+        );
+        assert!(
+            parse_images("t", &idx3(u32::MAX, u32::MAX, u32::MAX, &[])).is_err(),
+            "overflow"
+        );
+    }
+
+    #[test]
+    fn parses_and_rejects_labels() {
+        let mut ok = Vec::new();
+        ok.extend_from_slice(&LABELS_MAGIC.to_be_bytes());
+        ok.extend_from_slice(&3u32.to_be_bytes());
+        ok.extend_from_slice(&[0, 9, 4]);
+        assert_eq!(parse_labels("l", &ok, 10).unwrap(), vec![0, 9, 4]);
+        assert!(
+            parse_labels("l", &ok, 5)
+                .unwrap_err()
+                .to_string()
+                .contains("label 9")
+        );
+        assert!(parse_labels("l", &ok[..10], 10).is_err());
+    }
+
+    #[test]
+    fn tokens_pad_centre_and_patchify() {
+        let layout = PatchLayout::FASHION;
+        let pixels = vec![255u8; 28 * 28];
+        let t = layout.tokens(&pixels, 28, 28, 1.0);
+        assert_eq!(t.len(), 64 * 16);
+        // Token (0,0) covers rows/cols 0..4: the first two rows and columns are padding.
+        assert_eq!(t[0], -1.0); // (0,0) padding
+        assert_eq!(t[2 * 4 + 2], 1.0); // (2,2) inside the image
+        assert_eq!(t[63 * 16 + 15], -1.0); // bottom-right corner is padding
+    }
+}
