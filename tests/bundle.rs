@@ -113,3 +113,17 @@ fn truncated_bundles_are_format_errors() {
         );
     }
 }
+
+#[test]
+fn a_flipped_bit_in_tensor_data_is_caught_by_the_content_hash() {
+    let bytes = official().to_bytes().unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 8;
+    for at in [header, header + (bytes.len() - header) / 2, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01; // a low mantissa bit: the value stays finite and plausible
+        let err = Bundle::from_bytes("flipped", &bad)
+            .err()
+            .unwrap_or_else(|| panic!("flip at {at} accepted"));
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}

@@ -115,7 +115,19 @@ impl Bundle {
                 .map_err(|e| meta_error(source_name, format!("metadata `info`: {e}")))?,
             None => BundleInfo::default(),
         };
+        let expected_hash = json("content_hash")?.clone();
         let all = WeightMap::from_safetensors_bytes(source_name, bytes)?;
+        let mut sorted: Vec<(&String, &HostTensor)> = all.tensors.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let found_hash = content_hash(sorted.into_iter().map(|(k, t)| (k.as_str(), t)));
+        if found_hash != expected_hash {
+            return Err(meta_error(
+                source_name,
+                format!(
+                    "tensor data is corrupt (content hash {found_hash}, the file says {expected_hash})"
+                ),
+            ));
+        }
         let mut mar = BTreeMap::new();
         let mut vae = BTreeMap::new();
         for (k, t) in all.tensors {
@@ -148,19 +160,8 @@ impl Bundle {
 
     /// Serializes to safetensors bytes (f32 tensors).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut entries: Vec<(String, &HostTensor)> = self
-            .mar
-            .tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t))
-            .collect();
-        if let Some(vae) = &self.vae {
-            entries.extend(
-                vae.tensors
-                    .iter()
-                    .map(|(k, t)| (format!("{VAE_PREFIX}{k}"), t)),
-            );
-        }
+        let entries = named_entries(&self.mar, self.vae.as_ref());
+        let hash = content_hash(entries.iter().map(|(k, t)| (k.as_str(), *t)));
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = entries
             .into_iter()
             .map(|(k, t)| {
@@ -186,6 +187,7 @@ impl Bundle {
         meta.insert("decoder".to_string(), to_json(&self.decoder));
         meta.insert("info".to_string(), to_json(&self.info));
         meta.insert("quantization".to_string(), "none".to_string());
+        meta.insert("content_hash".to_string(), hash);
         safetensors::serialize(views, Some(meta))
             .map_err(|e| DisaError::Config(format!("serializing: {e}")))
     }
@@ -212,6 +214,46 @@ impl Bundle {
         let model = Model::load(&self.mar, &self.config, decoder, device)?;
         Ok(Generator::new(model, self.config.clone(), device.clone()))
     }
+}
+
+/// FNV-1a (64-bit) over every tensor's name, shape and little-endian f32 values, in name
+/// order: detects corrupted tensor data, which the format's structure alone cannot.
+fn content_hash<'a>(entries: impl Iterator<Item = (&'a str, &'a HostTensor)>) -> String {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(PRIME);
+        }
+    };
+    for (name, t) in entries {
+        feed(name.as_bytes());
+        for d in &t.shape {
+            feed(&(*d as u64).to_le_bytes());
+        }
+        for v in &t.values {
+            feed(&v.to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Every tensor of a bundle under its file name (`vae.` prefix for the decoder), sorted.
+fn named_entries<'a>(
+    mar: &'a WeightMap,
+    vae: Option<&'a WeightMap>,
+) -> Vec<(String, &'a HostTensor)> {
+    let mut entries: Vec<(String, &HostTensor)> =
+        mar.tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
+    if let Some(vae) = vae {
+        entries.extend(
+            vae.tensors
+                .iter()
+                .map(|(k, t)| (format!("{VAE_PREFIX}{k}"), t)),
+        );
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
 }
 
 /// A metadata value as a JSON string.
