@@ -8,6 +8,7 @@ cd "$ROOT"
 cargo build --bin disa
 profile_flag=()
 [ "${DISA_WEB_PROFILE:-dev}" = "release" ] && profile_flag=(--release)
+rm -f dist/.release-stamp # dist/ is about to hold another build
 say "trunk build ${profile_flag[*]}"
 trunk build "${profile_flag[@]}"
 

@@ -215,6 +215,25 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     compareImages(run.pixels, nativeImage(SETTINGS, SETTINGS.end), 'cpu linear:50:5');
     await page.screenshot({ path: path.join(SHOTS, 'cpu-done.png') });
 
+    // Changing a setting mid-run cancels the stale run: with auto-run on, a new seed while
+    // the old run is going must end in exactly the new seed's image.
+    await page.evaluate(() => { const a = document.getElementById('auto-run'); a.checked = true; a.dispatchEvent(new Event('change', { bubbles: true })); window.disaEvents.length = 0; });
+    await page.click('#generate');
+    await page.waitForFunction(() => window.disaEvents.some((e) => e.type === 'step'), null, { timeout: TIMEOUT });
+    await setControl(page, 'seed', SETTINGS.seed + 1);
+    await page.waitForFunction(() => {
+      const runs = new Set(window.disaEvents.filter((e) => e.type === 'step').map((e) => e.runId));
+      return runs.size >= 2 && document.body.dataset.state === 'done';
+    }, null, { timeout: TIMEOUT });
+    const restarted = await page.evaluate(() => {
+      const c = document.getElementById('final-canvas');
+      return { width: c.width, height: c.height, data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data) };
+    });
+    compareImages(restarted, nativeImage({ ...SETTINGS, seed: SETTINGS.seed + 1 }, SETTINGS.end), 'cpu after a mid-run seed change');
+    const errors = await page.evaluate(() => window.disaEvents.filter((e) => e.type === 'error'));
+    assert.deepEqual(errors, [], 'no errors from the cancelled run');
+    await page.evaluate(() => { const a = document.getElementById('auto-run'); a.checked = false; a.dispatchEvent(new Event('change', { bubbles: true })); });
+
     // A/B: baseline and DiSA from the same seed, with the measured speed-up.
     await page.click('#ab-run');
     await page.waitForFunction(() => /\d/.test(document.getElementById('speedup')?.textContent || ''), null, { timeout: TIMEOUT });
