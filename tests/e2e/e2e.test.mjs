@@ -215,6 +215,15 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     compareImages(run.pixels, nativeImage(SETTINGS, SETTINGS.end), 'cpu linear:50:5');
     await page.screenshot({ path: path.join(SHOTS, 'cpu-done.png') });
 
+    // Warm cache: the model now comes from the Cache API.
+    const t1 = Date.now();
+    await page.reload();
+    await waitState(page, ['ready'], logs);
+    const warmLoadMs = Date.now() - t1;
+    await applySettings(page, SETTINGS);
+    const warm = await generate(page, logs);
+    console.log(`CPU warm cache: page load → ready ${warmLoadMs} ms, first image ${warm.ms} ms`);
+
     // Changing a setting mid-run cancels the stale run: with auto-run on, a new seed while
     // the old run is going must end in exactly the new seed's image.
     await page.evaluate(() => { const a = document.getElementById('auto-run'); a.checked = true; a.dispatchEvent(new Event('change', { bubbles: true })); window.disaEvents.length = 0; });
