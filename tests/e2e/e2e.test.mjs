@@ -94,12 +94,28 @@ async function generate(page, logs) {
   const events = await page.evaluate(() => window.disaEvents.filter((e) => e.type === 'step' || e.type === 'done' || e.type === 'error'));
   const errors = events.filter((e) => e.type === 'error');
   assert.equal(errors.length, 0, `generation errors: ${JSON.stringify(errors)}`);
-  const pixels = await page.evaluate(() => {
+  const pixels = await finalPixels(page);
+  return { steps: events.filter((e) => e.type === 'step'), done: events.find((e) => e.type === 'done'), pixels, ms };
+}
+
+/** RGBA pixels of the final image canvas, at the image's native size. */
+function finalPixels(page) {
+  return page.evaluate(() => {
     const c = document.getElementById('final-canvas');
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
     return { width: c.width, height: c.height, data: Array.from(d.data) };
   });
-  return { steps: events.filter((e) => e.type === 'step'), done: events.find((e) => e.type === 'done'), pixels, ms };
+}
+
+/** Opens the page in a fresh browser and waits until the model is ready. */
+async function openPage({ webgpu }) {
+  const { context, page, logs } = await launch({ webgpu });
+  const t0 = Date.now();
+  await page.goto(baseUrl);
+  await waitState(page, ['ready'], logs);
+  const loadMs = Date.now() - t0;
+  const backend = (await page.textContent('#backend')).toLowerCase();
+  return { context, page, logs, loadMs, backend };
 }
 
 /** The native CLI's image for the same settings, as RGB bytes (PPM). */
@@ -148,14 +164,9 @@ function checkProgressive(run, s, seqLen, label) {
 }
 
 test('WebGPU: generates progressively, the end-steps slider changes the steps, the image equals the CLI', { timeout: 4 * TIMEOUT }, async () => {
-  const { context, page, logs } = await launch({ webgpu: true });
+  const { context, page, logs, loadMs, backend } = await openPage({ webgpu: true });
   try {
-    const t0 = Date.now();
-    await page.goto(baseUrl);
-    await waitState(page, ['ready'], logs);
-    const loadMs = Date.now() - t0;
-    const backend = await page.textContent('#backend');
-    assert.match(backend.toLowerCase(), /webgpu/, `backend in use: ${backend}\n${logs.join('\n')}`);
+    assert.match(backend, /webgpu/, `backend in use: ${backend}\n${logs.join('\n')}`);
     const model = await page.evaluate(() => window.disaEvents.find((e) => e.type === 'backend'));
     console.log(`backend: ${backend} (software: ${model?.info?.software})`);
     await applySettings(page, GPU_SETTINGS);
@@ -197,14 +208,9 @@ test('WebGPU: generates progressively, the end-steps slider changes the steps, t
 });
 
 test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a message', { timeout: 4 * TIMEOUT }, async () => {
-  const { context, page, logs } = await launch({ webgpu: false });
+  const { context, page, logs, loadMs, backend } = await openPage({ webgpu: false });
   try {
-    const t0 = Date.now();
-    await page.goto(baseUrl);
-    await waitState(page, ['ready'], logs);
-    const loadMs = Date.now() - t0;
-    const backend = await page.textContent('#backend');
-    assert.match(backend.toLowerCase(), /cpu/, `backend: ${backend}`);
+    assert.match(backend, /cpu/, `backend: ${backend}`);
     const notice = await page.evaluate(() => { const n = document.getElementById('notice'); return n.hidden ? '' : n.textContent; });
     assert.ok(notice.length > 0, 'a visible notice explains the CPU fallback');
     console.log(`CPU fallback notice: ${notice}`);
@@ -234,10 +240,7 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
       const runs = new Set(window.disaEvents.filter((e) => e.type === 'step').map((e) => e.runId));
       return runs.size >= 2 && document.body.dataset.state === 'done';
     }, null, { timeout: TIMEOUT });
-    const restarted = await page.evaluate(() => {
-      const c = document.getElementById('final-canvas');
-      return { width: c.width, height: c.height, data: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data) };
-    });
+    const restarted = await finalPixels(page);
     compareImages(restarted, nativeImage({ ...SETTINGS, seed: SETTINGS.seed + 1 }, SETTINGS.end), 'cpu after a mid-run seed change');
     const errors = await page.evaluate(() => window.disaEvents.filter((e) => e.type === 'error'));
     assert.deepEqual(errors, [], 'no errors from the cancelled run');
