@@ -75,6 +75,9 @@ struct ConvertArgs {
     /// Output file (safetensors with disa metadata).
     #[arg(long)]
     out: PathBuf,
+    /// Tensor storage: f32 (lossless) or f16 (matrices in f16, about half the size).
+    #[arg(long, default_value = "f32")]
+    storage: String,
 }
 
 #[derive(Args, Clone)]
@@ -377,7 +380,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
     }
     // Build once on the CPU so a file that cannot run is never written.
     bundle.build(&burn::tensor::Device::flex())?;
-    let bytes = bundle.to_bytes()?;
+    let bytes = bundle.to_bytes_as(disa::weights::Storage::parse(&args.storage)?)?;
     std::fs::write(&args.out, &bytes).map_err(|source| DisaError::Io {
         path: args.out.display().to_string(),
         source,

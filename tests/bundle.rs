@@ -127,3 +127,43 @@ fn a_flipped_bit_in_tensor_data_is_caught_by_the_content_hash() {
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 }
+
+#[test]
+fn f16_storage_halves_the_file_and_stays_close() {
+    let bundle = official();
+    let f32_bytes = bundle.to_bytes().unwrap();
+    let f16_bytes = bundle.to_bytes_as(disa::weights::Storage::F16).unwrap();
+    let ratio = f16_bytes.len() as f64 / f32_bytes.len() as f64;
+    assert!(ratio < 0.55, "f16 file is {ratio:.3} of f32");
+    let device = burn::tensor::Device::flex();
+    let request = Request {
+        labels: vec![Some(3), Some(7)],
+        ar_steps: 8,
+        schedule: StepSchedule::Linear { start: 50, end: 5 },
+        cfg: 2.0,
+        ..Request::default()
+    };
+    let decoded = |bytes: &[u8]| {
+        let g = Arc::new(Bundle::from_bytes("b", bytes).unwrap().build(&device).unwrap());
+        let mut generation = Generation::new(g, request.clone(), Box::new(SeededNoise::new(5))).unwrap();
+        generation.run_to_end().unwrap();
+        let tokens = generation.tokens().to_vec();
+        let image = generation.decode().unwrap().into_data().try_to_vec::<f32>().unwrap();
+        (tokens, image)
+    };
+    let (t32, i32_) = decoded(&f32_bytes);
+    let (t16, i16_) = decoded(&f16_bytes);
+    let scaled = |a: &[f32], b: &[f32]| {
+        let absmax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / absmax
+    };
+    let mse: f64 = i32_.iter().zip(&i16_).map(|(a, b)| ((a - b) as f64 / 2.0).powi(2)).sum::<f64>() / i32_.len() as f64;
+    let psnr = 10.0 * (1.0 / mse.max(1e-20)).log10();
+    eprintln!(
+        "f16 storage: file {:.3} of f32; DiSA tokens max err {:.2e}·max|f32|; image PSNR vs f32 {psnr:.1} dB",
+        ratio,
+        scaled(&t32, &t16)
+    );
+    assert!(t16.iter().all(|v| v.is_finite()));
+    assert!(psnr > 30.0, "f16 image PSNR {psnr:.1} dB");
+}

@@ -42,6 +42,33 @@ pub struct BundleInfo {
     pub defaults: serde_json::Value,
 }
 
+/// How a bundle stores its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Every tensor in f32 (lossless).
+    F32,
+    /// Matrices and embeddings (2-D and up) in f16, vectors (norms, biases) in f32: about half
+    /// the size.
+    F16,
+}
+
+impl Storage {
+    /// Parses `f32` or `f16`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => Err(DisaError::InvalidSetting(format!(
+                "storage `{text}`: use f32 or f16"
+            ))),
+        }
+    }
+
+    fn halves(self, t: &HostTensor) -> bool {
+        self == Self::F16 && t.shape.len() >= 2
+    }
+}
+
 /// A model in the project's format, in memory.
 #[derive(Clone, Debug)]
 pub struct Bundle {
@@ -158,24 +185,51 @@ impl Bundle {
         })
     }
 
-    /// Serializes to safetensors bytes (f32 tensors).
+    /// Serializes to safetensors bytes, every tensor in f32.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_as(Storage::F32)
+    }
+
+    /// Serializes to safetensors bytes with the given storage. The content hash covers the
+    /// values as they will load (after f16 rounding).
+    pub fn to_bytes_as(&self, storage: Storage) -> Result<Vec<u8>> {
         let entries = named_entries(&self.mar, self.vae.as_ref());
-        let hash = content_hash(entries.iter().map(|(k, t)| (k.as_str(), *t)));
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = entries
+        let stored: Vec<(String, HostTensor, safetensors::Dtype, Vec<u8>)> = entries
             .into_iter()
             .map(|(k, t)| {
-                (
-                    k,
-                    t.shape.clone(),
-                    t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
+                if storage.halves(t) {
+                    if let Some(v) = t
+                        .values
+                        .iter()
+                        .find(|v| v.abs() > f32::from(half::f16::MAX))
+                    {
+                        return Err(DisaError::InvalidSetting(format!(
+                            "tensor `{k}` holds {v}, beyond f16's range: store it as f32"
+                        )));
+                    }
+                    let halves: Vec<half::f16> =
+                        t.values.iter().map(|&v| half::f16::from_f32(v)).collect();
+                    let rounded = HostTensor {
+                        shape: t.shape.clone(),
+                        values: halves.iter().map(|h| h.to_f32()).collect(),
+                    };
+                    let data = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+                    Ok((k, rounded, safetensors::Dtype::F16, data))
+                } else {
+                    let data = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    Ok((k, t.clone(), safetensors::Dtype::F32, data))
+                }
             })
+            .collect::<Result<_>>()?;
+        let hash = content_hash(stored.iter().map(|(k, t, _, _)| (k.as_str(), t)));
+        let bytes: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = stored
+            .into_iter()
+            .map(|(k, t, dtype, data)| (k, t.shape, dtype, data))
             .collect();
         let views = bytes
             .iter()
-            .map(|(k, shape, data)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+            .map(|(k, shape, dtype, data)| {
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
                     .map(|v| (k.clone(), v))
                     .map_err(|e| DisaError::Config(format!("tensor `{k}`: {e}")))
             })
@@ -187,6 +241,12 @@ impl Bundle {
         meta.insert("decoder".to_string(), to_json(&self.decoder));
         meta.insert("info".to_string(), to_json(&self.info));
         meta.insert("quantization".to_string(), "none".to_string());
+        let storage_name = if storage == Storage::F16 {
+            "f16"
+        } else {
+            "f32"
+        };
+        meta.insert("storage".to_string(), storage_name.to_string());
         meta.insert("content_hash".to_string(), hash);
         safetensors::serialize(views, Some(meta))
             .map_err(|e| DisaError::Config(format!("serializing: {e}")))
