@@ -144,11 +144,22 @@ fn f16_storage_halves_the_file_and_stays_close() {
         ..Request::default()
     };
     let decoded = |bytes: &[u8]| {
-        let g = Arc::new(Bundle::from_bytes("b", bytes).unwrap().build(&device).unwrap());
-        let mut generation = Generation::new(g, request.clone(), Box::new(SeededNoise::new(5))).unwrap();
+        let g = Arc::new(
+            Bundle::from_bytes("b", bytes)
+                .unwrap()
+                .build(&device)
+                .unwrap(),
+        );
+        let mut generation =
+            Generation::new(g, request.clone(), Box::new(SeededNoise::new(5))).unwrap();
         generation.run_to_end().unwrap();
         let tokens = generation.tokens().to_vec();
-        let image = generation.decode().unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let image = generation
+            .decode()
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         (tokens, image)
     };
     let (t32, i32_) = decoded(&f32_bytes);
@@ -157,7 +168,12 @@ fn f16_storage_halves_the_file_and_stays_close() {
         let absmax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / absmax
     };
-    let mse: f64 = i32_.iter().zip(&i16_).map(|(a, b)| ((a - b) as f64 / 2.0).powi(2)).sum::<f64>() / i32_.len() as f64;
+    let mse: f64 = i32_
+        .iter()
+        .zip(&i16_)
+        .map(|(a, b)| ((a - b) as f64 / 2.0).powi(2))
+        .sum::<f64>()
+        / i32_.len() as f64;
     let psnr = 10.0 * (1.0 / mse.max(1e-20)).log10();
     eprintln!(
         "f16 storage: file {:.3} of f32; DiSA tokens max err {:.2e}·max|f32|; image PSNR vs f32 {psnr:.1} dB",
