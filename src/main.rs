@@ -254,14 +254,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     );
     let start = disa::sampler::now_ms();
     let mut totals = StepTimings::default();
-    let (mut head_calls, mut token_steps) = (0usize, 0usize);
     while let Some(event) = generation.step()? {
         totals.transformer_ms += event.timings.transformer_ms;
         totals.head_ms += event.timings.head_ms;
-        if event.tokens_per_image() > 0 {
-            head_calls += event.effective_steps;
-        }
-        token_steps += event.tokens_per_image() * event.effective_steps;
         bar.set_message(format!(
             "{} tokens × {} steps",
             event.tokens_per_image(),
@@ -305,7 +300,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
             println!("{name:<14}{ms:>10.1}{:>7.1}%", 100.0 * ms / total_ms);
         }
         println!("{:<14}{total_ms:>10.1}", "total");
-        println!("sequential head calls {head_calls} · token·steps per image {token_steps}");
+        let plan = generation.plan();
+        println!(
+            "sequential head calls {} · token·steps per image {}",
+            plan.head_calls(),
+            plan.token_steps()
+        );
     }
     Ok(())
 }

@@ -74,22 +74,25 @@ impl ModelFiles {
             path: self.weights.display().to_string(),
             source,
         };
+        let name = self.weights.display().to_string();
+        // Sniff the first bytes; a safetensors file is then read once and parsed from memory.
         let head = {
             use std::io::Read;
-            let mut buf = vec![0u8; 1 << 16];
+            let mut buf = [0u8; 8];
             let n = std::fs::File::open(&self.weights)
                 .and_then(|mut f| f.read(&mut buf))
                 .map_err(io)?;
-            buf.truncate(n);
-            buf
+            buf[..n].to_vec()
         };
-        if !WeightMap::looks_like_pytorch(&head) && head.len() >= 8 {
+        let mar = if head.len() == 8 && !WeightMap::looks_like_pytorch(&head) {
             let bytes = std::fs::read(&self.weights).map_err(io)?;
             if Bundle::is_bundle(&bytes) {
-                return Bundle::from_bytes(&self.weights.display().to_string(), &bytes);
+                return Bundle::from_bytes(&name, &bytes);
             }
-        }
-        let mar = WeightMap::from_path(&self.weights, Some(&self.state_dict))?;
+            WeightMap::from_safetensors_bytes(&name, &bytes)?
+        } else {
+            WeightMap::from_path(&self.weights, Some(&self.state_dict))?
+        };
         let config = self.config_for(&mar)?;
         let vae = self
             .vae_path()
