@@ -6,10 +6,8 @@ cd "$ROOT"
 
 PORT="${PORT:-8080}"
 # Rebuild only when a source changed since the last release build (wasm-opt alone takes minutes).
-# (The model file is regenerated on every run; it is copied in below instead.)
-if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml -path www/assets -prune -o -newer dist/.release-stamp -print -quit)" ]; then
+if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml -newer dist/.release-stamp -print -quit)" ]; then
   say "the release page in dist/ is up to date"
-  cp www/assets/model.safetensors dist/assets/model.safetensors
 else
   say "building the page (release wasm; the first build takes a while)"
   trunk build --release

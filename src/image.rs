@@ -80,3 +80,42 @@ pub fn grid(images: &[RgbImage], columns: usize) -> Option<RgbImage> {
         pixels,
     })
 }
+
+impl RgbImage {
+    /// Nearest-neighbour enlargement by an integer `factor` (small images for viewing).
+    pub fn upscaled(&self, factor: usize) -> RgbImage {
+        let f = factor.max(1);
+        let (w, h) = (self.width * f, self.height * f);
+        let mut pixels = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for x in 0..w {
+                let src = ((y / f) * self.width + x / f) * 3;
+                pixels.extend_from_slice(&self.pixels[src..src + 3]);
+            }
+        }
+        RgbImage {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upscaling_repeats_pixels() {
+        let img = RgbImage {
+            width: 2,
+            height: 1,
+            pixels: vec![1, 2, 3, 4, 5, 6],
+        };
+        let big = img.upscaled(2);
+        assert_eq!((big.width, big.height), (4, 2));
+        assert_eq!(&big.pixels[..12], &[1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6]);
+        assert_eq!(&big.pixels[12..], &big.pixels[..12]);
+        assert_eq!(img.upscaled(1), img);
+    }
+}

@@ -7,18 +7,24 @@
 //! - [`diffusion`] and [`schedule`]: the DDPM tables and the DiSA / mask / CFG schedules;
 //! - [`noise`]: seeded or replayed random streams;
 //! - [`weights`]: reading official checkpoints and safetensors;
-//! - [`image`]: turning decoded tensors into RGB pixels.
+//! - [`image`]: turning decoded tensors into RGB pixels;
+//! - `train` and `eval`: training the small Fashion-MNIST MAR and measuring sample quality
+//!   (native only).
 
 pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod data;
 pub mod diffusion;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
 pub mod image;
 pub mod model;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
+#[cfg(all(feature = "train", not(target_arch = "wasm32")))]
+pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 pub mod weights;

@@ -1,5 +1,7 @@
 //! The `disa` command-line program: a thin shell over the library.
 
+mod cli;
+
 use clap::{Args, Parser, Subcommand};
 use disa::backend::Backend;
 use disa::diffusion::TimestepClip;
@@ -35,6 +37,12 @@ enum Command {
     Convert(ConvertArgs),
     /// Time schedules against a baseline in one run: ms per image and speed-up ratios.
     Bench(BenchArgs),
+    /// Train a MAR on Fashion-MNIST with the official objective (checkpoints, resume).
+    Train(cli::train::TrainArgs),
+    /// Train the Fashion-MNIST classifier that `disa eval` scores samples with.
+    TrainClassifier(cli::train::ClassifierArgs),
+    /// Score schedules: classifier accuracy and Fréchet distance of generated images, with cost.
+    Eval(cli::eval::EvalArgs),
 }
 
 #[derive(Args)]
@@ -78,6 +86,10 @@ struct ConvertArgs {
     /// Tensor storage: f32 (lossless) or f16 (matrices in f16, about half the size).
     #[arg(long, default_value = "f32")]
     storage: String,
+    /// Output layout: disa (one self-describing file) or official (the MAR state dict as
+    /// safetensors under the official key names, for `model.load_state_dict` in PyTorch).
+    #[arg(long, default_value = "disa")]
+    to: String,
 }
 
 #[derive(Args, Clone)]
@@ -101,10 +113,11 @@ struct SamplingArgs {
 }
 
 #[derive(Args, Clone)]
-struct ModelArgs {
-    /// A disa model file, or official MAR weights (checkpoint .pth or safetensors).
+pub struct ModelArgs {
+    /// A disa model file, or official MAR weights (checkpoint .pth or safetensors); default:
+    /// the built-in Fashion-MNIST model.
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
     /// VAE weights (.ckpt or safetensors); default: vae.safetensors or vae.ckpt beside the weights.
     #[arg(long)]
     vae: Option<PathBuf>,
@@ -118,13 +131,28 @@ struct ModelArgs {
     state_dict: String,
 }
 
+/// The Fashion-MNIST MAR trained by this project (`disa train`, see the README), f16 storage.
+pub const SHIPPED_MODEL: &[u8] = include_bytes!("../www/assets/model.safetensors");
+/// The classifier `disa eval` scores with (`disa train-classifier`).
+pub const SHIPPED_CLASSIFIER: &[u8] = include_bytes!("../www/assets/classifier.safetensors");
+
 impl ModelArgs {
-    fn files(&self) -> ModelFiles {
-        ModelFiles {
-            weights: self.weights.clone(),
-            vae: self.vae.clone(),
-            config: self.config.clone(),
-            state_dict: self.state_dict.clone(),
+    /// The model these arguments name: files on disk, or the built-in model.
+    fn bundle(&self) -> Result<disa::weights::Bundle> {
+        match &self.weights {
+            Some(weights) => ModelFiles {
+                weights: weights.clone(),
+                vae: self.vae.clone(),
+                config: self.config.clone(),
+                state_dict: self.state_dict.clone(),
+            }
+            .load(),
+            None if self.vae.is_some() || self.config.is_some() => Err(DisaError::InvalidSetting(
+                "--vae and --config describe official weights: give --weights too".into(),
+            )),
+            None => {
+                disa::weights::Bundle::from_bytes("built-in Fashion-MNIST model", SHIPPED_MODEL)
+            }
         }
     }
 }
@@ -153,6 +181,9 @@ struct GenerateArgs {
     /// Output image: PNG, or PPM if the name ends in .ppm (a grid when several images).
     #[arg(long, default_value = "disa.png")]
     out: PathBuf,
+    /// Enlarge the output by this integer factor (nearest neighbour), e.g. 4 for 32×32 images.
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
     /// No progress bar or table.
     #[arg(long)]
     quiet: bool,
@@ -212,9 +243,15 @@ fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
+    if !(1..=16).contains(&args.scale) {
+        return Err(DisaError::InvalidSetting(format!(
+            "scale {} must be in 1..=16",
+            args.scale
+        )));
+    }
     let backend: Backend = args.backend.parse()?;
     let device = backend.device()?;
-    let generator = Arc::new(args.model.files().load()?.build(&device)?);
+    let generator = Arc::new(args.model.bundle()?.build(&device)?);
 
     let classes: Vec<Option<usize>> = if args.classes.is_empty() {
         vec![None]
@@ -277,7 +314,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     } else {
         images.len()
     };
-    let sheet = grid(&images, columns).expect("at least one image");
+    let sheet = grid(&images, columns)
+        .expect("at least one image")
+        .upscaled(args.scale);
     write_image(&args.out, &sheet)?;
     if !args.quiet {
         println!(
@@ -313,7 +352,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
 fn bench(args: BenchArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
     let device = backend.device()?;
-    let generator = Arc::new(args.model.files().load()?.build(&device)?);
+    let generator = Arc::new(args.model.bundle()?.build(&device)?);
     if args.repeats == 0 || args.batch == 0 {
         return Err(DisaError::InvalidSetting(
             "repeats and batch must be at least 1".into(),
@@ -374,13 +413,34 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
-    let mut bundle = args.model.files().load()?;
+    let mut bundle = args.model.bundle()?;
     if let Some(name) = args.name {
         bundle.info.name = name;
     }
     // Build once on the CPU so a file that cannot run is never written.
     bundle.build(&burn::tensor::Device::flex())?;
-    let bytes = bundle.to_bytes_as(disa::weights::Storage::parse(&args.storage)?)?;
+    let bytes = match args.to.to_ascii_lowercase().as_str() {
+        "disa" => bundle.to_bytes_as(disa::weights::Storage::parse(&args.storage)?)?,
+        "official" => {
+            if args.storage != "f32" {
+                return Err(DisaError::InvalidSetting(
+                    "--to official writes f32 (the official checkpoints' dtype)".into(),
+                ));
+            }
+            let config = serde_json::to_string(&bundle.config).expect("config serializes");
+            bundle
+                .mar
+                .to_safetensors_bytes(std::collections::HashMap::from([
+                    ("format".to_string(), "pt".to_string()),
+                    ("mar_ctor_kwargs".to_string(), config),
+                ]))?
+        }
+        other => {
+            return Err(DisaError::InvalidSetting(format!(
+                "--to {other}: use disa or official"
+            )));
+        }
+    };
     std::fs::write(&args.out, &bytes).map_err(|source| DisaError::Io {
         path: args.out.display().to_string(),
         source,
@@ -439,6 +499,9 @@ fn main() -> ExitCode {
         Command::Schedule(a) => print_schedule(a),
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench(a),
+        Command::Train(a) => cli::train::train(a),
+        Command::TrainClassifier(a) => cli::train::train_classifier(a),
+        Command::Eval(a) => cli::eval::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

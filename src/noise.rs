@@ -55,7 +55,8 @@ impl SeededNoise {
         }
     }
 
-    fn next_u64(&mut self) -> u64 {
+    /// The next raw 64-bit output.
+    pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.state;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = s[1] << 17;
@@ -69,12 +70,12 @@ impl SeededNoise {
     }
 
     /// Uniform in [0, 1) with 53 random bits.
-    fn uniform(&mut self) -> f64 {
+    pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Unbiased integer in `0..bound` (Lemire's method without the fast path).
-    fn below(&mut self, bound: u64) -> u64 {
+    pub fn below(&mut self, bound: u64) -> u64 {
         let zone = u64::MAX - (u64::MAX % bound);
         loop {
             let v = self.next_u64();
@@ -84,7 +85,8 @@ impl SeededNoise {
         }
     }
 
-    fn standard_normal(&mut self) -> f64 {
+    /// One standard normal draw.
+    pub fn standard_normal(&mut self) -> f64 {
         if let Some(v) = self.spare.take() {
             return v;
         }

@@ -85,12 +85,36 @@ impl MarConfig {
         }
     }
 
-    /// A preset by name (`mar_base`, `mar_large`, `mar_huge`, or `b`/`l`/`h`).
+    /// The project's small Fashion-MNIST model: 32×32 grayscale images as an 8×8 grid of 4×4
+    /// pixel patches (16 values per token, like MAR's KL-16 latents), 10 classes, a narrow
+    /// transformer and head sized to train on a CPU.
+    pub fn fashion() -> Self {
+        Self {
+            img_size: 32,
+            vae_stride: 1,
+            patch_size: 4,
+            encoder_embed_dim: 128,
+            encoder_depth: 2,
+            encoder_num_heads: 4,
+            decoder_embed_dim: 128,
+            decoder_depth: 2,
+            decoder_num_heads: 4,
+            mlp_ratio: 4.0,
+            vae_embed_dim: 1,
+            class_num: 10,
+            buffer_size: 8,
+            diffloss_d: 3,
+            diffloss_w: 128,
+        }
+    }
+
+    /// A preset by name (`mar_base`, `mar_large`, `mar_huge`, or `b`/`l`/`h`; `fashion`).
     pub fn preset(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
             "mar_base" | "mar-b" | "b" | "base" => Some(Self::mar_base()),
             "mar_large" | "mar-l" | "l" | "large" => Some(Self::mar_large()),
             "mar_huge" | "mar-h" | "h" | "huge" => Some(Self::mar_huge()),
+            "fashion" => Some(Self::fashion()),
             _ => None,
         }
     }

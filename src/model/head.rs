@@ -147,7 +147,7 @@ impl DiffusionHead {
     /// The network given a precomputed time embedding and condition embedding.
     ///
     /// # Shapes
-    /// `x [n, C]`, `time_emb [1, W]` (broadcast), `cond [n, W]` → `[n, 2C]`.
+    /// `x [n, C]`, `time_emb [1, W]` (broadcast) or `[n, W]`, `cond [n, W]` → `[n, 2C]`.
     pub fn forward_embedded(
         &self,
         x: Tensor<2>,

@@ -69,7 +69,8 @@ impl LayerNorm {
     /// A LayerNorm without affine parameters (`elementwise_affine=False`).
     pub fn plain(dim: usize, device: &Device) -> Self {
         Self {
-            weight: Param::from_tensor(Tensor::ones([dim], device)),
+            // A constant, not a parameter: training must not move it.
+            weight: Param::from_tensor(Tensor::ones([dim], device)).set_require_grad(false),
             bias: None,
         }
     }

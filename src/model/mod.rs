@@ -3,9 +3,11 @@
 
 pub mod config;
 pub mod head;
+mod init;
 pub mod layers;
 pub mod mar;
 pub mod patch;
+mod state_dict;
 pub mod vae;
 
 pub use config::MarConfig;

@@ -212,6 +212,39 @@ impl WeightMap {
         }
     }
 
+    /// Serializes every tensor as f32 safetensors under its own name, with `metadata`: the
+    /// official state-dict layout when the names are official (`disa convert --to official`).
+    pub fn to_safetensors_bytes(
+        &self,
+        metadata: std::collections::HashMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        let data: Vec<(&String, &HostTensor, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k,
+                    t,
+                    t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        let views = data
+            .iter()
+            .map(|(k, t, bytes)| {
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    t.shape.clone(),
+                    bytes,
+                )
+                .map(|v| ((*k).clone(), v))
+                .map_err(|e| format_error(&self.source_name, format!("tensor `{k}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(metadata))
+            .map_err(|e| format_error(&self.source_name, format!("serializing: {e}")))
+    }
+
     /// Whether a tensor is present.
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key)

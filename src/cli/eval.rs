@@ -1,0 +1,135 @@
+//! `disa eval`: the quality-vs-cost table, one row per schedule and K.
+
+use clap::Args;
+use disa::data::{DEBIAN_DIR, FashionMnist};
+use disa::eval::classifier::{self, Classifier};
+use disa::eval::frechet::Gaussian;
+use disa::eval::{EvalRow, EvalSettings, evaluate};
+use disa::sampler::Request;
+use disa::schedule::{CfgSchedule, StepSchedule};
+use disa::{DisaError, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: crate::ModelArgs,
+    /// Classifier weights (from `disa train-classifier`); default: the shipped one.
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// Images generated per class for every row.
+    #[arg(long, default_value_t = 100)]
+    pub per_class: usize,
+    /// Images per generation call.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// AR step counts K, comma-separated (one block of rows each).
+    #[arg(long, value_delimiter = ',', default_value = "16,8")]
+    pub ar_steps: Vec<usize>,
+    /// Schedules; the first is the baseline of the ratio columns.
+    #[arg(
+        long,
+        value_delimiter = ';',
+        default_value = "constant:100;constant:50;linear:50:5;cosine:50:5;two-stage:50:5"
+    )]
+    pub schedules: Vec<String>,
+    #[arg(long, default_value_t = 3.0)]
+    pub cfg: f32,
+    #[arg(long, default_value = "linear")]
+    pub cfg_schedule: String,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Directory of the Fashion-MNIST idx files (the test split is the reference).
+    #[arg(long, default_value = DEBIAN_DIR)]
+    pub data: PathBuf,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let cpu = burn::tensor::Device::flex();
+    let bundle = args.model.bundle()?;
+    let model_name = bundle.info.name.clone();
+    let generator = Arc::new(bundle.build(&cpu)?);
+    let classifier = match &args.classifier {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|source| DisaError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
+            Classifier::from_bytes(&p.display().to_string(), &bytes, &cpu)?
+        }
+        None => Classifier::from_bytes("built-in classifier", crate::SHIPPED_CLASSIFIER, &cpu)?,
+    };
+    let data = FashionMnist::load(&args.data)?;
+    let (_, test_features) = classifier.predict(&data.test.images.pixels, &cpu)?;
+    let reference = Gaussian::fit(&test_features, classifier::FEATURES)?;
+    let test_acc = classifier.accuracy(&data.test.images.pixels, &data.test.labels, &cpu)?;
+    let settings = EvalSettings {
+        per_class: args.per_class,
+        batch: args.batch,
+        seed: args.seed,
+    };
+    println!(
+        "model {model_name} · {} images per class · cfg {} ({}) · temperature {} · seed {}",
+        args.per_class, args.cfg, args.cfg_schedule, args.temperature, args.seed
+    );
+    println!(
+        "classifier test accuracy {:.2}% · Fréchet distance in its {}-d feature space to the \
+         10k test images",
+        100.0 * test_acc,
+        classifier::FEATURES
+    );
+    println!();
+    println!(
+        "| K | schedule | head calls | token·steps | s / image | speed-up | accuracy | Fréchet | FD ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &k in &args.ar_steps {
+        let mut baseline: Option<EvalRow> = None;
+        for text in &args.schedules {
+            let template = Request {
+                labels: vec![Some(0)],
+                ar_steps: k,
+                schedule: StepSchedule::parse(text)?,
+                clip: None,
+                cfg: args.cfg,
+                cfg_schedule: CfgSchedule::parse(&args.cfg_schedule)?,
+                temperature: args.temperature,
+            };
+            let bar = ProgressBar::new((args.per_class * generator.config.class_num) as u64);
+            bar.set_style(
+                ProgressStyle::with_template(&format!(
+                    "K={k} {text} [{{bar:30}}] {{pos}}/{{len}} images ({{elapsed}})"
+                ))
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            let row = evaluate(
+                &generator,
+                &classifier,
+                &reference,
+                &template,
+                &settings,
+                |done, _| bar.set_position(done as u64),
+            )?;
+            bar.finish_and_clear();
+            let base = baseline.get_or_insert_with(|| row.clone());
+            let per_image = row.seconds / row.images as f64;
+            println!(
+                "| {k} | {} | {} | {} | {:.3} | {:.2}× | {:.1}% | {:.3} | {:.3} |",
+                row.schedule,
+                row.head_calls,
+                row.token_steps,
+                per_image,
+                base.seconds / row.seconds,
+                100.0 * row.accuracy,
+                row.frechet,
+                row.frechet / base.frechet
+            );
+        }
+    }
+    Ok(())
+}

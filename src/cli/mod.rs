@@ -1,0 +1,4 @@
+//! Subcommands that live outside `main.rs`.
+
+pub mod eval;
+pub mod train;

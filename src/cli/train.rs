@@ -1,0 +1,206 @@
+//! `disa train` and `disa train-classifier`: thin shells over `disa::train` and
+//! `disa::eval::classifier`.
+
+use clap::Args;
+use disa::data::{CLASS_NAMES, DEBIAN_DIR, FashionMnist};
+use disa::eval::classifier;
+use disa::model::MarConfig;
+use disa::train::{TrainSettings, Trainer};
+use disa::weights::BundleInfo;
+use disa::{DisaError, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Checkpoint directory (model, EMA, optimizer state, step); `--resume` continues from it.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run saved in `--out` (its settings are kept).
+    #[arg(long)]
+    pub resume: bool,
+    /// Train until this many optimizer steps in total.
+    #[arg(long, default_value_t = 4000)]
+    pub steps: usize,
+    /// Model configuration: a preset name or a JSON file.
+    #[arg(long, default_value = "fashion")]
+    pub config: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.999)]
+    pub ema: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 250)]
+    pub save_every: usize,
+    /// Directory of the Fashion-MNIST idx files.
+    #[arg(long, default_value = DEBIAN_DIR)]
+    pub data: PathBuf,
+}
+
+fn info() -> BundleInfo {
+    BundleInfo {
+        name: "MAR Fashion-MNIST (disa)".into(),
+        class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        defaults: serde_json::json!({
+            "ar_steps": 16, "schedule": "linear:50:5", "cfg": 3.0, "class": 0
+        }),
+    }
+}
+
+fn config(text: &str) -> Result<MarConfig> {
+    match MarConfig::preset(text) {
+        Some(c) => Ok(c),
+        None => disa::weights::read_config_json(std::path::Path::new(text)),
+    }
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let device = burn::tensor::Device::flex().autodiff();
+    let mut trainer = if args.resume {
+        Trainer::resume(&args.out, &device)?
+    } else {
+        if args.out.join("state.json").exists() {
+            return Err(DisaError::InvalidSetting(format!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                args.out.display()
+            )));
+        }
+        let settings = TrainSettings {
+            batch_size: args.batch,
+            learning_rate: args.lr,
+            warmup_steps: args.warmup,
+            ema_decay: args.ema,
+            seed: args.seed,
+            ..TrainSettings::default()
+        };
+        Trainer::new(config(&args.config)?, settings, &device)?
+    };
+    eprintln!("loading Fashion-MNIST from {}", args.data.display());
+    let data = FashionMnist::load(&args.data)?;
+    let s = trainer.settings.clone();
+    eprintln!(
+        "model {:.2}M parameters · batch {} · lr {} (warm-up {}) · EMA {} · seed {} · from step {}",
+        trainer.config.num_params() as f64 / 1e6,
+        s.batch_size,
+        s.learning_rate,
+        s.warmup_steps,
+        s.ema_decay,
+        s.seed,
+        trainer.step
+    );
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "step {pos}/{len} [{bar:30}] {msg} · {per_sec} · {elapsed} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_position(trainer.step as u64);
+    let info = info();
+    let start = std::time::Instant::now();
+    let first = trainer.step;
+    let mut smooth: Option<f32> = None;
+    let interactive = std::io::stderr().is_terminal();
+    while trainer.step < args.steps {
+        let stats = trainer.train_step(&data.train)?;
+        let l = smooth.map_or(stats.loss, |m| 0.98 * m + 0.02 * stats.loss);
+        smooth = Some(l);
+        bar.set_message(format!(
+            "loss {l:.4} (mse {:.4}, vb {:.4})",
+            stats.parts.mse, stats.parts.vb
+        ));
+        bar.inc(1);
+        if !interactive && (trainer.step % 50 == 0 || trainer.step == args.steps) {
+            // Logs (no terminal, no bar): one line every 50 steps.
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "step {}/{} loss {l:.4} (mse {:.4}, vb {:.4}) lr {:.2e} · {:.2} steps/s · {secs:.0} s",
+                trainer.step,
+                args.steps,
+                stats.parts.mse,
+                stats.parts.vb,
+                stats.learning_rate,
+                (trainer.step - first) as f64 / secs.max(1e-9)
+            );
+        }
+        if trainer.step % args.save_every.max(1) == 0 {
+            trainer.save(&args.out, &info)?;
+        }
+    }
+    trainer.save(&args.out, &info)?;
+    bar.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let steps = trainer.step - first;
+    println!(
+        "{steps} steps in {secs:.0} s ({:.2} steps/s, {:.1} images/s); EMA model: {}",
+        steps as f64 / secs.max(1e-9),
+        (steps * s.batch_size) as f64 / secs.max(1e-9),
+        args.out.join("ema.safetensors").display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ClassifierArgs {
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = DEBIAN_DIR)]
+    pub data: PathBuf,
+}
+
+pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
+    let data = FashionMnist::load(&args.data)?;
+    let device = burn::tensor::Device::flex().autodiff();
+    let bar = ProgressBar::new(args.epochs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let model = classifier::train(
+        &data.train.images.pixels,
+        &data.train.labels,
+        args.epochs,
+        args.batch,
+        args.seed,
+        &device,
+        |epoch, b, batches, loss| {
+            bar.set_position(epoch as u64);
+            bar.set_message(format!("batch {b}/{batches} loss {loss:.4}"));
+        },
+    )?;
+    bar.finish_and_clear();
+    use burn::module::Module;
+    let model = model.valid();
+    let cpu = burn::tensor::Device::flex();
+    let test = model.accuracy(&data.test.images.pixels, &data.test.labels, &cpu)?;
+    let train = model.accuracy(&data.train.images.pixels, &data.train.labels, &cpu)?;
+    let bytes = model.to_bytes()?;
+    std::fs::write(&args.out, &bytes).map_err(|source| DisaError::Io {
+        path: args.out.display().to_string(),
+        source,
+    })?;
+    println!(
+        "test accuracy {:.2}% · train accuracy {:.2}% · wrote {} ({:.2} MB)",
+        100.0 * test,
+        100.0 * train,
+        args.out.display(),
+        bytes.len() as f64 / 1e6
+    );
+    Ok(())
+}

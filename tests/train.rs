@@ -1,0 +1,188 @@
+//! Training: the state dict round trip the trainer relies on, the loss going down on a small
+//! batch, checkpoint/resume continuing exactly, and the classifier learning.
+
+use burn::tensor::Device;
+use disa::data::{DEBIAN_DIR, FashionMnist, Split};
+use disa::eval::classifier;
+use disa::model::{MarConfig, Model};
+use disa::train::{TrainSettings, Trainer, max_abs_difference};
+use disa::weights::BundleInfo;
+use std::path::Path;
+
+/// A very small configuration with the Fashion-MNIST token layout.
+fn tiny() -> MarConfig {
+    MarConfig {
+        encoder_embed_dim: 32,
+        encoder_depth: 1,
+        encoder_num_heads: 2,
+        decoder_embed_dim: 32,
+        decoder_depth: 1,
+        decoder_num_heads: 2,
+        buffer_size: 4,
+        diffloss_d: 1,
+        diffloss_w: 32,
+        ..MarConfig::fashion()
+    }
+}
+
+fn data() -> FashionMnist {
+    FashionMnist::load(Path::new(DEBIAN_DIR))
+        .unwrap_or_else(|e| panic!("{e} (scripts/test.sh installs dataset-fashion-mnist)"))
+}
+
+/// The first `n` training images only.
+fn first(split: &Split, n: usize) -> Split {
+    let mut s = split.clone();
+    s.images.count = n;
+    s.images.pixels.truncate(n * 28 * 28);
+    s.labels.truncate(n);
+    s
+}
+
+#[test]
+fn initial_weights_load_and_export_unchanged() {
+    let config = MarConfig::fashion();
+    let w = config.initial_weights(3);
+    let model = Model::load(&w, &config, None, &Device::flex()).unwrap();
+    let back = model.state_dict("export").unwrap();
+    assert_eq!(
+        back.tensors.keys().collect::<Vec<_>>(),
+        w.tensors.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(max_abs_difference(&w, &back), Some(0.0));
+    assert_eq!(
+        w.tensors.values().map(|t| t.numel()).sum::<usize>(),
+        config.num_params(),
+        "the initializer covers every parameter the count knows about"
+    );
+    // Different seeds, different weights; same seed, same weights.
+    assert_eq!(
+        max_abs_difference(&w, &config.initial_weights(3)),
+        Some(0.0)
+    );
+    assert!(max_abs_difference(&w, &config.initial_weights(4)).unwrap() > 0.0);
+}
+
+#[test]
+fn loss_decreases_on_a_small_batch() {
+    let data = first(&data().train, 32);
+    let settings = TrainSettings {
+        batch_size: 32,
+        learning_rate: 2e-3,
+        warmup_steps: 0,
+        seed: 1,
+        ..TrainSettings::default()
+    };
+    let mut trainer = Trainer::new(tiny(), settings, &Device::flex().autodiff()).unwrap();
+    // Compare mean losses of the first and last 10 of 60 steps (each step draws its own
+    // timesteps and masks, so single steps are noisy).
+    let losses: Vec<f32> = (0..60)
+        .map(|_| trainer.train_step(&data).unwrap().loss)
+        .collect();
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+    let (early, late) = (mean(&losses[..10]), mean(&losses[50..]));
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(late < 0.8 * early, "loss {early} → {late}");
+    // The EMA moved away from the initial weights, and by less than the weights did.
+    let init = tiny().initial_weights(1);
+    let now = trainer.model().state_dict("now").unwrap();
+    let ema_moved = max_abs_difference(&init, trainer.ema_weights()).unwrap();
+    assert!(ema_moved > 0.0 && ema_moved < max_abs_difference(&init, &now).unwrap());
+}
+
+#[test]
+fn a_resumed_run_continues_exactly() {
+    let data = first(&data().train, 64);
+    let settings = TrainSettings {
+        batch_size: 8,
+        warmup_steps: 2,
+        seed: 7,
+        ..TrainSettings::default()
+    };
+    let device = Device::flex().autodiff();
+    let dir = std::env::temp_dir().join(format!("disa-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut straight = Trainer::new(tiny(), settings.clone(), &device).unwrap();
+    for _ in 0..4 {
+        straight.train_step(&data).unwrap();
+    }
+
+    let mut first_half = Trainer::new(tiny(), settings, &device).unwrap();
+    for _ in 0..2 {
+        first_half.train_step(&data).unwrap();
+    }
+    first_half.save(&dir, &BundleInfo::default()).unwrap();
+    drop(first_half);
+    let mut resumed = Trainer::resume(&dir, &device).unwrap();
+    assert_eq!(resumed.step, 2);
+    for _ in 0..2 {
+        resumed.train_step(&data).unwrap();
+    }
+    let a = straight.model().state_dict("a").unwrap();
+    let b = resumed.model().state_dict("b").unwrap();
+    let diff = max_abs_difference(&a, &b).unwrap();
+    assert!(diff < 1e-6, "resumed weights differ by {diff}");
+    let ema = max_abs_difference(straight.ema_weights(), resumed.ema_weights()).unwrap();
+    assert!(ema < 1e-6, "resumed EMA differs by {ema}");
+
+    // A damaged checkpoint is an error, not a panic.
+    std::fs::write(dir.join("optimizer.bin"), b"garbage").unwrap();
+    assert!(Trainer::resume(&dir, &device).is_err());
+    std::fs::remove_file(dir.join("state.json")).unwrap();
+    let err = Trainer::resume(&dir, &device).err().unwrap();
+    assert!(err.to_string().contains("state.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_training_settings_are_rejected() {
+    let device = Device::flex().autodiff();
+    for bad in [
+        TrainSettings {
+            batch_size: 0,
+            ..TrainSettings::default()
+        },
+        TrainSettings {
+            learning_rate: f64::NAN,
+            ..TrainSettings::default()
+        },
+        TrainSettings {
+            ema_decay: 1.0,
+            ..TrainSettings::default()
+        },
+    ] {
+        assert!(Trainer::new(tiny(), bad, &device).is_err());
+    }
+    // A configuration whose tokens are not Fashion-MNIST patches.
+    let err = Trainer::new(MarConfig::mar_base(), TrainSettings::default(), &device)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("tokens"), "{err}");
+}
+
+#[test]
+fn the_classifier_learns_and_round_trips() {
+    let data = data();
+    let n = 3000;
+    let px = &data.train.images.pixels[..n * 784];
+    let labels = &data.train.labels[..n];
+    let device = Device::flex().autodiff();
+    let model = classifier::train(px, labels, 2, 100, 0, &device, |_, _, _, _| {}).unwrap();
+    use burn::module::Module;
+    let model = model.valid();
+    let cpu = Device::flex();
+    let test = &data.test.images.pixels[..2000 * 784];
+    let acc = model
+        .accuracy(test, &data.test.labels[..2000], &cpu)
+        .unwrap();
+    assert!(acc > 0.7, "accuracy {acc} after 2 epochs on 3000 images");
+    let bytes = model.to_bytes().unwrap();
+    let back = classifier::Classifier::from_bytes("c", &bytes, &cpu).unwrap();
+    let (p1, f1) = model.predict(&test[..100 * 784], &cpu).unwrap();
+    let (p2, f2) = back.predict(&test[..100 * 784], &cpu).unwrap();
+    assert_eq!(p1, p2);
+    assert_eq!(f1, f2);
+    assert!(classifier::Classifier::from_bytes("c", &bytes[..bytes.len() - 1], &cpu).is_err());
+    assert!(classifier::Classifier::from_bytes("c", b"not a file", &cpu).is_err());
+}
