@@ -92,11 +92,30 @@ struct ConvertArgs {
     to: String,
 }
 
+/// K when neither the command line nor the model says.
+const DEFAULT_AR_STEPS: usize = 64;
+
+/// Sampling settings a model file suggests (`info.defaults`, also read by the page).
+#[derive(Default)]
+struct Suggested {
+    ar_steps: Option<usize>,
+    cfg: Option<f32>,
+}
+
+impl From<&serde_json::Value> for Suggested {
+    fn from(v: &serde_json::Value) -> Self {
+        Self {
+            ar_steps: v["arSteps"].as_u64().map(|k| k as usize),
+            cfg: v["cfg"].as_f64().map(|c| c as f32),
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct SamplingArgs {
-    /// AR steps K.
-    #[arg(long, default_value_t = 64)]
-    ar_steps: usize,
+    /// AR steps K [default: the model's suggestion, else 64].
+    #[arg(long)]
+    ar_steps: Option<usize>,
     /// Diffusion steps per AR step: constant:N, linear:START:END, cosine:START:END,
     /// two-stage:START:END or custom:N,N,...
     #[arg(long, default_value = "linear:50:5")]
@@ -104,9 +123,9 @@ struct SamplingArgs {
     /// Timestep clip: 950 (DiSA), none (MAR), or default (950 for DiSA schedules, none for constant).
     #[arg(long, default_value = "default")]
     clip: String,
-    /// Classifier-free guidance scale (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    cfg: f32,
+    /// Classifier-free guidance scale, 1 = off [default: the model's suggestion, else 1].
+    #[arg(long)]
+    cfg: Option<f32>,
     /// How the CFG scale grows over the AR steps: linear or constant.
     #[arg(long, default_value = "linear")]
     cfg_schedule: String,
@@ -251,7 +270,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     let backend: Backend = args.backend.parse()?;
     let device = backend.device()?;
-    let generator = Arc::new(args.model.bundle()?.build(&device)?);
+    let bundle = args.model.bundle()?;
+    let suggested = Suggested::from(&bundle.info.defaults);
+    let generator = Arc::new(bundle.build(&device)?);
 
     let classes: Vec<Option<usize>> = if args.classes.is_empty() {
         vec![None]
@@ -267,10 +288,14 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .collect();
     let request = Request {
         labels,
-        ar_steps: args.sampling.ar_steps,
+        ar_steps: args
+            .sampling
+            .ar_steps
+            .or(suggested.ar_steps)
+            .unwrap_or(DEFAULT_AR_STEPS),
         schedule: StepSchedule::parse(&args.sampling.schedule)?,
         clip: parse_clip(&args.sampling.clip)?,
-        cfg: args.sampling.cfg,
+        cfg: args.sampling.cfg.or(suggested.cfg).unwrap_or(1.0),
         cfg_schedule: CfgSchedule::parse(&args.sampling.cfg_schedule)?,
         temperature: args.temperature,
     };
@@ -459,18 +484,19 @@ fn print_schedule(args: ScheduleArgs) -> Result<()> {
     let s = &args.sampling;
     let sched = StepSchedule::parse(&s.schedule)?;
     let clip = parse_clip(&s.clip)?.unwrap_or_else(|| sched.default_clip());
+    let ar_steps = s.ar_steps.unwrap_or(DEFAULT_AR_STEPS);
     let plan = schedule::plan(
-        s.ar_steps,
+        ar_steps,
         args.tokens,
         &sched,
         clip,
-        s.cfg,
+        s.cfg.unwrap_or(1.0),
         CfgSchedule::parse(&s.cfg_schedule)?,
     )?;
     let clip_text = clip.0.map_or("none".to_string(), |c| c.to_string());
     println!(
-        "schedule {sched} · K={} · {} tokens · timestep clip {clip_text}",
-        s.ar_steps, args.tokens
+        "schedule {sched} · K={ar_steps} · {} tokens · timestep clip {clip_text}",
+        args.tokens
     );
     println!(
         "{:>4} {:>7} {:>9} {:>8} {:>10} {:>6}",

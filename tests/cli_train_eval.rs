@@ -75,6 +75,12 @@ fn official_to_disa_to_official_is_lossless() {
         .args(["--out", back.to_str().unwrap()])
         .output()
         .unwrap());
+    // The bundle records where it came from.
+    let b = disa::weights::Bundle::from_bytes("b", &std::fs::read(&bundle).unwrap()).unwrap();
+    let source = &b.info.sources[0];
+    assert_eq!(source.file, "checkpoint-last.pth");
+    assert_eq!(source.bytes, std::fs::metadata(&pth).unwrap().len());
+    assert_eq!(source.fnv1a64.len(), 16);
     let original = WeightMap::from_path(&pth, Some("model_ema")).unwrap();
     let exported =
         WeightMap::from_safetensors_bytes("official", &std::fs::read(&back).unwrap()).unwrap();

@@ -48,10 +48,24 @@ fn info() -> BundleInfo {
     BundleInfo {
         name: "MAR Fashion-MNIST (disa)".into(),
         class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        // Read by the page and by `disa generate` when no flag is given.
         defaults: serde_json::json!({
-            "ar_steps": 16, "schedule": "linear:50:5", "cfg": 3.0, "class": 0
+            "arSteps": 16, "schedule": "linear:50:5", "cfg": 3.0, "cfgSchedule": "linear",
+            "temperature": 1.0
         }),
+        ..BundleInfo::default()
     }
+}
+
+/// Fingerprints of the training files, recorded in every checkpoint's metadata.
+fn dataset_sources(dir: &std::path::Path) -> Result<Vec<disa::weights::SourceFile>> {
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+        .iter()
+        .flat_map(|stem| [format!("{stem}.gz"), stem.to_string()])
+        .map(|name| dir.join(name))
+        .filter(|p| p.is_file())
+        .map(|p| disa::weights::fingerprint(&p))
+        .collect()
 }
 
 fn config(text: &str) -> Result<MarConfig> {
@@ -104,7 +118,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     bar.set_position(trainer.step as u64);
-    let info = info();
+    let info = BundleInfo {
+        sources: dataset_sources(&args.data)?,
+        ..info()
+    };
     let start = std::time::Instant::now();
     let first = trainer.step;
     let mut smooth: Option<f32> = None;

@@ -40,6 +40,19 @@ pub struct BundleInfo {
     /// Suggested sampling defaults as a JSON object (AR steps, schedule, cfg, ...).
     #[serde(default)]
     pub defaults: serde_json::Value,
+    /// The files this model was converted from, with their sizes and hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceFile>,
+}
+
+/// One input file of a conversion, fingerprinted so a model can be traced to its origin.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceFile {
+    /// File name (without directories).
+    pub file: String,
+    pub bytes: u64,
+    /// FNV-1a (64-bit) of the file's bytes, hex.
+    pub fnv1a64: String,
 }
 
 /// How a bundle stores its tensors.

@@ -1,7 +1,7 @@
 //! Finding and reading model files on disk (native only): a disa bundle, or the official
 //! release files (MAR checkpoint, VAE checkpoint, a configuration).
 
-use super::{Bundle, BundleInfo, DecoderSpec, WeightMap};
+use super::{Bundle, BundleInfo, DecoderSpec, SourceFile, WeightMap};
 use crate::error::{DisaError, Result};
 use crate::model::MarConfig;
 use std::path::{Path, PathBuf};
@@ -108,15 +108,58 @@ impl ModelFiles {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut sources = vec![fingerprint(&self.weights)?];
+        if let Some(p) = self.vae_path() {
+            sources.push(fingerprint(&p)?);
+        }
+        if let Some(p) = self
+            .config
+            .as_deref()
+            .map(Path::new)
+            .filter(|p| p.is_file())
+        {
+            sources.push(fingerprint(p)?);
+        }
         Ok(Bundle {
             config,
             decoder,
             info: BundleInfo {
                 name,
+                sources,
                 ..BundleInfo::default()
             },
             mar,
             vae,
         })
     }
+}
+
+/// Size and FNV-1a hash of a file, read in 1 MiB chunks.
+pub fn fingerprint(path: &Path) -> Result<SourceFile> {
+    use std::io::Read;
+    let io = |source| DisaError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut h, mut total) = (0xcbf2_9ce4_8422_2325u64, 0u64);
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        total += n as u64;
+    }
+    Ok(SourceFile {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        bytes: total,
+        fnv1a64: format!("{h:016x}"),
+    })
 }

@@ -8,7 +8,7 @@ mod bundle;
 mod files;
 mod map;
 
-pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, Storage};
+pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage};
 #[cfg(not(target_arch = "wasm32"))]
-pub use files::{ModelFiles, read_config_json};
+pub use files::{ModelFiles, fingerprint, read_config_json};
 pub use map::{HostTensor, WeightMap};
