@@ -83,7 +83,8 @@ struct ConvertArgs {
     /// Output file (safetensors with disa metadata).
     #[arg(long)]
     out: PathBuf,
-    /// Tensor storage: f32 (lossless) or f16 (matrices in f16, about half the size).
+    /// Tensor storage: f32 (lossless), f16 (matrices in f16, about half the size), int8 or int4
+    /// (Linear weights in Burn's per-block quantization, other matrices f16).
     #[arg(long, default_value = "f32")]
     storage: String,
     /// Output layout: disa (one self-describing file) or official (the MAR state dict as

@@ -8,7 +8,7 @@ use disa::DisaError;
 use disa::noise::SeededNoise;
 use disa::sampler::{Generation, Request};
 use disa::schedule::StepSchedule;
-use disa::weights::{Bundle, DecoderSpec, ModelFiles};
+use disa::weights::{Bundle, DecoderSpec, ModelFiles, Storage};
 use std::sync::Arc;
 
 fn official() -> Bundle {
@@ -128,13 +128,12 @@ fn a_flipped_bit_in_tensor_data_is_caught_by_the_content_hash() {
     }
 }
 
-#[test]
-fn f16_storage_halves_the_file_and_stays_close() {
-    let bundle = official();
+/// File size relative to f32, DiSA token error (max |diff| / max |f32 token|) and decoded
+/// image PSNR against f32 (images in [−1, 1] mapped to [0, 1]) for one storage.
+fn storage_report(bundle: &Bundle, storage: Storage) -> (f64, f32, f64) {
     let f32_bytes = bundle.to_bytes().unwrap();
-    let f16_bytes = bundle.to_bytes_as(disa::weights::Storage::F16).unwrap();
-    let ratio = f16_bytes.len() as f64 / f32_bytes.len() as f64;
-    assert!(ratio < 0.55, "f16 file is {ratio:.3} of f32");
+    let bytes = bundle.to_bytes_as(storage).unwrap();
+    let ratio = bytes.len() as f64 / f32_bytes.len() as f64;
     let device = burn::tensor::Device::flex();
     let request = Request {
         labels: vec![Some(3), Some(7)],
@@ -163,23 +162,71 @@ fn f16_storage_halves_the_file_and_stays_close() {
         (tokens, image)
     };
     let (t32, i32_) = decoded(&f32_bytes);
-    let (t16, i16_) = decoded(&f16_bytes);
-    let scaled = |a: &[f32], b: &[f32]| {
-        let absmax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / absmax
-    };
+    let (tq, iq) = decoded(&bytes);
+    assert!(tq.iter().all(|v| v.is_finite()));
+    let absmax = t32.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let tok_err = t32
+        .iter()
+        .zip(&tq)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / absmax;
     let mse: f64 = i32_
         .iter()
-        .zip(&i16_)
+        .zip(&iq)
         .map(|(a, b)| ((a - b) as f64 / 2.0).powi(2))
         .sum::<f64>()
         / i32_.len() as f64;
     let psnr = 10.0 * (1.0 / mse.max(1e-20)).log10();
     eprintln!(
-        "f16 storage: file {:.3} of f32; DiSA tokens max err {:.2e}·max|f32|; image PSNR vs f32 {psnr:.1} dB",
-        ratio,
-        scaled(&t32, &t16)
+        "{} storage: file {ratio:.3} of f32; DiSA tokens max err {tok_err:.2e}·max|f32|; image PSNR vs f32 {psnr:.1} dB",
+        storage.name()
     );
-    assert!(t16.iter().all(|v| v.is_finite()));
+    (ratio, tok_err, psnr)
+}
+
+#[test]
+fn reduced_storage_shrinks_the_file_and_stays_close() {
+    let bundle = official();
+    let (ratio, _, psnr) = storage_report(&bundle, Storage::F16);
+    assert!(ratio < 0.55, "f16 file is {ratio:.3} of f32");
     assert!(psnr > 30.0, "f16 image PSNR {psnr:.1} dB");
+    let (r8, _, _) = storage_report(&bundle, Storage::Int8);
+    let (r4, _, _) = storage_report(&bundle, Storage::Int4);
+    assert!(
+        r8 < ratio && r4 < r8,
+        "int8 {r8:.3}, int4 {r4:.3}, f16 {ratio:.3}"
+    );
+}
+
+#[test]
+fn the_shipped_model_survives_quantization() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/www/assets/model.safetensors"
+    ))
+    .unwrap();
+    let shipped = Bundle::from_bytes("shipped", &bytes).unwrap();
+    let (r8, e8, p8) = storage_report(&shipped, Storage::Int8);
+    let (r4, e4, p4) = storage_report(&shipped, Storage::Int4);
+    assert!(r4 < r8 && r8 < 0.5, "int8 {r8:.3}, int4 {r4:.3} of f32");
+    assert!(
+        e8 < e4 && p8 > p4,
+        "int8 is the closer one: {e8} vs {e4}, {p8} vs {p4} dB"
+    );
+    assert!(p8 > 25.0, "int8 image PSNR {p8:.1} dB");
+}
+
+#[test]
+fn quantized_files_reject_damaged_quantized_tensors() {
+    let bytes = official().to_bytes_as(Storage::Int8).unwrap();
+    // Truncating inside the data, and a flipped data bit, are caught.
+    assert!(Bundle::from_bytes("q", &bytes[..bytes.len() - 3]).is_err());
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x10;
+    let err = Bundle::from_bytes("q", &flipped).unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt") || err.contains("non-finite"),
+        "{err}"
+    );
 }

@@ -82,23 +82,23 @@ fn thousands_of_mutated_files_never_panic_or_hang() {
         ..Default::default()
     }
     .load()
-    .unwrap()
-    .to_bytes()
     .unwrap();
+    let quantized = bundle.to_bytes_as(disa::weights::Storage::Int4).unwrap();
+    let bundle = bundle.to_bytes().unwrap();
     let config = config();
     let mut rng = Rng(0xD15A);
     let (mut loaded, mut rejected) = (0usize, 0usize);
     let started = Instant::now();
     for round in 0..3000 {
-        let (name, source) = if round % 2 == 0 {
-            ("bundle", &bundle)
-        } else {
-            ("plain", &plain)
+        let (name, source) = match round % 3 {
+            0 => ("bundle", &bundle),
+            1 => ("plain", &plain),
+            _ => ("int4 bundle", &quantized),
         };
         let mutated = mutate(source, &mut rng);
         let t = Instant::now();
         let outcome = std::panic::catch_unwind(|| {
-            if name == "bundle" {
+            if name != "plain" {
                 Bundle::from_bytes("fuzz", &mutated)
                     .and_then(|b| b.build(&device))
                     .map(|_| ())

@@ -4,6 +4,7 @@
 //! CLI and the browser load it, from a path or from bytes.
 
 use super::map::{HostTensor, WeightMap};
+use super::quant::{self, Bits};
 use crate::error::{DisaError, Result};
 use crate::model::{ImageDecoder, MarConfig, Model, PatchDecoder, VaeDecoder};
 use crate::sampler::Generator;
@@ -63,23 +64,55 @@ pub enum Storage {
     /// Matrices and embeddings (2-D and up) in f16, vectors (norms, biases) in f32: about half
     /// the size.
     F16,
+    /// Linear weights in Burn's int8 per-block(32) quantization, other matrices in f16,
+    /// vectors in f32.
+    Int8,
+    /// As `Int8` with int4 Linear weights.
+    Int4,
 }
 
 impl Storage {
-    /// Parses `f32` or `f16`.
+    /// Parses `f32`, `f16`, `int8` or `int4`.
     pub fn parse(text: &str) -> Result<Self> {
         match text.trim().to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
+            "int8" | "q8" => Ok(Self::Int8),
+            "int4" | "q4" => Ok(Self::Int4),
             _ => Err(DisaError::InvalidSetting(format!(
-                "storage `{text}`: use f32 or f16"
+                "storage `{text}`: use f32, f16, int8 or int4"
             ))),
         }
     }
 
-    fn halves(self, t: &HostTensor) -> bool {
-        self == Self::F16 && t.shape.len() >= 2
+    /// The name written to the file's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+        }
     }
+
+    fn bits(self) -> Option<Bits> {
+        match self {
+            Self::Int8 => Some(Bits::Int8),
+            Self::Int4 => Some(Bits::Int4),
+            _ => None,
+        }
+    }
+
+    fn halves(self, t: &HostTensor) -> bool {
+        self != Self::F32 && t.shape.len() >= 2
+    }
+}
+
+/// How one quantized tensor is stored (the `quantized` metadata, by tensor name).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct QuantEntry {
+    shape: Vec<usize>,
+    bits: Bits,
 }
 
 /// A model in the project's format, in memory.
@@ -156,7 +189,28 @@ impl Bundle {
             None => BundleInfo::default(),
         };
         let expected_hash = json("content_hash")?.clone();
-        let all = WeightMap::from_safetensors_bytes(source_name, bytes)?;
+        let mut all = WeightMap::from_safetensors_bytes(source_name, bytes)?;
+        if let Some(text) = meta.get("quantized") {
+            let entries: BTreeMap<String, QuantEntry> = serde_json::from_str(text)
+                .map_err(|e| meta_error(source_name, format!("metadata `quantized`: {e}")))?;
+            let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+                meta_error(source_name, format!("not a valid safetensors file ({e})"))
+            })?;
+            for (name, entry) in entries {
+                let view = st.tensor(&name).map_err(|_| {
+                    meta_error(source_name, format!("quantized tensor `{name}` is missing"))
+                })?;
+                if view.dtype() != safetensors::Dtype::U8 {
+                    return Err(meta_error(
+                        source_name,
+                        format!("quantized tensor `{name}` is not stored as bytes"),
+                    ));
+                }
+                let t = quant::decode(view.data(), &entry.shape, entry.bits)
+                    .map_err(|e| meta_error(source_name, format!("tensor `{name}`: {e}")))?;
+                all.tensors.insert(name, t);
+            }
+        }
         let mut sorted: Vec<(&String, &HostTensor)> = all.tensors.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let found_hash = content_hash(sorted.into_iter().map(|(k, t)| (k.as_str(), t)));
@@ -207,9 +261,21 @@ impl Bundle {
     /// values as they will load (after f16 rounding).
     pub fn to_bytes_as(&self, storage: Storage) -> Result<Vec<u8>> {
         let entries = named_entries(&self.mar, self.vae.as_ref());
+        let mut quantized: BTreeMap<String, QuantEntry> = BTreeMap::new();
         let stored: Vec<(String, HostTensor, safetensors::Dtype, Vec<u8>)> = entries
             .into_iter()
             .map(|(k, t)| {
+                if let Some(bits) = storage.bits().filter(|_| quant::quantizable(&k, t)) {
+                    let (data, loaded) = quant::encode(t, bits)?;
+                    quantized.insert(
+                        k.clone(),
+                        QuantEntry {
+                            shape: t.shape.clone(),
+                            bits,
+                        },
+                    );
+                    return Ok((k, loaded, safetensors::Dtype::U8, data));
+                }
                 if storage.halves(t) {
                     if let Some(v) = t
                         .values
@@ -237,7 +303,15 @@ impl Bundle {
         let hash = content_hash(stored.iter().map(|(k, t, _, _)| (k.as_str(), t)));
         let bytes: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = stored
             .into_iter()
-            .map(|(k, t, dtype, data)| (k, t.shape, dtype, data))
+            .map(|(k, t, dtype, data)| {
+                // A quantized tensor is a flat byte array; its shape is in `quantized`.
+                let shape = if dtype == safetensors::Dtype::U8 {
+                    vec![data.len()]
+                } else {
+                    t.shape
+                };
+                (k, shape, dtype, data)
+            })
             .collect();
         let views = bytes
             .iter()
@@ -253,13 +327,16 @@ impl Bundle {
         meta.insert("config".to_string(), to_json(&self.config));
         meta.insert("decoder".to_string(), to_json(&self.decoder));
         meta.insert("info".to_string(), to_json(&self.info));
-        meta.insert("quantization".to_string(), "none".to_string());
-        let storage_name = if storage == Storage::F16 {
-            "f16"
-        } else {
-            "f32"
+        let scheme = match storage.bits() {
+            Some(Bits::Int8) => "burn q8f symmetric per-block 32 (linear weights)",
+            Some(Bits::Int4) => "burn q4f symmetric per-block 32 (linear weights)",
+            None => "none",
         };
-        meta.insert("storage".to_string(), storage_name.to_string());
+        meta.insert("quantization".to_string(), scheme.to_string());
+        if !quantized.is_empty() {
+            meta.insert("quantized".to_string(), to_json(&quantized));
+        }
+        meta.insert("storage".to_string(), storage.name().to_string());
         meta.insert("content_hash".to_string(), hash);
         safetensors::serialize(views, Some(meta))
             .map_err(|e| DisaError::Config(format!("serializing: {e}")))

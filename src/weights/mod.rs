@@ -7,6 +7,7 @@ mod bundle;
 #[cfg(not(target_arch = "wasm32"))]
 mod files;
 mod map;
+pub mod quant;
 
 pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage};
 #[cfg(not(target_arch = "wasm32"))]

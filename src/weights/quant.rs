@@ -1,0 +1,186 @@
+//! Int8 / int4 storage of Linear weights with Burn's own quantization: symmetric, one f32 scale
+//! per block of 32 values along the input dimension (`QuantScheme` Q8F / Q4F, per-block 32),
+//! computed by Burn's `quantize_dynamic` on the CPU backend. A file stores Burn's quantized
+//! bytes (values, then scales); int4 values are packed two per byte in the file only. Loading
+//! dequantizes with Burn on the CPU, so the model then runs in f32 on every backend.
+
+use super::map::HostTensor;
+use crate::error::{DisaError, Result};
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// Values per scale.
+pub const BLOCK: usize = 32;
+
+/// The integer width of a quantized tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Bits {
+    #[serde(rename = "int8")]
+    Int8,
+    #[serde(rename = "int4")]
+    Int4,
+}
+
+impl Bits {
+    fn scheme(self) -> QuantScheme {
+        let value = match self {
+            Bits::Int8 => QuantValue::Q8F,
+            Bits::Int4 => QuantValue::Q4F,
+        };
+        QuantScheme::default()
+            .with_value(value)
+            .with_store(QuantStore::Native)
+            .per_block([BLOCK as u8], ScaleDtype::F32)
+    }
+
+    /// Bytes a tensor of `numel` values takes in a file.
+    pub fn stored_len(self, numel: usize) -> usize {
+        let values = match self {
+            Bits::Int8 => numel,
+            Bits::Int4 => numel.div_ceil(2),
+        };
+        values + 4 * numel / BLOCK
+    }
+}
+
+/// Whether a tensor of this name and shape is stored quantized: Linear weights (2-D
+/// `*.weight`, not the class embedding) whose input width is a whole number of blocks.
+pub fn quantizable(name: &str, t: &HostTensor) -> bool {
+    t.shape.len() == 2
+        && name.ends_with(".weight")
+        && name != "class_emb.weight"
+        && t.shape[1].is_multiple_of(BLOCK)
+}
+
+fn burn_error(what: &str, e: impl std::fmt::Debug) -> DisaError {
+    DisaError::Config(format!("{what}: {e:?}"))
+}
+
+/// Quantizes `t` (row-major `[out, in]`): the file bytes, and the values as they will load.
+pub fn encode(t: &HostTensor, bits: Bits) -> Result<(Vec<u8>, HostTensor)> {
+    let device = Device::flex();
+    let shape = [t.shape[0], t.shape[1]];
+    let q = Tensor::<2>::from_data(TensorData::new(t.values.clone(), shape), &device)
+        .quantize_dynamic(&bits.scheme());
+    let (bytes, _, _) = q.clone().into_data().into_parts();
+    let mut bytes = bytes.to_vec();
+    let numel = t.numel();
+    if bits == Bits::Int4 {
+        // Burn keeps int4 values one per byte (−7..7); pack two per byte for the file.
+        let (values, scales) = bytes.split_at(numel);
+        let mut packed: Vec<u8> = values
+            .chunks(2)
+            .map(|p| (p[0] & 0x0f) | (p.get(1).copied().unwrap_or(0) << 4))
+            .collect();
+        packed.extend_from_slice(scales);
+        bytes = packed;
+    }
+    let values = q
+        .dequantize()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| burn_error("dequantizing", e))?;
+    Ok((
+        bytes,
+        HostTensor {
+            shape: t.shape.clone(),
+            values,
+        },
+    ))
+}
+
+/// Decodes file bytes written by [`encode`] back to f32 values of `shape`.
+pub fn decode(bytes: &[u8], shape: &[usize], bits: Bits) -> Result<HostTensor> {
+    let bad = |m: String| DisaError::Config(m);
+    let numel: usize = shape.iter().product();
+    if shape.len() != 2 || !numel.is_multiple_of(BLOCK) || numel == 0 {
+        return Err(bad(format!(
+            "quantized tensor shape {shape:?} is not a matrix of whole {BLOCK}-value blocks"
+        )));
+    }
+    if bytes.len() != bits.stored_len(numel) {
+        return Err(bad(format!(
+            "quantized tensor holds {} bytes; {shape:?} in {bits:?} needs {}",
+            bytes.len(),
+            bits.stored_len(numel)
+        )));
+    }
+    let raw = match bits {
+        Bits::Int8 => bytes.to_vec(),
+        Bits::Int4 => {
+            let split = numel.div_ceil(2);
+            let mut v: Vec<u8> = Vec::with_capacity(numel + bytes.len() - split);
+            for (i, b) in bytes[..split].iter().enumerate() {
+                // Sign-extend each nibble.
+                v.push((((b & 0x0f) << 4) as i8 >> 4) as u8);
+                if 2 * i + 1 < numel {
+                    v.push(((b & 0xf0) as i8 >> 4) as u8);
+                }
+            }
+            v.extend_from_slice(&bytes[split..]);
+            v
+        }
+    };
+    let data = TensorData::try_from_bytes_vec(raw, shape.to_vec(), DType::QFloat(bits.scheme()))
+        .map_err(|e| burn_error("quantized tensor", e))?;
+    let device = Device::flex();
+    // Sizes are checked above; this guards against anything Burn still rejects by panicking.
+    let values = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<2>::from_data(data, &device)
+            .dequantize()
+            .into_data()
+            .try_to_vec::<f32>()
+    }))
+    .map_err(|_| bad("the quantized tensor could not be decoded".into()))?
+    .map_err(|e| burn_error("dequantizing", e))?;
+    Ok(HostTensor {
+        shape: shape.to_vec(),
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(rows: usize, cols: usize) -> HostTensor {
+        HostTensor {
+            shape: vec![rows, cols],
+            values: (0..rows * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_within_the_step_size() {
+        let t = matrix(8, 64);
+        for (bits, levels) in [(Bits::Int8, 127.0), (Bits::Int4, 7.0)] {
+            let (bytes, loaded) = encode(&t, bits).unwrap();
+            assert_eq!(bytes.len(), bits.stored_len(t.numel()));
+            let decoded = decode(&bytes, &t.shape, bits).unwrap();
+            assert_eq!(
+                decoded, loaded,
+                "{bits:?}: decoding gives what encoding promised"
+            );
+            // Symmetric per-block: error at most half a step of max|block| / levels.
+            let worst = t
+                .values
+                .iter()
+                .zip(&decoded.values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 0.5 / levels * 0.5 + 1e-6, "{bits:?}: {worst}");
+            assert!(worst > 0.0);
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let (bytes, _) = encode(&matrix(2, 32), Bits::Int8).unwrap();
+        assert!(decode(&bytes[..bytes.len() - 1], &[2, 32], Bits::Int8).is_err());
+        assert!(decode(&bytes, &[2, 33], Bits::Int8).is_err());
+        assert!(decode(&bytes, &[64], Bits::Int8).is_err());
+        assert!(decode(&bytes, &[2, 32], Bits::Int4).is_err());
+    }
+}
