@@ -230,3 +230,51 @@ fn quantized_files_reject_damaged_quantized_tensors() {
         "{err}"
     );
 }
+
+/// A quantized file runs on wgpu (lavapipe here) and gives the CPU's tokens.
+#[cfg(feature = "wgpu")]
+#[test]
+fn an_int8_file_runs_on_wgpu_like_on_the_cpu() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/www/assets/model.safetensors"
+    ))
+    .unwrap();
+    let int8 = Bundle::from_bytes("shipped", &bytes)
+        .unwrap()
+        .to_bytes_as(Storage::Int8)
+        .unwrap();
+    let request = Request {
+        labels: vec![Some(1)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 10, end: 5 },
+        cfg: 3.0,
+        ..Request::default()
+    };
+    let tokens = |device: burn::tensor::Device| {
+        let g = Arc::new(
+            Bundle::from_bytes("int8", &int8)
+                .unwrap()
+                .build(&device)
+                .unwrap(),
+        );
+        let mut generation =
+            Generation::new(g, request.clone(), Box::new(SeededNoise::new(2))).unwrap();
+        generation.run_to_end().unwrap();
+        generation.tokens().to_vec()
+    };
+    let cpu = tokens(burn::tensor::Device::flex());
+    let gpu = tokens(
+        "wgpu"
+            .parse::<disa::backend::Backend>()
+            .unwrap()
+            .device()
+            .unwrap(),
+    );
+    let absmax = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = cpu
+        .iter()
+        .zip(&gpu)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-3 * absmax, "wgpu vs cpu: {err} (max {absmax})");
+}
