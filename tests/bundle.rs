@@ -278,3 +278,33 @@ fn an_int8_file_runs_on_wgpu_like_on_the_cpu() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err <= 1e-3 * absmax, "wgpu vs cpu: {err} (max {absmax})");
 }
+
+/// File sizes at MAR-B's shapes (freshly initialized weights: sizes do not depend on values).
+/// Heavy (208M parameters, several GB of RAM), so run by hand:
+/// `cargo test --release --test bundle mar_b -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn mar_b_sized_files_shrink_as_documented() {
+    let config = disa::model::MarConfig::mar_base();
+    let bundle = Bundle {
+        config: config.clone(),
+        decoder: DecoderSpec::None,
+        info: Default::default(),
+        mar: config.initial_weights(0),
+        vae: None,
+    };
+    let f32_len = bundle.to_bytes().unwrap().len() as f64;
+    let mut last = 1.0;
+    for storage in [Storage::F16, Storage::Int8, Storage::Int4] {
+        let ratio = bundle.to_bytes_as(storage).unwrap().len() as f64 / f32_len;
+        eprintln!(
+            "MAR-B {}: {:.1} MB, {ratio:.3} of f32 ({:.1} MB)",
+            storage.name(),
+            ratio * f32_len / 1e6,
+            f32_len / 1e6
+        );
+        assert!(ratio < last, "{} is not smaller", storage.name());
+        last = ratio;
+    }
+    assert!(last < 0.2, "int4 at MAR-B shapes: {last:.3} of f32");
+}

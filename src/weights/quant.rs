@@ -176,6 +176,20 @@ mod tests {
     }
 
     #[test]
+    fn an_all_zero_matrix_stays_zero() {
+        // Zero-initialized layers (adaLN) have zero-range blocks.
+        let t = HostTensor {
+            shape: vec![4, 32],
+            values: vec![0.0; 128],
+        };
+        for bits in [Bits::Int8, Bits::Int4] {
+            let (bytes, loaded) = encode(&t, bits).unwrap();
+            assert_eq!(loaded.values, t.values, "{bits:?}");
+            assert_eq!(decode(&bytes, &t.shape, bits).unwrap(), t);
+        }
+    }
+
+    #[test]
     fn bad_sizes_are_errors() {
         let (bytes, _) = encode(&matrix(2, 32), Bits::Int8).unwrap();
         assert!(decode(&bytes[..bytes.len() - 1], &[2, 32], Bits::Int8).is_err());
