@@ -160,13 +160,34 @@ impl ModelArgs {
     /// The model these arguments name: files on disk, or the built-in model.
     fn bundle(&self) -> Result<disa::weights::Bundle> {
         match &self.weights {
-            Some(weights) => ModelFiles {
-                weights: weights.clone(),
-                vae: self.vae.clone(),
-                config: self.config.clone(),
-                state_dict: self.state_dict.clone(),
+            Some(weights) => {
+                // A byte progress bar for files big enough to wait for (official checkpoints).
+                let big = std::fs::metadata(weights).is_ok_and(|m| m.len() > 64 << 20);
+                let bar = if big {
+                    ProgressBar::new(0)
+                } else {
+                    ProgressBar::hidden()
+                };
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "reading weights [{bar:30}] {bytes}/{total_bytes}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                let bundle = ModelFiles {
+                    weights: weights.clone(),
+                    vae: self.vae.clone(),
+                    config: self.config.clone(),
+                    state_dict: self.state_dict.clone(),
+                }
+                .load_with_progress(&mut |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                });
+                bar.finish_and_clear();
+                bundle
             }
-            .load(),
             None if self.vae.is_some() || self.config.is_some() => Err(DisaError::InvalidSetting(
                 "--vae and --config describe official weights: give --weights too".into(),
             )),

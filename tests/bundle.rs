@@ -308,3 +308,24 @@ fn mar_b_sized_files_shrink_as_documented() {
     }
     assert!(last < 0.2, "int4 at MAR-B shapes: {last:.3} of f32");
 }
+
+#[test]
+fn reading_reports_progress_up_to_the_file_size() {
+    let dir = std::env::temp_dir().join(format!("disa-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.bin");
+    let data: Vec<u8> = (0..(9usize << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let mut calls = Vec::new();
+    let read =
+        disa::weights::read_with_progress(&path, &mut |done, total| calls.push((done, total)))
+            .unwrap();
+    assert_eq!(read, data);
+    assert!(calls.len() >= 3, "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        *calls.last().unwrap(),
+        (data.len() as u64, data.len() as u64)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -70,6 +70,12 @@ impl ModelFiles {
 
     /// Loads the model as a bundle, converting official files on the fly.
     pub fn load(&self) -> Result<Bundle> {
+        self.load_with_progress(&mut |_, _| {})
+    }
+
+    /// As [`ModelFiles::load`], reporting `(bytes read, file size)` while a safetensors or
+    /// bundle file is read (in 4 MiB chunks into one buffer, parsed from there).
+    pub fn load_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Bundle> {
         let io = |source| DisaError::Io {
             path: self.weights.display().to_string(),
             source,
@@ -85,7 +91,7 @@ impl ModelFiles {
             buf[..n].to_vec()
         };
         let mar = if head.len() == 8 && !WeightMap::looks_like_pytorch(&head) {
-            let bytes = std::fs::read(&self.weights).map_err(io)?;
+            let bytes = read_with_progress(&self.weights, progress)?;
             if Bundle::is_bundle(&bytes) {
                 return Bundle::from_bytes(&name, &bytes);
             }
@@ -162,4 +168,26 @@ pub fn fingerprint(path: &Path) -> Result<SourceFile> {
         bytes: total,
         fnv1a64: format!("{h:016x}"),
     })
+}
+
+/// Reads a whole file into one buffer, calling `progress(read, total)` after every 4 MiB.
+pub fn read_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| DisaError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    let mut bytes = Vec::with_capacity(total as usize);
+    let mut chunk = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        progress(bytes.len() as u64, total);
+    }
+    Ok(bytes)
 }

@@ -11,5 +11,5 @@ pub mod quant;
 
 pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage};
 #[cfg(not(target_arch = "wasm32"))]
-pub use files::{ModelFiles, fingerprint, read_config_json};
+pub use files::{ModelFiles, fingerprint, read_config_json, read_with_progress};
 pub use map::{HostTensor, WeightMap};
