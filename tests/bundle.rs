@@ -199,13 +199,19 @@ fn reduced_storage_shrinks_the_file_and_stays_close() {
 }
 
 #[test]
-fn the_shipped_model_survives_quantization() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/www/assets/model.safetensors"
-    ))
-    .unwrap();
+fn the_shipped_model_is_small_int8_and_requantizes_stably() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/www/assets/model.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    assert!(
+        bytes.len() <= 5_000_000,
+        "the page's model is {} bytes",
+        bytes.len()
+    );
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert_eq!(meta["storage"], "int8");
     let shipped = Bundle::from_bytes("shipped", &bytes).unwrap();
+    // Its values already lie on int8 grids: int8 again changes almost nothing, int4 more.
     let (r8, e8, p8) = storage_report(&shipped, Storage::Int8);
     let (r4, e4, p4) = storage_report(&shipped, Storage::Int4);
     assert!(r4 < r8 && r8 < 0.5, "int8 {r8:.3}, int4 {r4:.3} of f32");
@@ -213,7 +219,7 @@ fn the_shipped_model_survives_quantization() {
         e8 < e4 && p8 > p4,
         "int8 is the closer one: {e8} vs {e4}, {p8} vs {p4} dB"
     );
-    assert!(p8 > 25.0, "int8 image PSNR {p8:.1} dB");
+    assert!(p8 > 40.0, "int8 re-encoding PSNR {p8:.1} dB");
 }
 
 #[test]

@@ -41,6 +41,10 @@ pub struct EvalArgs {
     pub cfg_schedule: String,
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Timestep clip for every row: 950, none, or default (950 for DiSA schedules, none for
+    /// constant ones, as the official code).
+    #[arg(long, default_value = "default")]
+    pub clip: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Directory of the Fashion-MNIST idx files (the test split is the reference).
@@ -73,8 +77,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         seed: args.seed,
     };
     println!(
-        "model {model_name} · {} images per class · cfg {} ({}) · temperature {} · seed {}",
-        args.per_class, args.cfg, args.cfg_schedule, args.temperature, args.seed
+        "model {model_name} · {} images per class · cfg {} ({}) · temperature {} · clip {} · seed {}",
+        args.per_class, args.cfg, args.cfg_schedule, args.temperature, args.clip, args.seed
     );
     println!(
         "classifier test accuracy {:.2}% · Fréchet distance in its {}-d feature space to the \
@@ -94,7 +98,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 labels: vec![Some(0)],
                 ar_steps: k,
                 schedule: StepSchedule::parse(text)?,
-                clip: None,
+                clip: crate::parse_clip(&args.clip)?,
                 cfg: args.cfg,
                 cfg_schedule: CfgSchedule::parse(&args.cfg_schedule)?,
                 temperature: args.temperature,
