@@ -252,6 +252,14 @@ fn parse_clip(text: &str) -> Result<Option<TimestepClip>> {
     }
 }
 
+/// Writes a file, naming it in the error.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|source| DisaError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Writes a PNG, or a binary PPM when the name ends in `.ppm` (handy for scripts and tests).
 fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
     let io = |source: std::io::Error| DisaError::Io {
@@ -488,10 +496,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
             )));
         }
     };
-    std::fs::write(&args.out, &bytes).map_err(|source| DisaError::Io {
-        path: args.out.display().to_string(),
-        source,
-    })?;
+    write_file(&args.out, &bytes)?;
     println!(
         "wrote {} ({:.2} MB, {} tensors, decoder {:?})",
         args.out.display(),

@@ -208,10 +208,7 @@ pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
     let test = model.accuracy(&data.test.images.pixels, &data.test.labels, &cpu)?;
     let train = model.accuracy(&data.train.images.pixels, &data.train.labels, &cpu)?;
     let bytes = model.to_bytes()?;
-    std::fs::write(&args.out, &bytes).map_err(|source| DisaError::Io {
-        path: args.out.display().to_string(),
-        source,
-    })?;
+    crate::write_file(&args.out, &bytes)?;
     println!(
         "test accuracy {:.2}% · train accuracy {:.2}% · wrote {} ({:.2} MB)",
         100.0 * test,

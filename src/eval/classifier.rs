@@ -4,6 +4,7 @@
 
 use crate::error::{DisaError, Result};
 use crate::noise::SeededNoise;
+use crate::weights::{HostTensor, WeightMap};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
@@ -125,37 +126,32 @@ impl Classifier {
 
     /// Serializes to safetensors (Burn's `[in, out]` layout), marked `format: disa-classifier`.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut owned = Vec::new();
+        let mut tensors = std::collections::BTreeMap::new();
         for (name, l) in [("fc1", &self.fc1), ("fc2", &self.fc2), ("fc3", &self.fc3)] {
             let w = l.weight.val();
             let shape = w.dims().to_vec();
-            owned.push((format!("{name}.weight"), shape, read(w)?));
+            let values = read(w)?;
+            tensors.insert(format!("{name}.weight"), HostTensor { shape, values });
             let b = l
                 .bias
                 .as_ref()
                 .expect("classifier layers have biases")
                 .val();
             let len = b.dims()[0];
-            owned.push((
+            let values = read(b.reshape([1, len]))?;
+            tensors.insert(
                 format!("{name}.bias"),
-                vec![len],
-                read(b.reshape([1, len]))?,
-            ));
+                HostTensor {
+                    shape: vec![len],
+                    values,
+                },
+            );
         }
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = owned
-            .into_iter()
-            .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views = bytes.iter().map(|(k, s, d)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                    .expect("sizes match"),
-            )
-        });
-        let meta = HashMap::from([("format".to_string(), FORMAT.to_string())]);
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| DisaError::Config(format!("serializing the classifier: {e}")))
+        let map = WeightMap {
+            source_name: "classifier".into(),
+            tensors,
+        };
+        map.to_safetensors_bytes(HashMap::from([("format".to_string(), FORMAT.to_string())]))
     }
 
     /// Loads a classifier written by [`Classifier::to_bytes`].
@@ -170,7 +166,7 @@ impl Classifier {
         if format.map(String::as_str) != Some(FORMAT) {
             return Err(bad(format!("not a {FORMAT} file")));
         }
-        let w = crate::weights::WeightMap::from_safetensors_bytes(source_name, bytes)?;
+        let w = WeightMap::from_safetensors_bytes(source_name, bytes)?;
         let lin = |name: &str, d_in: usize, d_out: usize| -> Result<Linear> {
             let weight = w.get(&format!("{name}.weight"), &[d_in, d_out])?;
             let bias = w.get(&format!("{name}.bias"), &[d_out])?;

@@ -366,26 +366,39 @@ impl Bundle {
     }
 }
 
-/// FNV-1a (64-bit) over every tensor's name, shape and little-endian f32 values, in name
+/// FNV-1a over every tensor's name, shape and little-endian f32 values, in name
 /// order: detects corrupted tensor data, which the format's structure alone cannot.
 fn content_hash<'a>(entries: impl Iterator<Item = (&'a str, &'a HostTensor)>) -> String {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(PRIME);
-        }
-    };
+    let mut h = Fnv1a::new();
     for (name, t) in entries {
-        feed(name.as_bytes());
+        h.feed(name.as_bytes());
         for d in &t.shape {
-            feed(&(*d as u64).to_le_bytes());
+            h.feed(&(*d as u64).to_le_bytes());
         }
         for v in &t.values {
-            feed(&v.to_le_bytes());
+            h.feed(&v.to_le_bytes());
         }
     }
-    format!("{h:016x}")
+    h.hex()
+}
+
+/// FNV-1a, 64-bit: the hash of model contents and of source files.
+pub(crate) struct Fnv1a(u64);
+
+impl Fnv1a {
+    pub(crate) fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 /// Every tensor of a bundle under its file name (`vae.` prefix for the decoder), sorted.

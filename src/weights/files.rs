@@ -1,6 +1,7 @@
 //! Finding and reading model files on disk (native only): a disa bundle, or the official
 //! release files (MAR checkpoint, VAE checkpoint, a configuration).
 
+use super::bundle::Fnv1a;
 use super::{Bundle, BundleInfo, DecoderSpec, SourceFile, WeightMap};
 use crate::error::{DisaError, Result};
 use crate::model::MarConfig;
@@ -90,14 +91,21 @@ impl ModelFiles {
                 .map_err(io)?;
             buf[..n].to_vec()
         };
-        let mar = if head.len() == 8 && !WeightMap::looks_like_pytorch(&head) {
+        // The weights file is hashed from the bytes already read when it is safetensors.
+        let (mar, weights_source) = if head.len() == 8 && !WeightMap::looks_like_pytorch(&head) {
             let bytes = read_with_progress(&self.weights, progress)?;
             if Bundle::is_bundle(&bytes) {
                 return Bundle::from_bytes(&name, &bytes);
             }
-            WeightMap::from_safetensors_bytes(&name, &bytes)?
+            (
+                WeightMap::from_safetensors_bytes(&name, &bytes)?,
+                fingerprint_bytes(&self.weights, &bytes),
+            )
         } else {
-            WeightMap::from_path(&self.weights, Some(&self.state_dict))?
+            (
+                WeightMap::from_path(&self.weights, Some(&self.state_dict))?,
+                fingerprint(&self.weights)?,
+            )
         };
         let config = self.config_for(&mar)?;
         let vae = self
@@ -114,7 +122,7 @@ impl ModelFiles {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut sources = vec![fingerprint(&self.weights)?];
+        let mut sources = vec![weights_source];
         if let Some(p) = self.vae_path() {
             sources.push(fingerprint(&p)?);
         }
@@ -149,25 +157,34 @@ pub fn fingerprint(path: &Path) -> Result<SourceFile> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
-    let (mut h, mut total) = (0xcbf2_9ce4_8422_2325u64, 0u64);
+    let (mut h, mut total) = (Fnv1a::new(), 0u64);
     loop {
         let n = file.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
-        for &b in &buf[..n] {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h.feed(&buf[..n]);
         total += n as u64;
     }
-    Ok(SourceFile {
+    Ok(source_file(path, total, h))
+}
+
+/// The fingerprint of a file already in memory.
+fn fingerprint_bytes(path: &Path, bytes: &[u8]) -> SourceFile {
+    let mut h = Fnv1a::new();
+    h.feed(bytes);
+    source_file(path, bytes.len() as u64, h)
+}
+
+fn source_file(path: &Path, bytes: u64, hash: Fnv1a) -> SourceFile {
+    SourceFile {
         file: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        bytes: total,
-        fnv1a64: format!("{h:016x}"),
-    })
+        bytes,
+        fnv1a64: hash.hex(),
+    }
 }
 
 /// Reads a whole file into one buffer, calling `progress(read, total)` after every 4 MiB.
