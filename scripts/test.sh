@@ -10,6 +10,8 @@ cd "$ROOT"
 apt_ensure mesa-vulkan-drivers libvulkan1
 # Fashion-MNIST for the data tests (the small model's training set).
 apt_ensure dataset-fashion-mnist
+# CPython reads `disa convert --to official` checkpoints back with its own zip and pickle.
+apt_ensure python3
 # wgpu probes Wayland; without a runtime dir it only complains, so give it one.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 

@@ -80,15 +80,17 @@ struct ConvertArgs {
     /// A name shown by the page and the CLI.
     #[arg(long)]
     name: Option<String>,
-    /// Output file (safetensors with disa metadata).
+    /// Output file: safetensors with disa metadata; with `--to official`, a PyTorch checkpoint
+    /// (`.pth`, `.pt`, `.ckpt`) or safetensors (`.safetensors`).
     #[arg(long)]
     out: PathBuf,
     /// Tensor storage: f32 (lossless), f16 (matrices in f16, about half the size), int8 or int4
     /// (Linear weights in Burn's per-block quantization, other matrices f16).
     #[arg(long, default_value = "f32")]
     storage: String,
-    /// Output layout: disa (one self-describing file) or official (the MAR state dict as
-    /// safetensors under the official key names, for `model.load_state_dict` in PyTorch).
+    /// Output layout: disa (one self-describing file) or official (the MAR state dict under the
+    /// official key names: a `torch.load`-able checkpoint with `model` and `model_ema`, like
+    /// `checkpoint-last.pth`, or safetensors for `load_state_dict`, chosen by `--out`'s extension).
     #[arg(long, default_value = "disa")]
     to: String,
 }
@@ -482,13 +484,47 @@ fn convert(args: ConvertArgs) -> Result<()> {
                     "--to official writes f32 (the official checkpoints' dtype)".into(),
                 ));
             }
-            let config = serde_json::to_string(&bundle.config).expect("config serializes");
-            bundle
-                .mar
-                .to_safetensors_bytes(std::collections::HashMap::from([
-                    ("format".to_string(), "pt".to_string()),
-                    ("mar_ctor_kwargs".to_string(), config),
-                ]))?
+            let extension = args
+                .out
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            match extension.as_str() {
+                "pth" | "pt" | "ckpt" => {
+                    // The official checkpoint's layout; a disa file holds the weights sampling
+                    // uses, so both keys name them (one copy on disk).
+                    disa::weights::save_torch_checkpoint(
+                        &args.out,
+                        &bundle.mar,
+                        &["model", "model_ema"],
+                    )?;
+                    let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+                    println!(
+                        "wrote {} ({:.2} MB, PyTorch checkpoint: 'model' and 'model_ema', {} tensors each; \
+                         the VAE is not part of MAR's checkpoint)",
+                        args.out.display(),
+                        bytes as f64 / 1e6,
+                        bundle.mar.tensors.len()
+                    );
+                    return Ok(());
+                }
+                "safetensors" => {
+                    let config = serde_json::to_string(&bundle.config).expect("config serializes");
+                    bundle
+                        .mar
+                        .to_safetensors_bytes(std::collections::HashMap::from([
+                            ("format".to_string(), "pt".to_string()),
+                            ("mar_ctor_kwargs".to_string(), config),
+                        ]))?
+                }
+                _ => {
+                    return Err(DisaError::InvalidSetting(format!(
+                        "--to official --out {}: name the file .pth (a PyTorch checkpoint) or \
+                         .safetensors",
+                        args.out.display()
+                    )));
+                }
+            }
         }
         other => {
             return Err(DisaError::InvalidSetting(format!(

@@ -51,28 +51,34 @@ fn generate_without_weights_uses_the_built_in_model() {
     }
 }
 
+/// Bit-for-bit equality of two state dicts, naming the first tensor that differs.
+fn assert_same_tensors(what: &str, original: &WeightMap, exported: &WeightMap) {
+    assert_eq!(
+        original.tensors.keys().collect::<Vec<_>>(),
+        exported.tensors.keys().collect::<Vec<_>>(),
+        "{what}: keys"
+    );
+    for (k, t) in &original.tensors {
+        let e = &exported.tensors[k];
+        assert_eq!(t.shape, e.shape, "{what}: {k}");
+        assert!(
+            t.values
+                .iter()
+                .zip(&e.values)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: {k} differs"
+        );
+    }
+}
+
 #[test]
 fn official_to_disa_to_official_is_lossless() {
     let dir = temp_dir("official");
     let pth = reference_dir().join("checkpoint-last.pth");
-    let (bundle, back) = (
-        dir.join("model.safetensors"),
-        dir.join("official.safetensors"),
-    );
+    let bundle = dir.join("model.safetensors");
     ok(disa()
         .args(["convert", "--weights", pth.to_str().unwrap()])
         .args(["--out", bundle.to_str().unwrap()])
-        .output()
-        .unwrap());
-    ok(disa()
-        .args([
-            "convert",
-            "--weights",
-            bundle.to_str().unwrap(),
-            "--to",
-            "official",
-        ])
-        .args(["--out", back.to_str().unwrap()])
         .output()
         .unwrap());
     // The bundle records where it came from.
@@ -81,34 +87,72 @@ fn official_to_disa_to_official_is_lossless() {
     assert_eq!(source.file, "checkpoint-last.pth");
     assert_eq!(source.bytes, std::fs::metadata(&pth).unwrap().len());
     assert_eq!(source.fnv1a64.len(), 16);
+    let export = |name: &str| {
+        let out = dir.join(name);
+        ok(disa()
+            .args(["convert", "--weights", bundle.to_str().unwrap()])
+            .args(["--to", "official", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap());
+        out
+    };
     let original = WeightMap::from_path(&pth, Some("model_ema")).unwrap();
+
+    // Safetensors under the official keys.
+    let back = export("official.safetensors");
     let exported =
         WeightMap::from_safetensors_bytes("official", &std::fs::read(&back).unwrap()).unwrap();
-    assert_eq!(
-        original.tensors.keys().collect::<Vec<_>>(),
-        exported.tensors.keys().collect::<Vec<_>>()
-    );
-    for (k, t) in &original.tensors {
-        let e = &exported.tensors[k];
-        assert_eq!(t.shape, e.shape, "{k}");
-        assert!(
-            t.values
-                .iter()
-                .zip(&e.values)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{k} differs"
-        );
+    assert_same_tensors("safetensors", &original, &exported);
+
+    // A PyTorch checkpoint in checkpoint-last.pth's layout: both keys hold the sampling weights.
+    let back_pth = export("checkpoint-last.pth");
+    for key in ["model_ema", "model"] {
+        let exported = WeightMap::from_path(&back_pth, Some(key)).unwrap();
+        assert_same_tensors(key, &original, &exported);
     }
-    // The exported file loads again as official weights.
-    ok(disa()
-        .args(["convert", "--weights", back.to_str().unwrap()])
-        .args([
-            "--config",
-            reference_dir().join("manifest.json").to_str().unwrap(),
-        ])
-        .args(["--out", dir.join("again.safetensors").to_str().unwrap()])
+    // CPython's zip and pickle read it as torch.load would (and torch itself where installed).
+    let python = std::env::var("DISA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_torch_checkpoint.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([&back_pth, &back])
         .output()
-        .unwrap());
+        .unwrap_or_else(|e| {
+            panic!("{python} is needed for this test (scripts/test.sh installs it): {e}")
+        });
+    let report = ok(out);
+    eprintln!("{report}");
+    assert!(report.contains("bit-equal"), "{report}");
+
+    // An unknown extension is refused before anything is written.
+    let o = disa()
+        .args(["convert", "--weights", bundle.to_str().unwrap()])
+        .args([
+            "--to",
+            "official",
+            "--out",
+            dir.join("x.bin").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".pth"));
+    assert!(!dir.join("x.bin").exists());
+
+    // Both exports load again as official weights.
+    for file in [&back, &back_pth] {
+        ok(disa()
+            .args(["convert", "--weights", file.to_str().unwrap()])
+            .args([
+                "--config",
+                reference_dir().join("manifest.json").to_str().unwrap(),
+            ])
+            .args(["--out", dir.join("again.safetensors").to_str().unwrap()])
+            .output()
+            .unwrap());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -8,8 +8,12 @@ mod bundle;
 mod files;
 mod map;
 pub mod quant;
+#[cfg(not(target_arch = "wasm32"))]
+mod torch_checkpoint;
 
 pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::{ModelFiles, fingerprint, read_config_json, read_with_progress};
 pub use map::{HostTensor, WeightMap};
+#[cfg(not(target_arch = "wasm32"))]
+pub use torch_checkpoint::{save_torch_checkpoint, write_torch_checkpoint};
