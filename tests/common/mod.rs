@@ -157,30 +157,97 @@ pub fn scaled_error(actual: &[f32], reference: &RefTensor) -> f64 {
 /// ("a port in f32 should match within ~1e-5..1e-4 · max|ref|").
 pub const TOLERANCE: f64 = 1e-4;
 
-/// Asserts a scaled error within [`TOLERANCE`], naming what was compared.
-pub fn assert_close(what: &str, actual: &[f32], reference: &RefTensor) {
-    let err = scaled_error(actual, reference);
-    assert!(
-        err <= TOLERANCE,
-        "{what}: max|diff|/max|ref| = {err:.3e} > {TOLERANCE:e} (max|ref| = {:.4e})",
-        reference.absmax()
-    );
-    eprintln!("{what}: scaled error {err:.2e}");
+/// Judges compared outputs: asserts each within [`TOLERANCE`] (parity), or records the worst
+/// scaled error and the decoded images of every case (the storage report, where reduced
+/// precision is expected to add error and the point is to measure how much).
+#[derive(Default)]
+pub struct Checker {
+    record_only: bool,
+    /// Case file → worst max|diff|/max|ref| over everything compared in it.
+    pub worst: BTreeMap<String, f64>,
+    /// Case (file, and sub-case where there are several) → decoded images, values in [−1, 1].
+    pub images: BTreeMap<String, Vec<f32>>,
 }
 
-/// Runs a parity check once per backend: `NAME_cpu` on Burn's CPU backend and, when the
-/// `wgpu` feature is on, `NAME_wgpu` on the wgpu backend (Mesa lavapipe where no GPU exists).
+impl Checker {
+    /// Parity: every comparison must be within [`TOLERANCE`].
+    pub fn asserting() -> Self {
+        Self::default()
+    }
+
+    /// Measurement: comparisons are recorded, never asserted; images are kept.
+    pub fn recording() -> Self {
+        Self {
+            record_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether decoded images are wanted (only when measuring).
+    pub fn wants_images(&self) -> bool {
+        self.record_only
+    }
+
+    /// Compares `actual` with `reference` (scaled error) for `case`, naming `what`.
+    pub fn close(&mut self, case: &str, what: &str, actual: &[f32], reference: &RefTensor) {
+        let err = scaled_error(actual, reference);
+        self.scaled(case, what, err, reference.absmax());
+    }
+
+    /// Takes a scaled error computed by the caller.
+    pub fn scaled(&mut self, case: &str, what: &str, err: f64, absmax: f64) {
+        let worst = self.worst.entry(case.to_string()).or_insert(0.0);
+        *worst = worst.max(err);
+        if self.record_only {
+            return;
+        }
+        assert!(
+            err <= TOLERANCE,
+            "{case}: {what}: max|diff|/max|ref| = {err:.3e} > {TOLERANCE:e} (max|ref| = {absmax:.4e})"
+        );
+        eprintln!("{what}: scaled error {err:.2e}");
+    }
+
+    /// Keeps a decoded image of `case` (measurement only).
+    pub fn image(&mut self, case: &str, values: Vec<f32>) {
+        if self.record_only {
+            self.images.insert(case.to_string(), values);
+        }
+    }
+}
+
+/// PSNR in dB between two images with values in [−1, 1] (mapped to [0, 1]); infinite when
+/// they are identical.
+pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "image sizes");
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64 / 2.0).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (1.0 / mse).log10()
+}
+
+/// Runs a parity check once per backend, with the reference set's model and an asserting
+/// [`Checker`]: `NAME_cpu` on Burn's CPU backend and, when the `wgpu` feature is on,
+/// `NAME_wgpu` on the wgpu backend (Mesa lavapipe where no GPU exists).
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident => $check:ident;)*) => {
         mod cpu {
-            $(#[test] fn $name() { super::$check(&burn::tensor::Device::flex()); })*
+            $(#[test] fn $name() {
+                let device = burn::tensor::Device::flex();
+                let g = $crate::common::generator(&device);
+                super::$check(&g, &device, &mut $crate::common::Checker::asserting());
+            })*
         }
         #[cfg(feature = "wgpu")]
         mod wgpu {
             $(#[test] fn $name() {
                 let device = disa::backend::Backend::Wgpu.device().expect("wgpu device");
-                super::$check(&device);
+                let g = $crate::common::generator(&device);
+                super::$check(&g, &device, &mut $crate::common::Checker::asserting());
             })*
         }
     };
