@@ -304,7 +304,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let device = backend.device()?;
     let bundle = args.model.bundle()?;
     let suggested = Suggested::from(&bundle.info.defaults);
-    let generator = Arc::new(bundle.build(&device)?);
+    let generator = Arc::new(bundle.into_generator(&device)?);
 
     let classes: Vec<Option<usize>> = if args.classes.is_empty() {
         vec![None]
@@ -409,7 +409,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
 fn bench(args: BenchArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
     let device = backend.device()?;
-    let generator = Arc::new(args.model.bundle()?.build(&device)?);
+    let generator = Arc::new(args.model.bundle()?.into_generator(&device)?);
     if args.repeats == 0 || args.batch == 0 {
         return Err(DisaError::InvalidSetting(
             "repeats and batch must be at least 1".into(),

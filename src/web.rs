@@ -161,9 +161,10 @@ pub fn load_model(name: &str, bytes: &[u8]) -> Result<String, JsError> {
         .with(|s| s.borrow().device.clone())
         .ok_or_else(|| JsError::new("initBackend must run before loadModel"))?;
     let bundle = Bundle::from_bytes(name, bytes).map_err(js_err)?;
-    let generator = bundle.build(&device).map_err(js_err)?;
-    let c = &generator.config;
     let mut info = bundle.info.clone();
+    // Each tensor moves from the parsed file into the model: the weights are never held twice.
+    let generator = bundle.into_generator(&device).map_err(js_err)?;
+    let c = &generator.config;
     if info.name.is_empty() {
         info.name = name.to_string();
     }

@@ -45,8 +45,8 @@ fn edited(
 }
 
 fn build(bytes: &[u8]) -> Result<Model, DisaError> {
-    let w = WeightMap::from_bytes("test.safetensors", bytes)?;
-    Model::load(&w, &config(), None, &Device::flex())
+    let mut w = WeightMap::from_bytes("test.safetensors", bytes)?;
+    Model::load(&mut w, &config(), None, &Device::flex())
 }
 
 #[test]
@@ -135,8 +135,8 @@ fn non_finite_weights_are_rejected() {
 
 #[test]
 fn a_config_for_another_model_is_a_shape_error() {
-    let w = WeightMap::from_bytes("model", &model_bytes()).unwrap();
-    let err = Model::load(&w, &MarConfig::mar_base(), None, &Device::flex())
+    let mut w = WeightMap::from_bytes("model", &model_bytes()).unwrap();
+    let err = Model::load(&mut w, &MarConfig::mar_base(), None, &Device::flex())
         .err()
         .unwrap();
     assert!(matches!(err, DisaError::ShapeMismatch { .. }), "{err}");
@@ -147,8 +147,8 @@ fn a_vae_file_is_not_a_model_and_vice_versa() {
     let vae = std::fs::read(reference_dir().join("vae.safetensors")).unwrap();
     let err = build(&vae).err().unwrap();
     assert!(err.to_string().contains("VAE"), "{err}");
-    let w = WeightMap::from_bytes("model", &model_bytes()).unwrap();
-    assert!(VaeDecoder::load(&w, &Device::flex()).is_err());
+    let mut w = WeightMap::from_bytes("model", &model_bytes()).unwrap();
+    assert!(VaeDecoder::load(&mut w, &Device::flex()).is_err());
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn thousands_of_mutated_files_never_panic_or_hang() {
                     .map(|_| ())
             } else {
                 WeightMap::from_bytes("fuzz", &mutated)
-                    .and_then(|w| disa::model::Model::load(&w, &config, None, &device))
+                    .and_then(|mut w| disa::model::Model::load(&mut w, &config, None, &device))
                     .map(|_| ())
             }
         });

@@ -56,7 +56,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let cpu = burn::tensor::Device::flex();
     let bundle = args.model.bundle()?;
     let model_name = bundle.info.name.clone();
-    let generator = Arc::new(bundle.build(&cpu)?);
+    let generator = Arc::new(bundle.into_generator(&cpu)?);
     let classifier = match &args.classifier {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|source| DisaError::Io {

@@ -69,7 +69,7 @@ pub struct DiffusionHead {
 
 impl DiffusionHead {
     /// Loads the `diffloss.net.*` tensors.
-    pub fn load(w: &WeightMap, c: &MarConfig, device: &Device) -> Result<Self> {
+    pub fn load(w: &mut WeightMap, c: &MarConfig, device: &Device) -> Result<Self> {
         let p = "diffloss.net";
         let (width, t, dec) = (c.diffloss_w, c.token_dim(), c.decoder_embed_dim);
         let res_blocks = (0..c.diffloss_d)

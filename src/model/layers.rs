@@ -11,31 +11,31 @@ use burn::tensor::{Device, Tensor, TensorData};
 /// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
 
-/// Uploads a host tensor with its own shape.
-pub fn upload<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.values.clone(), t.shape.clone()), device)
+/// Uploads a host tensor with its own shape (its buffer moves into the tensor data).
+pub fn upload<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.values, t.shape), device)
 }
 
-/// A parameter tensor `key` of exactly `shape`.
+/// The parameter tensor `key` of exactly `shape`, taken out of `w`.
 pub fn param<const D: usize>(
-    w: &WeightMap,
+    w: &mut WeightMap,
     key: &str,
     shape: [usize; D],
     device: &Device,
 ) -> Result<Param<Tensor<D>>> {
-    Ok(Param::from_tensor(upload(w.get(key, &shape)?, device)))
+    Ok(Param::from_tensor(upload(w.take(key, &shape)?, device)))
 }
 
 /// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as Burn's `Linear`
-/// (`weight [in, out]`).
+/// (`weight [in, out]`), taken out of `w`.
 pub fn linear(
-    w: &WeightMap,
+    w: &mut WeightMap,
     prefix: &str,
     d_in: usize,
     d_out: usize,
     device: &Device,
 ) -> Result<Linear> {
-    let weight = w.get(&format!("{prefix}.weight"), &[d_out, d_in])?;
+    let weight = w.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
     let mut transposed = vec![0.0f32; d_in * d_out];
     for o in 0..d_out {
         for i in 0..d_in {
@@ -59,7 +59,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     /// An affine LayerNorm from `prefix.weight` and `prefix.bias`.
-    pub fn load(w: &WeightMap, prefix: &str, dim: usize, device: &Device) -> Result<Self> {
+    pub fn load(w: &mut WeightMap, prefix: &str, dim: usize, device: &Device) -> Result<Self> {
         Ok(Self {
             weight: param(w, &format!("{prefix}.weight"), [dim], device)?,
             bias: Some(param(w, &format!("{prefix}.bias"), [dim], device)?),
@@ -102,7 +102,7 @@ pub struct Block {
 impl Block {
     /// Loads `prefix.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`.
     pub fn load(
-        w: &WeightMap,
+        w: &mut WeightMap,
         prefix: &str,
         dim: usize,
         heads: usize,

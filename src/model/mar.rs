@@ -91,7 +91,7 @@ fn gather_rows(x: Tensor<3>, idx: Tensor<2, Int>) -> Tensor<3> {
 
 impl MarTransformer {
     /// Loads every backbone tensor of the official checkpoint layout.
-    pub fn load(w: &WeightMap, c: &MarConfig, device: &Device) -> Result<Self> {
+    pub fn load(w: &mut WeightMap, c: &MarConfig, device: &Device) -> Result<Self> {
         let (e, d, n, b, t) = (
             c.encoder_embed_dim,
             c.decoder_embed_dim,
@@ -99,19 +99,14 @@ impl MarTransformer {
             c.buffer_size,
             c.token_dim(),
         );
-        let blocks = |prefix: &str, depth: usize, dim: usize, heads: usize| -> Result<Vec<Block>> {
+        // `prefix.{0..depth}` blocks of width `dim`.
+        let blocks = |w: &mut WeightMap, prefix: &str, depth: usize, dim: usize, heads: usize| {
             (0..depth)
                 .map(|i| {
-                    Block::load(
-                        w,
-                        &format!("{prefix}.{i}"),
-                        dim,
-                        heads,
-                        c.mlp_hidden(dim),
-                        device,
-                    )
+                    let hidden = c.mlp_hidden(dim);
+                    Block::load(w, &format!("{prefix}.{i}"), dim, heads, hidden, device)
                 })
-                .collect()
+                .collect::<Result<Vec<Block>>>()
         };
         Ok(Self {
             class_emb: param(w, "class_emb.weight", [c.class_num, e], device)?,
@@ -119,12 +114,12 @@ impl MarTransformer {
             z_proj: linear(w, "z_proj", t, e, device)?,
             z_proj_ln: LayerNorm::load(w, "z_proj_ln", e, device)?,
             encoder_pos_embed: param(w, "encoder_pos_embed_learned", [1, b + n, e], device)?,
-            encoder_blocks: blocks("encoder_blocks", c.encoder_depth, e, c.encoder_num_heads)?,
+            encoder_blocks: blocks(w, "encoder_blocks", c.encoder_depth, e, c.encoder_num_heads)?,
             encoder_norm: LayerNorm::load(w, "encoder_norm", e, device)?,
             decoder_embed: linear(w, "decoder_embed", e, d, device)?,
             mask_token: param(w, "mask_token", [1, 1, d], device)?,
             decoder_pos_embed: param(w, "decoder_pos_embed_learned", [1, b + n, d], device)?,
-            decoder_blocks: blocks("decoder_blocks", c.decoder_depth, d, c.decoder_num_heads)?,
+            decoder_blocks: blocks(w, "decoder_blocks", c.decoder_depth, d, c.decoder_num_heads)?,
             decoder_norm: LayerNorm::load(w, "decoder_norm", d, device)?,
             diffusion_pos_embed: param(w, "diffusion_pos_embed_learned", [1, n, d], device)?,
             buffer_size: b,

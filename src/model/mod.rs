@@ -47,7 +47,7 @@ impl Model {
     /// Builds the transformer and head from MAR weights (official key names), and the decoder
     /// if given.
     pub fn load(
-        weights: &WeightMap,
+        weights: &mut WeightMap,
         config: &MarConfig,
         decoder: Option<ImageDecoder>,
         device: &Device,

@@ -71,7 +71,7 @@ pub struct Conv {
 
 impl Conv {
     fn load(
-        w: &WeightMap,
+        w: &mut WeightMap,
         prefix: &str,
         c_in: usize,
         c_out: usize,
@@ -104,7 +104,7 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    fn load(w: &WeightMap, prefix: &str, c: usize, device: &Device) -> Result<Self> {
+    fn load(w: &mut WeightMap, prefix: &str, c: usize, device: &Device) -> Result<Self> {
         if !c.is_multiple_of(GROUPS) {
             return Err(DisaError::Config(format!(
                 "{prefix}: {c} channels are not divisible into {GROUPS} groups"
@@ -143,7 +143,7 @@ pub struct ResnetBlock {
 
 impl ResnetBlock {
     fn load(
-        w: &WeightMap,
+        w: &mut WeightMap,
         prefix: &str,
         c_in: usize,
         c_out: usize,
@@ -230,14 +230,14 @@ pub struct VaeDecoder {
 
 impl VaeDecoder {
     /// Loads the decoder from a VAE state dict (`vae.ckpt['model']` or its safetensors).
-    pub fn load(w: &WeightMap, device: &Device) -> Result<Self> {
+    pub fn load(w: &mut WeightMap, device: &Device) -> Result<Self> {
         let c = VaeConfig::infer(w)?;
         let levels = c.level_channels.len();
         let mut block_in = c.level_channels[levels - 1];
         let z = c.embed_dim;
         let conv_in = Conv::load(w, "decoder.conv_in", z, block_in, 3, device)?;
         let mid_block_1 = ResnetBlock::load(w, "decoder.mid.block_1", block_in, block_in, device)?;
-        let attn = |name: &str| {
+        let attn = |w: &mut WeightMap, name: &str| {
             Conv::load(
                 w,
                 &format!("decoder.mid.attn_1.{name}"),
@@ -249,10 +249,10 @@ impl VaeDecoder {
         };
         let mid_attn = AttnBlock {
             norm: GroupNorm::load(w, "decoder.mid.attn_1.norm", block_in, device)?,
-            q: attn("q")?,
-            k: attn("k")?,
-            v: attn("v")?,
-            proj_out: attn("proj_out")?,
+            q: attn(w, "q")?,
+            k: attn(w, "k")?,
+            v: attn(w, "v")?,
+            proj_out: attn(w, "proj_out")?,
         };
         let mid_block_2 = ResnetBlock::load(w, "decoder.mid.block_2", block_in, block_in, device)?;
         let mut up = Vec::with_capacity(levels);

@@ -189,7 +189,7 @@ impl Trainer {
     fn from_parts(
         config: MarConfig,
         settings: TrainSettings,
-        weights: WeightMap,
+        mut weights: WeightMap,
         ema: WeightMap,
         step: usize,
         optim_bytes: Option<Vec<u8>>,
@@ -198,7 +198,7 @@ impl Trainer {
         let decoder = Some(ImageDecoder::Patch(PatchDecoder {
             scale: settings.token_scale,
         }));
-        let model = Model::load(&weights, &config, decoder, device)?.map(&mut NumberParams(0));
+        let model = Model::load(&mut weights, &config, decoder, device)?.map(&mut NumberParams(0));
         let mut optim = optimizer(&settings);
         if let Some(bytes) = optim_bytes {
             optim = optim

@@ -342,9 +342,15 @@ impl Bundle {
             .map_err(|e| DisaError::Config(format!("serializing: {e}")))
     }
 
-    /// Builds the model on `device`.
+    /// Builds the model on `device`, keeping this bundle (its weights are copied).
     pub fn build(&self, device: &Device) -> Result<Generator> {
-        let decoder = match (&self.decoder, &self.vae) {
+        self.clone().into_generator(device)
+    }
+
+    /// Builds the model on `device`, moving each tensor out of the bundle as it is uploaded,
+    /// so the weights are never held twice (the browser and the CLI load this way).
+    pub fn into_generator(mut self, device: &Device) -> Result<Generator> {
+        let decoder = match (&self.decoder, self.vae.as_mut()) {
             (DecoderSpec::Vae, Some(vae)) => {
                 Some(ImageDecoder::Vae(VaeDecoder::load(vae, device)?))
             }
@@ -361,8 +367,8 @@ impl Bundle {
             }
             (DecoderSpec::None, _) => None,
         };
-        let model = Model::load(&self.mar, &self.config, decoder, device)?;
-        Ok(Generator::new(model, self.config.clone(), device.clone()))
+        let model = Model::load(&mut self.mar, &self.config, decoder, device)?;
+        Ok(Generator::new(model, self.config, device.clone()))
     }
 }
 

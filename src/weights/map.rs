@@ -295,6 +295,13 @@ impl WeightMap {
         Ok(t)
     }
 
+    /// As [`WeightMap::get`], moving the tensor out of the map: a model built by taking its
+    /// weights never holds them twice.
+    pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        self.get(key, expected)?;
+        Ok(self.tensors.remove(key).expect("checked by get"))
+    }
+
     /// Counts the consecutive indexed children `prefix.{0,1,..}.` present.
     pub fn count_indexed(&self, prefix: &str) -> usize {
         (0..)

@@ -132,9 +132,9 @@ pub fn vae_weights() -> WeightMap {
 /// A generator on `device` with the set's model and VAE.
 pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
     let config = config();
-    let vae = VaeDecoder::load(&vae_weights(), device).expect("VAE builds");
+    let vae = VaeDecoder::load(&mut vae_weights(), device).expect("VAE builds");
     let model = Model::load(
-        &mar_weights(),
+        &mut mar_weights(),
         &config,
         Some(ImageDecoder::Vae(vae)),
         device,
