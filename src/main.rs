@@ -49,6 +49,10 @@ enum Command {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Time a preset's shapes (mar_base, mar_large, mar_huge, fashion) with freshly initialized
+    /// weights instead of a model file: speed does not depend on the weights' values.
+    #[arg(long, conflicts_with = "weights")]
+    shapes: Option<String>,
     /// Schedules to time; the first is the baseline the ratios refer to.
     #[arg(
         long,
@@ -153,7 +157,7 @@ pub struct ModelArgs {
     state_dict: String,
 }
 
-/// The Fashion-MNIST MAR trained by this project (`disa train`, see the README), f16 storage.
+/// The Fashion-MNIST MAR trained by this project (`disa train`, see the README), int8 storage.
 pub const SHIPPED_MODEL: &[u8] = include_bytes!("../www/assets/model.safetensors");
 /// The classifier `disa eval` scores with (`disa train-classifier`).
 pub const SHIPPED_CLASSIFIER: &[u8] = include_bytes!("../www/assets/classifier.safetensors");
@@ -408,13 +412,38 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
 fn bench(args: BenchArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
-    let device = backend.device()?;
-    let generator = Arc::new(args.model.bundle()?.into_generator(&device)?);
     if args.repeats == 0 || args.batch == 0 {
         return Err(DisaError::InvalidSetting(
             "repeats and batch must be at least 1".into(),
         ));
     }
+    let device = backend.device()?;
+    let bundle = match &args.shapes {
+        Some(name) => {
+            let config = disa::model::MarConfig::preset(name).ok_or_else(|| {
+                DisaError::InvalidSetting(format!(
+                    "--shapes {name}: use mar_base, mar_large, mar_huge or fashion"
+                ))
+            })?;
+            eprintln!(
+                "initializing {name} ({:.0}M parameters) with random weights…",
+                config.num_params() as f64 / 1e6
+            );
+            disa::weights::Bundle {
+                mar: config.initial_weights(0),
+                config,
+                decoder: disa::weights::DecoderSpec::None,
+                info: disa::weights::BundleInfo {
+                    name: format!("{name} (random weights)"),
+                    ..Default::default()
+                },
+                vae: None,
+            }
+        }
+        None => args.model.bundle()?,
+    };
+    println!("model {}", bundle.info.name);
+    let generator = Arc::new(bundle.into_generator(&device)?);
     let classes = generator.config.class_num;
     println!(
         "backend {backend} · K={} · cfg {} · batch {} · median of {} (after a warm-up)",

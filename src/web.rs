@@ -2,6 +2,7 @@
 //! state lives here, in the worker's single thread; every call returns a `Result` so failures
 //! become JS exceptions with a message instead of a dead module.
 
+use crate::diffusion::TimestepClip;
 use crate::error::DisaError;
 use crate::noise::SeededNoise;
 use crate::sampler::{Generation, Generator, Request, StepEvent};
@@ -199,6 +200,10 @@ struct WebRequest {
     cfg: f32,
     cfg_schedule: String,
     temperature: f32,
+    /// Clip timesteps above this one; absent: the schedule's own (950 for DiSA, none for
+    /// constant, as in the reference code). The A/B card sends 950 for a clip-matched baseline.
+    #[serde(default)]
+    clip: Option<usize>,
 }
 
 impl WebRequest {
@@ -209,7 +214,7 @@ impl WebRequest {
             labels: vec![r.class_label],
             ar_steps: r.ar_steps,
             schedule: StepSchedule::parse(&r.schedule).map_err(js_err)?,
-            clip: None,
+            clip: r.clip.map(|t| TimestepClip(Some(t))),
             cfg: r.cfg,
             cfg_schedule: CfgSchedule::parse(&r.cfg_schedule).map_err(js_err)?,
             temperature: r.temperature,

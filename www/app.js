@@ -101,6 +101,11 @@ function scheduleString(s = currentSchedule()) {
 
 /** A schedule's name for captions: custom lists are too long to show. */
 const shortSchedule = (s) => (s.startsWith('custom:') ? 'custom' : s);
+/** A request's schedule with its clip, when the request sets one (the A/B baseline may). */
+const scheduleLabel = (r) => shortSchedule(r.schedule) + (r.clip != null ? ` · clip ${r.clip}` : '');
+
+/** DiSA's timestep clip: reverse diffusion starts at t = 950, not 999. */
+const DISA_CLIP = 950;
 
 function nominalSteps(K, s = currentSchedule()) {
   return Array.from({ length: K }, (_, k) => stepsAt(s, k, K));
@@ -469,6 +474,10 @@ function wireControls() {
 
   $('generate').addEventListener('click', () => startRun('single'));
   $('ab-run').addEventListener('click', () => startRun('ab'));
+  // A new baseline re-runs the comparison when the last run was one (and auto-run is on).
+  $('ab-baseline').addEventListener('change', () => {
+    if (ui.lastMode === 'ab') scheduleAutoRun();
+  });
   $('stop').addEventListener('click', () => {
     clearTimeout(ui.autoTimer);
     cancelRun();
@@ -597,7 +606,10 @@ function startRun(mode) {
   ui.hasRun = true;
   const request = readRequest();
   if (mode === 'ab') {
+    // Plain MAR: constant steps, either as the official code runs it (no clip) or with DiSA's
+    // clip, so that only the step schedule differs between the two images.
     const base = { ...request, schedule: `constant:${baselineSteps()}` };
+    if ($('ab-baseline').value === 'clip') base.clip = DISA_CLIP;
     ui.ab = { request, base, results: {} };
     showAbRunning();
     launch('baseline', base);
@@ -639,7 +651,7 @@ function tickLatency() {
 
 /** Caption of the token grid: which lane runs, with which schedule. */
 function showLaneTitle(lane, request, done) {
-  const s = shortSchedule(request.schedule);
+  const s = scheduleLabel(request);
   const what = lane === 'baseline' ? 'A/B 1/2 · plain MAR' : lane === 'disa' ? 'A/B 2/2 · DiSA' : done ? 'Done' : 'Generating';
   const el = $('lane-label');
   el.textContent = `${what} · `;
@@ -671,7 +683,7 @@ function resetVis(request, lane, active) {
     request,
     history: [], // { ev, preview } of every step, for the replay
     heatMax: Math.max(...nominalSteps(K, parseSchedule(request.schedule))),
-    plan: lane === 'baseline' ? constantTotals(K, parseSchedule(request.schedule).start) : plotData(),
+    plan: lane === 'baseline' ? constantTotals(K, parseSchedule(request.schedule).start, request.clip) : plotData(),
   };
   if (active) showLaneTitle(lane, request, false);
   else $('lane-label').textContent = 'Token grid';
@@ -683,10 +695,11 @@ function resetVis(request, lane, active) {
   $('heat-max').textContent = String(ui.vis.heatMax);
 }
 
-/** Plain MAR's cost is exact without asking the worker: no clip, so every step runs. */
-function constantTotals(K, steps) {
+/** Plain MAR's cost without asking the worker: exact with no clip (every step runs); an upper
+ *  bound with one (the clip can merge the top timesteps). */
+function constantTotals(K, steps, clip) {
   const N = ui.model ? ui.model.seqLen : 0;
-  return { headCalls: K * steps, tokenSteps: N * steps, exact: true };
+  return { headCalls: K * steps, tokenSteps: N * steps, exact: clip == null };
 }
 
 function parseSchedule(text) {
@@ -736,7 +749,7 @@ function onDone(msg) {
   if (lane === 'baseline' && ui.ab) {
     ui.ab.results.baseline = msg;
     drawPixels($('ab-baseline-canvas'), msg.image);
-    $('ab-baseline-meta').textContent = abMeta(ui.ab.base.schedule, msg);
+    $('ab-baseline-meta').textContent = abMeta(ui.ab.base, msg);
     launch('disa', ui.ab.request); // same seed, now with the DiSA schedule
     return;
   }
@@ -814,8 +827,8 @@ function showAbRunning() {
   clearCanvas($('ab-disa-canvas'));
 }
 
-function abMeta(schedule, msg) {
-  return `${shortSchedule(schedule)}\n${Math.round(samplingMs(msg))} ms sampling\n${msg.headCalls} calls`;
+function abMeta(request, msg) {
+  return `${scheduleLabel(request)}\n${Math.round(samplingMs(msg))} ms sampling\n${msg.headCalls} calls`;
 }
 
 /** Transformer + head time of a run: the work DiSA changes (previews are decoded apart). */
@@ -824,7 +837,7 @@ const samplingMs = (msg) => (msg.samplingMs != null ? msg.samplingMs : msg.total
 function showAbResult(msg) {
   const base = ui.ab.results.baseline;
   drawPixels($('ab-disa-canvas'), msg.image);
-  $('ab-disa-meta').textContent = abMeta(ui.ab.request.schedule, msg);
+  $('ab-disa-meta').textContent = abMeta(ui.ab.request, msg);
   $('speedup').textContent = `${(samplingMs(base) / Math.max(1e-6, samplingMs(msg))).toFixed(2)}×`;
   $('speedup').classList.add('has');
   $('head-call-ratio').textContent = `${(base.headCalls / Math.max(1, msg.headCalls)).toFixed(2)}×`;

@@ -98,13 +98,13 @@ async function generate(page, logs) {
   return { steps: events.filter((e) => e.type === 'step'), done: events.find((e) => e.type === 'done'), pixels, ms };
 }
 
-/** RGBA pixels of the final image canvas, at the image's native size. */
-function finalPixels(page) {
-  return page.evaluate(() => {
-    const c = document.getElementById('final-canvas');
+/** RGBA pixels of an image canvas (default: the final image), at the image's native size. */
+function finalPixels(page, id = 'final-canvas') {
+  return page.evaluate((id) => {
+    const c = document.getElementById(id);
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
     return { width: c.width, height: c.height, data: Array.from(d.data) };
-  });
+  }, id);
 }
 
 /** Opens the page in a fresh browser and waits until the model is ready. */
@@ -119,10 +119,12 @@ async function openPage({ webgpu }) {
 }
 
 /** The native CLI's image for the same settings, as RGB bytes (PPM). */
-function nativeImage(s, end) {
+/** The CLI's image for the page's settings; `schedule` and `clip` default to linear START→end
+ *  with the schedule's own clip. */
+function nativeImage(s, end, { schedule = `linear:${s.start}:${end}`, clip = 'default' } = {}) {
   const out = path.join(os.tmpdir(), `disa-native-${process.pid}-${end}.ppm`);
   execFileSync(DISA_BIN, ['generate', '--weights', MODEL, '--class', String(s.classLabel), '--seed', String(s.seed),
-    '--ar-steps', String(s.arSteps), '--schedule', `linear:${s.start}:${end}`, '--cfg', String(s.cfg),
+    '--ar-steps', String(s.arSteps), '--schedule', schedule, '--clip', clip, '--cfg', String(s.cfg),
     '--out', out, '--quiet']);
   const buf = fs.readFileSync(out);
   const header = buf.toString('latin1', 0, 32).split('\n');
@@ -246,11 +248,20 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     assert.deepEqual(errors, [], 'no errors from the cancelled run');
     await page.evaluate(() => { const a = document.getElementById('auto-run'); a.checked = false; a.dispatchEvent(new Event('change', { bubbles: true })); });
 
-    // A/B: baseline and DiSA from the same seed, with the measured speed-up.
-    await page.click('#ab-run');
-    await page.waitForFunction(() => /\d/.test(document.getElementById('speedup')?.textContent || ''), null, { timeout: TIMEOUT });
-    console.log(`CPU A/B speed-up (baseline constant vs DiSA): ${await page.textContent('#speedup')}`);
-    await page.screenshot({ path: path.join(SHOTS, 'cpu-ab.png') });
+    // A/B: baseline and DiSA from the same seed, with the measured speed-up. Both baselines
+    // (DiSA's clip, the default; and no clip, as the official code) match the CLI.
+    const AB = { ...SETTINGS, seed: SETTINGS.seed + 1 }; // the seed set above
+    for (const [baseline, clip] of [['clip', '950'], ['official', 'none']]) {
+      await page.selectOption('#ab-baseline', baseline);
+      await page.evaluate(() => { document.getElementById('speedup').textContent = '…'; });
+      await page.click('#ab-run');
+      await page.waitForFunction(() => /\d/.test(document.getElementById('speedup')?.textContent || ''), null, { timeout: TIMEOUT });
+      console.log(`CPU A/B speed-up (baseline constant:${SETTINGS.start}, clip ${clip}, vs DiSA): ${await page.textContent('#speedup')}`);
+      await page.screenshot({ path: path.join(SHOTS, `cpu-ab-${baseline}.png`) });
+      compareImages(await finalPixels(page, 'ab-baseline-canvas'),
+        nativeImage(AB, AB.end, { schedule: `constant:${AB.start}`, clip }), `A/B baseline (${baseline})`);
+      compareImages(await finalPixels(page, 'ab-disa-canvas'), nativeImage(AB, AB.end), `A/B DiSA (${baseline})`);
+    }
 
     // A corrupt weights file: a clear message, and the old model keeps working.
     const good = fs.readFileSync(MODEL);
