@@ -75,6 +75,10 @@ struct BenchArgs {
     /// Compute backend: cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Timestep clip for every schedule: 950 (DiSA), none (MAR), default (950 for DiSA
+    /// schedules, none for constant ones, as their reference code).
+    #[arg(long, default_value = "default")]
+    clip: String,
 }
 
 #[derive(Args)]
@@ -446,8 +450,8 @@ fn bench(args: BenchArgs) -> Result<()> {
     let generator = Arc::new(bundle.into_generator(&device)?);
     let classes = generator.config.class_num;
     println!(
-        "backend {backend} · K={} · cfg {} · batch {} · median of {} (after a warm-up)",
-        args.ar_steps, args.cfg, args.batch, args.repeats
+        "backend {backend} · K={} · cfg {} · clip {} · batch {} · median of {} (after a warm-up)",
+        args.ar_steps, args.cfg, args.clip, args.batch, args.repeats
     );
     println!(
         "{:<18}{:>12}{:>12}{:>12}{:>10}{:>12}",
@@ -459,7 +463,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             labels: (0..args.batch).map(|i| Some(i % classes)).collect(),
             ar_steps: args.ar_steps,
             schedule: StepSchedule::parse(text)?,
-            clip: None,
+            clip: parse_clip(&args.clip)?,
             cfg: args.cfg,
             cfg_schedule: CfgSchedule::Linear,
             temperature: 1.0,
@@ -529,11 +533,15 @@ fn convert(args: ConvertArgs) -> Result<()> {
                     )?;
                     let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
                     println!(
-                        "wrote {} ({:.2} MB, PyTorch checkpoint: 'model' and 'model_ema', {} tensors each; \
-                         the VAE is not part of MAR's checkpoint)",
+                        "wrote {} ({:.2} MB, PyTorch checkpoint: 'model' and 'model_ema', {} tensors each{})",
                         args.out.display(),
                         bytes as f64 / 1e6,
-                        bundle.mar.tensors.len()
+                        bundle.mar.tensors.len(),
+                        if bundle.vae.is_some() {
+                            "; the VAE is not part of MAR's checkpoint and keeps its own file"
+                        } else {
+                            ""
+                        }
                     );
                     return Ok(());
                 }

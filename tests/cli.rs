@@ -195,3 +195,39 @@ fn bench_reports_ratios_against_the_first_schedule() {
         rows[1]
     );
 }
+
+#[test]
+fn bench_times_preset_shapes_and_takes_a_clip() {
+    let run = |args: &[&str]| disa().arg("bench").args(args).output().unwrap();
+    let out = run(&[
+        "--shapes",
+        "fashion",
+        "--clip",
+        "950",
+        "--schedules",
+        "constant:50",
+        "--ar-steps",
+        "4",
+        "--repeats",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("fashion (random weights)"), "{text}");
+    // 50 respaced steps keep 48 distinct timesteps under the 950 clip: 4 × 48 head calls.
+    let row = text.lines().find(|l| l.starts_with("constant:50")).unwrap();
+    assert!(row.contains(" 192 "), "{row}");
+    for bad in [
+        vec!["--shapes", "mar_tiny"],
+        vec!["--shapes", "fashion", "--weights", "x.safetensors"],
+        vec!["--clip", "soon"],
+    ] {
+        let o = run(&bad);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+    }
+}
