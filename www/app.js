@@ -586,7 +586,7 @@ function showPlanTotals() {
     `Plan: <b>${approx}${d.headCalls}</b> head calls · <b>${approx}${d.tokenSteps}</b> token·steps. ` +
     (ui.preset === 'constant'
       ? 'This is plain MAR.'
-      : `Plain MAR at ${B} steps: ${baseCalls} · ${N * B} → <span class="good">${ratio.toFixed(1)}× fewer calls</span>`);
+      : `Plain MAR at ${B} steps, no clip: ${baseCalls} · ${N * B} → <span class="good">${ratio.toFixed(1)}× fewer calls</span>`);
 }
 
 function showPlanError(text) {
