@@ -186,18 +186,25 @@ fn write_values(out: &mut impl Write, tensor: &HostTensor) -> std::io::Result<()
     Ok(())
 }
 
-/// [`write_torch_checkpoint`] to a file; a failed write removes the partial file.
+/// [`write_torch_checkpoint`] to a file. It is written beside the target and renamed into
+/// place, so a failed write leaves an existing file untouched and no partial file behind.
 pub fn save_torch_checkpoint(path: &Path, state_dict: &WeightMap, keys: &[&str]) -> Result<()> {
+    let partial = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        std::path::PathBuf::from(name)
+    };
     let io = |source| DisaError::Io {
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::File::create(path).map_err(io)?;
+    let file = std::fs::File::create(&partial).map_err(io)?;
     let result = write_torch_checkpoint(std::io::BufWriter::new(file), state_dict, keys)
         .and_then(|w| w.into_inner().map_err(|e| io(e.into_error())))
-        .and_then(|f| f.sync_all().map_err(io));
+        .and_then(|f| f.sync_all().map_err(io))
+        .and_then(|()| std::fs::rename(&partial, path).map_err(io));
     if result.is_err() {
-        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(&partial);
     }
     result
 }
@@ -224,5 +231,31 @@ mod tests {
         p.tensor("0", &[2, 3, 4]);
         let at = p.0.windows(with.0.len()).position(|w| w == with.0);
         assert!(at.is_some(), "strides (12, 4, 1) in the pickle");
+    }
+
+    #[test]
+    fn a_failed_save_keeps_the_old_file_and_leaves_no_partial_one() {
+        let dir = std::env::temp_dir().join(format!("disa-torch-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("checkpoint.pth");
+        let mut weights = WeightMap::default();
+        weights.tensors.insert(
+            "w".into(),
+            HostTensor {
+                shape: vec![2, 2],
+                values: vec![1.0, 2.0, 3.0, 4.0],
+            },
+        );
+        save_torch_checkpoint(&path, &weights, &["model"]).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        assert!(first.starts_with(b"PK"), "a zip archive");
+        // No top-level key: refused after the partial file was opened.
+        assert!(save_torch_checkpoint(&path, &weights, &[]).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), first, "old file untouched");
+        assert!(!dir.join("checkpoint.pth.partial").exists());
+        // A folder that does not exist is an I/O error naming the file.
+        let err = save_torch_checkpoint(&dir.join("no/such.pth"), &weights, &["model"]);
+        assert!(err.unwrap_err().to_string().contains("such.pth"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
