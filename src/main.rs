@@ -33,7 +33,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Print the per-step plan of a schedule: tokens revealed, diffusion steps, totals.
     Schedule(ScheduleArgs),
-    /// Convert official weights (MAR checkpoint + VAE + config) to one disa model file.
+    /// Convert official weights (MAR checkpoint + VAE + config) to one disa model file (f32, f16,
+    /// int8, int4), or a model back to the official layout (`--to official`).
     Convert(ConvertArgs),
     /// Time schedules against a baseline in one run: ms per image and speed-up ratios.
     Bench(BenchArgs),
