@@ -434,16 +434,9 @@ fn bench(args: BenchArgs) -> Result<()> {
                 "initializing {name} ({:.0}M parameters) with random weights…",
                 config.num_params() as f64 / 1e6
             );
-            disa::weights::Bundle {
-                mar: config.initial_weights(0),
-                config,
-                decoder: disa::weights::DecoderSpec::None,
-                info: disa::weights::BundleInfo {
-                    name: format!("{name} (random weights)"),
-                    ..Default::default()
-                },
-                vae: None,
-            }
+            let mut bundle = disa::weights::Bundle::initialized(config, 0);
+            bundle.info.name = format!("{name} (random weights)");
+            bundle
         }
         None => args.model.bundle()?,
     };
@@ -503,82 +496,106 @@ fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `disa convert` writes.
+enum ConvertOutput {
+    /// A disa model file with this storage.
+    Disa(disa::weights::Storage),
+    /// The official layout as a PyTorch checkpoint (`model`, `model_ema`).
+    TorchCheckpoint,
+    /// The official layout as safetensors.
+    OfficialSafetensors,
+}
+
+impl ConvertOutput {
+    /// Checks `--to`, `--storage` and `--out`'s extension together, before any loading.
+    fn of(args: &ConvertArgs) -> Result<Self> {
+        match args.to.to_ascii_lowercase().as_str() {
+            "disa" => Ok(Self::Disa(disa::weights::Storage::parse(&args.storage)?)),
+            "official" if args.storage != "f32" => Err(DisaError::InvalidSetting(
+                "--to official writes f32 (the official checkpoints' dtype)".into(),
+            )),
+            "official" => {
+                let extension = args
+                    .out
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_ascii_lowercase());
+                match extension.as_deref() {
+                    Some("pth" | "pt" | "ckpt") => Ok(Self::TorchCheckpoint),
+                    Some("safetensors") => Ok(Self::OfficialSafetensors),
+                    _ => Err(DisaError::InvalidSetting(format!(
+                        "--to official --out {}: name the file .pth (a PyTorch checkpoint) or \
+                         .safetensors",
+                        args.out.display()
+                    ))),
+                }
+            }
+            other => Err(DisaError::InvalidSetting(format!(
+                "--to {other}: use disa or official"
+            ))),
+        }
+    }
+}
+
 fn convert(args: ConvertArgs) -> Result<()> {
+    let output = ConvertOutput::of(&args)?;
     let mut bundle = args.model.bundle()?;
     if let Some(name) = args.name {
         bundle.info.name = name;
     }
     // Build once on the CPU so a file that cannot run is never written.
     bundle.build(&burn::tensor::Device::flex())?;
-    let bytes = match args.to.to_ascii_lowercase().as_str() {
-        "disa" => bundle.to_bytes_as(disa::weights::Storage::parse(&args.storage)?)?,
-        "official" => {
-            if args.storage != "f32" {
-                return Err(DisaError::InvalidSetting(
-                    "--to official writes f32 (the official checkpoints' dtype)".into(),
-                ));
-            }
-            let extension = args
-                .out
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            match extension.as_str() {
-                "pth" | "pt" | "ckpt" => {
-                    // The official checkpoint's layout; a disa file holds the weights sampling
-                    // uses, so both keys name them (one copy on disk).
-                    disa::weights::save_torch_checkpoint(
-                        &args.out,
-                        &bundle.mar,
-                        &["model", "model_ema"],
-                    )?;
-                    let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
-                    println!(
-                        "wrote {} ({:.2} MB, PyTorch checkpoint: 'model' and 'model_ema', {} tensors each{})",
-                        args.out.display(),
-                        bytes as f64 / 1e6,
-                        bundle.mar.tensors.len(),
-                        if bundle.vae.is_some() {
-                            "; the VAE is not part of MAR's checkpoint and keeps its own file"
-                        } else {
-                            ""
-                        }
-                    );
-                    return Ok(());
-                }
-                "safetensors" => {
-                    let config = serde_json::to_string(&bundle.config).expect("config serializes");
-                    bundle
-                        .mar
-                        .to_safetensors_bytes(std::collections::HashMap::from([
-                            ("format".to_string(), "pt".to_string()),
-                            ("mar_ctor_kwargs".to_string(), config),
-                        ]))?
-                }
-                _ => {
-                    return Err(DisaError::InvalidSetting(format!(
-                        "--to official --out {}: name the file .pth (a PyTorch checkpoint) or \
-                         .safetensors",
-                        args.out.display()
-                    )));
-                }
-            }
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let out = args.out.display();
+    match output {
+        ConvertOutput::Disa(storage) => {
+            let bytes = bundle.to_bytes_as(storage)?;
+            write_file(&args.out, &bytes)?;
+            println!(
+                "wrote {out} ({:.2} MB, {} tensors, decoder {:?})",
+                mb(bytes.len() as u64),
+                bundle.mar.tensors.len() + bundle.vae.as_ref().map_or(0, |v| v.tensors.len()),
+                bundle.decoder
+            );
         }
-        other => {
-            return Err(DisaError::InvalidSetting(format!(
-                "--to {other}: use disa or official"
-            )));
+        ConvertOutput::TorchCheckpoint => {
+            // The official checkpoint's layout; a disa file holds the weights sampling uses,
+            // so both keys name them (one copy on disk).
+            disa::weights::save_torch_checkpoint(&args.out, &bundle.mar, &["model", "model_ema"])?;
+            let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+            println!(
+                "wrote {out} ({:.2} MB, PyTorch checkpoint: 'model' and 'model_ema', {} tensors each{})",
+                mb(bytes),
+                bundle.mar.tensors.len(),
+                vae_note(&bundle)
+            );
         }
-    };
-    write_file(&args.out, &bytes)?;
-    println!(
-        "wrote {} ({:.2} MB, {} tensors, decoder {:?})",
-        args.out.display(),
-        bytes.len() as f64 / 1e6,
-        bundle.mar.tensors.len() + bundle.vae.as_ref().map_or(0, |v| v.tensors.len()),
-        bundle.decoder
-    );
+        ConvertOutput::OfficialSafetensors => {
+            let config = serde_json::to_string(&bundle.config).expect("config serializes");
+            let bytes = bundle
+                .mar
+                .to_safetensors_bytes(std::collections::HashMap::from([
+                    ("format".to_string(), "pt".to_string()),
+                    ("mar_ctor_kwargs".to_string(), config),
+                ]))?;
+            write_file(&args.out, &bytes)?;
+            println!(
+                "wrote {out} ({:.2} MB, the MAR state dict: {} tensors{})",
+                mb(bytes.len() as u64),
+                bundle.mar.tensors.len(),
+                vae_note(&bundle)
+            );
+        }
+    }
     Ok(())
+}
+
+/// Said after an official export of a model that has a VAE.
+fn vae_note(bundle: &disa::weights::Bundle) -> &'static str {
+    if bundle.vae.is_some() {
+        "; the VAE is not part of MAR's checkpoint and keeps its own file"
+    } else {
+        ""
+    }
 }
 
 fn print_schedule(args: ScheduleArgs) -> Result<()> {

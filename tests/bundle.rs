@@ -128,6 +128,25 @@ fn a_flipped_bit_in_tensor_data_is_caught_by_the_content_hash() {
     }
 }
 
+/// Runs `request` to the end on a model file's bytes, with seeded noise.
+fn run_file(
+    bytes: &[u8],
+    device: &burn::tensor::Device,
+    request: &Request,
+    seed: u64,
+) -> Generation {
+    let g = Arc::new(
+        Bundle::from_bytes("model", bytes)
+            .unwrap()
+            .into_generator(device)
+            .unwrap(),
+    );
+    let mut generation =
+        Generation::new(g, request.clone(), Box::new(SeededNoise::new(seed))).unwrap();
+    generation.run_to_end().unwrap();
+    generation
+}
+
 /// File size relative to f32, DiSA token error (max |diff| / max |f32 token|) and decoded
 /// image PSNR against f32 (images in [−1, 1] mapped to [0, 1]) for one storage.
 fn storage_report(bundle: &Bundle, storage: Storage) -> (f64, f32, f64) {
@@ -143,15 +162,7 @@ fn storage_report(bundle: &Bundle, storage: Storage) -> (f64, f32, f64) {
         ..Request::default()
     };
     let decoded = |bytes: &[u8]| {
-        let g = Arc::new(
-            Bundle::from_bytes("b", bytes)
-                .unwrap()
-                .build(&device)
-                .unwrap(),
-        );
-        let mut generation =
-            Generation::new(g, request.clone(), Box::new(SeededNoise::new(5))).unwrap();
-        generation.run_to_end().unwrap();
+        let generation = run_file(bytes, &device, &request, 5);
         let tokens = generation.tokens().to_vec();
         let image = generation
             .decode()
@@ -243,18 +254,8 @@ fn an_int8_file_runs_on_wgpu_like_on_the_cpu() {
         cfg: 3.0,
         ..Request::default()
     };
-    let tokens = |device: burn::tensor::Device| {
-        let g = Arc::new(
-            Bundle::from_bytes("int8", &int8)
-                .unwrap()
-                .build(&device)
-                .unwrap(),
-        );
-        let mut generation =
-            Generation::new(g, request.clone(), Box::new(SeededNoise::new(2))).unwrap();
-        generation.run_to_end().unwrap();
-        generation.tokens().to_vec()
-    };
+    let tokens =
+        |device: burn::tensor::Device| run_file(&int8, &device, &request, 2).tokens().to_vec();
     let cpu = tokens(burn::tensor::Device::flex());
     let gpu = tokens(
         "wgpu"
@@ -277,14 +278,7 @@ fn an_int8_file_runs_on_wgpu_like_on_the_cpu() {
 #[test]
 #[ignore]
 fn mar_b_sized_files_shrink_as_documented() {
-    let config = disa::model::MarConfig::mar_base();
-    let bundle = Bundle {
-        config: config.clone(),
-        decoder: DecoderSpec::None,
-        info: Default::default(),
-        mar: config.initial_weights(0),
-        vae: None,
-    };
+    let bundle = Bundle::initialized(disa::model::MarConfig::mar_base(), 0);
     let f32_len = bundle.to_bytes().unwrap().len() as f64;
     let mut last = 1.0;
     for storage in [Storage::F16, Storage::Int8, Storage::Int4] {

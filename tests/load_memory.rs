@@ -64,11 +64,8 @@ fn loading_from_bytes_holds_at_most_one_extra_copy() {
         ..MarConfig::fashion()
     };
     let bundle = Bundle {
-        config: config.clone(),
         decoder: DecoderSpec::Patch { scale: 1.0 },
-        info: Default::default(),
-        mar: config.initial_weights(0),
-        vae: None,
+        ..Bundle::initialized(config, 0)
     };
     let weights: usize = bundle
         .mar

@@ -189,13 +189,13 @@ impl Bundle {
             None => BundleInfo::default(),
         };
         let expected_hash = json("content_hash")?.clone();
-        let mut all = WeightMap::from_safetensors_bytes(source_name, bytes)?;
+        // One parse of the header serves the float tensors and the quantized ones.
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| meta_error(source_name, format!("not a valid safetensors file ({e})")))?;
+        let mut all = WeightMap::from_safetensors(source_name, &st)?;
         if let Some(text) = meta.get("quantized") {
             let entries: BTreeMap<String, QuantEntry> = serde_json::from_str(text)
                 .map_err(|e| meta_error(source_name, format!("metadata `quantized`: {e}")))?;
-            let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-                meta_error(source_name, format!("not a valid safetensors file ({e})"))
-            })?;
             for (name, entry) in entries {
                 let view = st.tensor(&name).map_err(|_| {
                     meta_error(source_name, format!("quantized tensor `{name}` is missing"))
@@ -340,6 +340,18 @@ impl Bundle {
         meta.insert("content_hash".to_string(), hash);
         safetensors::serialize(views, Some(meta))
             .map_err(|e| DisaError::Config(format!("serializing: {e}")))
+    }
+
+    /// A MAR of `config` with the official initialization (seeded) and no decoder: for timing
+    /// and sizing, which do not depend on the weights' values.
+    pub fn initialized(config: MarConfig, seed: u64) -> Self {
+        Self {
+            mar: config.initial_weights(seed),
+            config,
+            decoder: DecoderSpec::None,
+            info: BundleInfo::default(),
+            vae: None,
+        }
     }
 
     /// Builds the model on `device`, keeping this bundle (its weights are copied).

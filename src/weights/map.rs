@@ -75,6 +75,14 @@ impl WeightMap {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
             format_error(source_name, format!("not a valid safetensors file ({e})"))
         })?;
+        Self::from_safetensors(source_name, &st)
+    }
+
+    /// The float tensors of a parsed safetensors file (others are skipped).
+    pub(crate) fn from_safetensors(
+        source_name: &str,
+        st: &safetensors::SafeTensors<'_>,
+    ) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let dtype = format!("{:?}", view.dtype());

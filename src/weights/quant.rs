@@ -93,9 +93,10 @@ pub fn encode(t: &HostTensor, bits: Bits) -> Result<(Vec<u8>, HostTensor)> {
 pub fn decode(bytes: &[u8], shape: &[usize], bits: Bits) -> Result<HostTensor> {
     let bad = |m: String| DisaError::Config(m);
     let numel: usize = shape.iter().product();
-    if shape.len() != 2 || !numel.is_multiple_of(BLOCK) || numel == 0 {
+    // Blocks run along each row, as `quantizable` requires of what `encode` is given.
+    if shape.len() != 2 || !shape[1].is_multiple_of(BLOCK) || numel == 0 {
         return Err(bad(format!(
-            "quantized tensor shape {shape:?} is not a matrix of whole {BLOCK}-value blocks"
+            "quantized tensor shape {shape:?} is not a matrix of rows of whole {BLOCK}-value blocks"
         )));
     }
     if bytes.len() != bits.stored_len(numel) {

@@ -140,22 +140,38 @@ pub fn write_torch_checkpoint<W: Write + Seek>(
     state_dict: &WeightMap,
     keys: &[&str],
 ) -> Result<W> {
-    use zip::write::SimpleFileOptions;
-    let zip_error = |e: zip::result::ZipError| DisaError::WeightFormat {
-        source_name: "checkpoint".into(),
-        reason: format!("writing the zip archive failed ({e})"),
-    };
+    write_named(writer, state_dict, keys, "PyTorch checkpoint")
+}
+
+/// [`write_torch_checkpoint`], naming `target` when writing fails.
+fn write_named<W: Write + Seek>(
+    writer: W,
+    state_dict: &WeightMap,
+    keys: &[&str],
+    target: &str,
+) -> Result<W> {
     if keys.is_empty() {
         return Err(DisaError::InvalidSetting(
             "a checkpoint needs at least one top-level key".into(),
         ));
     }
+    write_archive(writer, state_dict, keys).map_err(|source| DisaError::Io {
+        path: target.to_string(),
+        source,
+    })
+}
+
+fn write_archive<W: Write + Seek>(
+    writer: W,
+    state_dict: &WeightMap,
+    keys: &[&str],
+) -> std::io::Result<W> {
+    use zip::write::SimpleFileOptions;
     let mut zip = zip::ZipWriter::new(writer);
     let small = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let entry = |zip: &mut zip::ZipWriter<W>, name: &str, bytes: &[u8]| -> Result<()> {
-        zip.start_file(format!("archive/{name}"), small)
-            .map_err(zip_error)?;
-        zip.write_all(bytes).map_err(|e| zip_error(e.into()))
+    let entry = |zip: &mut zip::ZipWriter<W>, name: &str, bytes: &[u8]| {
+        zip.start_file(format!("archive/{name}"), small)?;
+        zip.write_all(bytes)
     };
     entry(&mut zip, "data.pkl", &pickle_state_dicts(state_dict, keys))?;
     entry(&mut zip, ".format_version", b"1")?;
@@ -165,12 +181,11 @@ pub fn write_torch_checkpoint<W: Write + Seek>(
         let options = small
             .with_alignment(64)
             .large_file(tensor.values.len() as u64 * 4 >= u32::MAX as u64);
-        zip.start_file(format!("archive/data/{n}"), options)
-            .map_err(zip_error)?;
-        write_values(&mut zip, tensor).map_err(|e| zip_error(e.into()))?;
+        zip.start_file(format!("archive/data/{n}"), options)?;
+        write_values(&mut zip, tensor)?;
     }
     entry(&mut zip, "version", b"3\n")?;
-    zip.finish().map_err(zip_error)
+    Ok(zip.finish()?)
 }
 
 /// A tensor's values as little-endian f32, in 64 KiB chunks.
@@ -199,7 +214,8 @@ pub fn save_torch_checkpoint(path: &Path, state_dict: &WeightMap, keys: &[&str])
         source,
     };
     let file = std::fs::File::create(&partial).map_err(io)?;
-    let result = write_torch_checkpoint(std::io::BufWriter::new(file), state_dict, keys)
+    let target = path.display().to_string();
+    let result = write_named(std::io::BufWriter::new(file), state_dict, keys, &target)
         .and_then(|w| w.into_inner().map_err(|e| io(e.into_error())))
         .and_then(|f| f.sync_all().map_err(io))
         .and_then(|()| std::fs::rename(&partial, path).map_err(io));
