@@ -1,6 +1,8 @@
 // DiSA demo page: controls, the live schedule plot, the token-grid visualization and A/B runs.
 // All model work happens in worker.js; the messages are documented in worker-protocol.md.
 
+import { formatMs, formatRatio, median } from './format.js';
+
 const $ = (id) => document.getElementById(id);
 const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
 const MIN_STEPS = 2;
@@ -14,6 +16,8 @@ const MAX_EVENTS = 5000;
 
 const params = new URLSearchParams(location.search);
 const forceCpu = params.has('cpu') || params.get('backend') === 'cpu';
+const DEFAULT_WEIGHTS = 'assets/model.safetensors';
+const MAX_RESTARTS_PER_MINUTE = 3; // a worker that keeps crashing is not restarted again
 
 const ui = {
   state: 'loading',
@@ -37,6 +41,13 @@ const ui = {
   planTimer: 0,
   ticker: 0,
   replayTimer: 0,
+  cancelled: new Map(), // runId -> performance.now() of its cancel, until the worker confirms
+  backendInfo: null, // the last `backend` message's info
+  speed: {}, // backend label -> ms per head call of its last finished run (the CPU offer)
+  modelFile: null, // the File of the user's model in use (reloaded if the worker restarts)
+  pendingFile: null, // the File being loaded
+  crashes: [], // times of worker crashes in the last minute
+  settingsBeforeFile: null, // the user's settings before a loaded file applied its defaults
 };
 const MAX_REPLAY_BYTES = 96e6; // keep previews for the replay only while they stay this small
 
@@ -145,7 +156,28 @@ function readRequest() {
 
 // ───────────────────────── worker wiring ─────────────────────────
 
-const worker = new Worker('./worker.js', { type: 'module' });
+let worker = null;
+
+/** Starts the model worker (again, after a crash) and sends it `init`. */
+function startWorker(init) {
+  worker = new Worker('./worker.js', { type: 'module' });
+  worker.onmessage = (e) => {
+    const msg = e.data || {};
+    const handler = handlers[msg.type];
+    if (handler) handler(msg);
+  };
+  // An uncaught error inside the worker (a wasm trap, or a worker.js that fails to load).
+  worker.onerror = (e) => {
+    e.preventDefault();
+    const message = e.message || 'the worker script failed to load (worker.js)';
+    if (!ui.model) {
+      handlers.error({ type: 'error', where: 'init', message });
+    } else {
+      workerCrashed(message);
+    }
+  };
+  post({ type: 'init', weightsUrl: DEFAULT_WEIGHTS, forceCpu, ...init });
+}
 
 function post(msg, transfer) {
   worker.postMessage(msg, transfer || []);
@@ -153,7 +185,7 @@ function post(msg, transfer) {
 
 function record(msg) {
   // Keep the event log light: the test needs sizes, not megabytes of pixels.
-  const copy = { ...msg };
+  const copy = { ...msg, at: performance.now() };
   if (msg.preview) copy.preview = { width: msg.preview.width, height: msg.preview.height };
   if (msg.image) copy.image = { width: msg.image.width, height: msg.image.height };
   window.disaEvents.push(copy);
@@ -162,31 +194,61 @@ function record(msg) {
 
 const isCurrent = (runId) => ui.run !== null && runId === ui.run.runId;
 
-worker.onmessage = (e) => {
-  const msg = e.data || {};
-  const handler = handlers[msg.type];
-  if (handler) handler(msg);
-};
-
-// An uncaught error inside the worker (or a worker.js that fails to load): blame the phase we are in.
-worker.onerror = (e) => {
-  e.preventDefault();
-  const message = e.message || 'the worker script failed to load (worker.js)';
-  const where = !ui.model ? 'init' : ui.run ? 'generate' : 'worker';
-  handlers.error({ type: 'error', where, message, runId: ui.run ? ui.run.runId : undefined });
-};
+/**
+ * The worker died (a wasm trap such as running out of memory, or an uncaught error): its module
+ * is gone. Start a fresh one with the last model that loaded, keep the user's settings, say so.
+ */
+async function workerCrashed(detail) {
+  const now = performance.now();
+  ui.crashes = ui.crashes.filter((t) => now - t < 60_000);
+  ui.crashes.push(now);
+  worker.onmessage = null;
+  worker.onerror = null;
+  worker.terminate();
+  const during = ui.pendingFile ? ` while loading “${ui.pendingFile.name}”` : ui.run ? ' during a run' : '';
+  const hint = ui.pendingFile ? ' The file may need more memory than this browser gives a page.' : '';
+  if (ui.run) cancelRun('crash');
+  ui.cancelled.clear();
+  ui.pendingFile = null;
+  ui.loadingFile = false;
+  if (!ui.model || ui.crashes.length > MAX_RESTARTS_PER_MINUTE) {
+    ui.loading = false;
+    $('progress-wrap').hidden = true;
+    showError(`The model worker stopped${during} and was not restarted again.${hint} Reload the page to start again.`, detail);
+    setState('error');
+    return;
+  }
+  const name = ui.model.name;
+  showError(`The model worker stopped${during}.${hint} It was restarted with “${name}”; your settings are kept.`, detail);
+  ui.loading = true;
+  ui.recovering = true;
+  setState('loading');
+  showProgress(0, null, 'restarting');
+  const cpu = forceCpu || (ui.backendInfo && ui.backendInfo.backend === 'cpu');
+  let file;
+  if (ui.modelFile) {
+    try {
+      file = { name: ui.modelFile.name, bytes: await ui.modelFile.arrayBuffer() };
+    } catch {
+      file = undefined; // the file is gone: the built-in model it is
+    }
+  }
+  startWorker({ forceCpu: cpu, file });
+}
 
 const handlers = {
   backend(msg) {
     record(msg);
-    showBackend(msg.info || {});
-    if (ui.recovering && ui.model) endLoading(); // the worker keeps the model across a fallback
+    ui.backendInfo = msg.info || {};
+    showBackend(ui.backendInfo);
   },
   progress(msg) {
     showProgress(msg.loaded, msg.total, msg.phase);
   },
   model(msg) {
     window.disaModelInfo = msg.info; // read by the end-to-end test
+    if (ui.pendingFile && ui.loadingFile) ui.modelFile = ui.pendingFile;
+    ui.pendingFile = null;
     applyModel(msg.info);
     endLoading();
   },
@@ -199,12 +261,16 @@ const handlers = {
     onStep(msg.event, msg.preview);
   },
   done(msg) {
-    if (!isCurrent(msg.runId)) return;
+    if (!isCurrent(msg.runId)) return cancelConfirmed(msg.runId); // finished before the cancel
     record(msg);
     onDone(msg);
   },
+  stopped(msg) {
+    cancelConfirmed(msg.runId);
+  },
   error(msg) {
-    if (msg.runId != null && !isCurrent(msg.runId)) return;
+    if (msg.where === 'panic') return workerCrashed(msg.message);
+    if (msg.runId != null && !isCurrent(msg.runId)) return cancelConfirmed(msg.runId);
     if (msg.where === 'plan') {
       if (!acceptPlanError(msg)) return;
     }
@@ -233,8 +299,10 @@ function idleState() {
 
 function endLoading() {
   ui.loading = false;
+  const recovered = ui.recovering;
   ui.recovering = false;
   $('progress-wrap').hidden = true;
+  if (recovered) requestPlan(); // plans were held back while the worker had no model
   setState(idleState());
   if (ui.resumeMode) {
     const mode = ui.resumeMode;
@@ -243,8 +311,11 @@ function endLoading() {
   }
 }
 
-function showError(text) {
-  $('error').textContent = text;
+/** Shows a message for people in `#error`; `detail` (the technical text) sits one click away. */
+function showError(text, detail) {
+  const el = $('error');
+  el.replaceChildren(document.createTextNode(text));
+  if (detail && detail !== text) el.append(' ', details('Technical detail', detail));
   $('error-wrap').hidden = false;
 }
 
@@ -253,52 +324,91 @@ function clearError() {
   $('error').textContent = '';
 }
 
+/** A collapsed `<details>` with a summary line and preformatted text (or nodes). */
+function details(summary, body) {
+  const d = document.createElement('details');
+  const s = document.createElement('summary');
+  s.textContent = summary;
+  d.append(s);
+  if (typeof body === 'string') {
+    const pre = document.createElement('pre');
+    pre.textContent = body;
+    d.append(pre);
+  } else {
+    d.append(...body);
+  }
+  return d;
+}
+
+/** A loader error without its file-name prefix (the page names the file), as a sentence. */
+function weightsReason(text) {
+  const reason = text.replace(/^cannot read weight file\s+[^:]*:\s*/i, '').trim();
+  return /[.!?]$/.test(reason) ? reason : `${reason}.`;
+}
+
 function onError(msg) {
   const text = msg.message || 'unknown error';
   switch (msg.where) {
     case 'plan':
       showPlanError(text);
       return;
-    case 'weights':
+    case 'weights': {
       // The worker keeps the previous model: report and carry on.
+      const name = (ui.pendingFile && ui.pendingFile.name) || msg.name || 'that file';
       ui.loading = false;
       ui.loadingFile = false;
+      ui.pendingFile = null;
       $('progress-wrap').hidden = true;
       showError(
-        `Could not load those weights: ${text}` +
-          (ui.model ? ` — still using “${ui.model.name}”.` : ''),
+        `Could not load the weights in “${name}”: ${weightsReason(text)}` +
+          (ui.model ? ` Still using “${ui.model.name}”.` : ''),
+        text,
       );
       setState(idleState());
       return;
+    }
     case 'device':
       ui.resumeMode = ui.run ? ui.lastMode : null;
       dropRun();
       ui.loading = true;
       ui.recovering = true;
-      showError(`The GPU device was lost (${text}). Switching backend…`);
+      showError('The GPU device was lost. Switching to the CPU backend…', text);
       setState('loading');
-      return;
-    case 'panic':
-      // The wasm module aborted: its state is gone, only a reload brings it back.
-      dropRun();
-      ui.loading = false;
-      showError(`The model worker stopped on an internal error: ${text} Reload the page to start again.`);
-      setState('error');
       return;
     case 'generate':
       dropRun();
-      showError(`Generation failed: ${text}`);
+      showError('Generation failed. Change a setting or press Generate to try again.', text);
       setState('error');
       return;
     default: // init, or 'worker' (an uncaught worker error between runs)
       ui.loading = false;
       $('progress-wrap').hidden = true;
-      showError(msg.where === 'init' ? `Could not start the demo: ${text}` : `Worker error: ${text}`);
+      showError(
+        msg.where === 'init' ? 'Could not start the demo. Reload the page to try again.' : 'The model worker reported an error.',
+        text,
+      );
       setState(ui.model ? idleState() : 'error');
   }
 }
 
 // ───────────────────────── backend, progress, model ─────────────────────────
+
+/** What the reader can do to get WebGPU: browsers and settings, as of 2025. */
+function webgpuHelp() {
+  const list = document.createElement('ul');
+  for (const line of [
+    'Chrome or Edge 113 or newer on Windows, macOS or ChromeOS; Chrome 121 or newer on Android.',
+    'Safari 26 or newer on macOS, iOS and iPadOS.',
+    'Firefox 141 or newer on Windows (elsewhere, Firefox Nightly).',
+    'On Linux, Chrome needs chrome://flags/#enable-unsafe-webgpu (and a Vulkan driver).',
+    'Hardware acceleration must be on in the browser’s settings, and the page must come from https:// or localhost.',
+  ]) {
+    const li = document.createElement('li');
+    li.textContent = line;
+    list.append(li);
+  }
+  return [list];
+}
 
 function showBackend(info) {
   const backend = String(info.backend || 'unknown').toLowerCase();
@@ -307,22 +417,72 @@ function showBackend(info) {
   el.title = `Backend: ${backend}${info.adapter ? `, adapter: ${info.adapter}` : ''}`;
   el.className = `badge ${backend === 'webgpu' && !info.software ? 'gpu' : 'cpu'}`;
 
-  const notes = [];
+  const notice = $('notice');
+  notice.replaceChildren();
+  const text = document.createElement('span');
+  notice.append(text);
+  const parts = [];
   if (backend === 'cpu') {
-    notes.push(
-      info.notice ||
-        'WebGPU is not available here, so the demo runs on the CPU fallback: expect it to be much slower.',
-    );
+    parts.push(info.notice || 'WebGPU is not available here, so the demo runs on the CPU (slower).');
+    if (info.reason === 'unavailable' || info.reason === 'failed') {
+      notice.append(details('How to enable WebGPU', webgpuHelp()));
+    }
+    if (info.reason === 'software') {
+      const back = document.createElement('a');
+      back.href = location.pathname;
+      back.textContent = 'Use WebGPU again';
+      notice.append(back);
+    }
   } else if (info.notice) {
-    notes.push(info.notice);
+    parts.push(info.notice);
   }
-  if (info.software) {
-    notes.push(
-      `Warning: the GPU adapter “${info.adapter || 'unknown'}” is a software renderer, so WebGPU runs on the CPU here.`,
+  if (backend === 'webgpu' && info.software) {
+    parts.push(
+      `WebGPU here runs on “${info.adapter || 'unknown'}”, a software renderer that emulates a GPU on the CPU: ` +
+        'it is usually far slower than this page’s own CPU backend.',
     );
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'small';
+    button.id = 'use-cpu';
+    button.textContent = 'Switch to the CPU backend';
+    button.addEventListener('click', switchToCpu);
+    notice.append(button);
   }
-  $('notice').textContent = notes.join(' ');
-  $('notice').hidden = notes.length === 0;
+  const measured = speedNote();
+  if (measured) parts.push(measured);
+  text.textContent = parts.join(' ');
+  if (info.detail) notice.append(details('Technical detail', info.detail));
+  notice.hidden = parts.length === 0;
+  $('cpu-link').hidden = backend === 'cpu' && !forceCpu;
+}
+
+/** Switches the running worker to the CPU backend, keeping the model and the settings. */
+function switchToCpu() {
+  if (!ui.model) return;
+  const wasSoftware = ui.backendInfo && ui.backendInfo.software;
+  ui.resumeMode = ui.run ? ui.lastMode : null;
+  cancelRun('backend');
+  ui.loading = true;
+  ui.recovering = true;
+  setState('loading');
+  showProgress(0, null, 'switching to the CPU');
+  post({
+    type: 'useCpu',
+    reason: wasSoftware ? 'software' : 'chosen',
+    notice: wasSoftware
+      ? `The demo now runs on the CPU backend: the WebGPU adapter “${ui.backendInfo.adapter}” is a software renderer.`
+      : 'The demo now runs on the CPU backend.',
+  });
+}
+
+/** Measured ms per head call on each backend used in this session, when there are two. */
+function speedNote() {
+  const entries = Object.entries(ui.speed);
+  if (entries.length < 2) return '';
+  const [[a, ma], [b, mb]] = entries.slice(-2);
+  const [fast, slow, ratio] = ma <= mb ? [a, b, mb / ma] : [b, a, ma / mb];
+  return `Measured here: ${entries.map(([k, v]) => `${k} ${v.toFixed(2)} ms`).join(', ')} per head call, so ${fast} is ${ratio.toFixed(1)}× faster than ${slow}.`;
 }
 
 function showProgress(loaded, total, phase) {
@@ -343,6 +503,8 @@ function applyModel(info) {
   // Fresh defaults for a new model; a re-announce after a device fallback keeps the settings.
   const fresh = ui.model === null || ui.loadingFile;
   const prevClass = +$('class').value || 0;
+  // A loaded file brings its own defaults: keep the user's settings to offer them back.
+  const before = ui.model !== null && ui.loadingFile ? snapshotSettings() : null;
   ui.model = info;
   ui.loadingFile = false;
   ui.plan = null; // plans of the previous model do not apply
@@ -357,6 +519,70 @@ function applyModel(info) {
   if (!ui.run) resetVis(readRequest(), 'main', false);
   drawAll();
   requestPlan();
+  showBaselineNote(); // its wording depends on whether the model is the built-in one
+  if (before) offerSettingsBack(info, before);
+}
+
+/** Everything the controls hold, to put back later. */
+function snapshotSettings() {
+  return {
+    classLabel: +$('class').value || 0,
+    seed: $('seed').value,
+    arSteps: +$('ar-steps').value,
+    cfg: $('cfg').value,
+    cfgSchedule: $('cfg-schedule').value,
+    temperature: $('temperature').value,
+    preset: ui.preset,
+    start: $('start-steps').value,
+    end: $('end-steps').value,
+    custom: ui.custom ? ui.custom.slice() : null,
+    schedule: scheduleString(),
+  };
+}
+
+/** Says that a loaded file changed the settings, and offers the user's own back. */
+function offerSettingsBack(info, before) {
+  const now = snapshotSettings();
+  const changed = ['arSteps', 'cfg', 'cfgSchedule', 'temperature', 'schedule'].filter((k) => String(now[k]) !== String(before[k]));
+  if (changed.length === 0 && now.classLabel === before.classLabel) {
+    showInfo(`Loaded “${info.name}”. Your settings are unchanged.`);
+    return;
+  }
+  const what = `K ${now.arSteps}, ${shortSchedule(now.schedule)}, cfg ${(+now.cfg).toFixed(1)} ${now.cfgSchedule}, temperature ${(+now.temperature).toFixed(2)}`;
+  showInfo(`Loaded “${info.name}”: the settings are now its own defaults (${what}).`, 'Keep my previous settings', () => {
+    restoreSettings(before);
+    showInfo('Your previous settings are back.');
+  });
+}
+
+function restoreSettings(s) {
+  const m = ui.model;
+  $('seed').value = s.seed;
+  $('ar-steps').value = String(clamp(s.arSteps, 1, m.seqLen));
+  $('cfg').value = s.cfg;
+  $('cfg-schedule').value = s.cfgSchedule;
+  $('temperature').value = s.temperature;
+  $('start-steps').value = s.start;
+  $('end-steps').value = s.end;
+  if (s.classLabel < m.numClasses) $('class').value = String(s.classLabel);
+  if (s.preset === 'custom' && s.custom) ui.custom = resample(s.custom, +$('ar-steps').value);
+  setPreset(s.preset);
+  settingsChanged();
+}
+
+/** A dismissable line under the top bar, with an optional action button. */
+function showInfo(text, actionLabel, action) {
+  $('info-text').textContent = text;
+  const button = $('info-action');
+  button.hidden = !actionLabel;
+  button.textContent = actionLabel || '';
+  button.onclick = action
+    ? () => {
+        button.hidden = true;
+        action();
+      }
+    : null;
+  $('info').hidden = false;
 }
 
 function fillClasses(info, keep) {
@@ -418,7 +644,7 @@ function settingsChanged({ restart = true } = {}) {
   syncOutputs();
   requestPlan();
   if (ui.run) {
-    cancelRun();
+    cancelRun('settings');
     setState(idleState());
   }
   if (ui.model && ui.vis && !ui.vis.active) {
@@ -476,14 +702,18 @@ function wireControls() {
   $('ab-run').addEventListener('click', () => startRun('ab'));
   // A new baseline re-runs the comparison when the last run was one (and auto-run is on).
   $('ab-baseline').addEventListener('change', () => {
+    showBaselineNote();
     if (ui.lastMode === 'ab') scheduleAutoRun();
   });
   $('stop').addEventListener('click', () => {
     clearTimeout(ui.autoTimer);
-    cancelRun();
+    cancelRun('stop');
     setState(idleState());
   });
   $('error-dismiss').addEventListener('click', clearError);
+  $('info-dismiss').addEventListener('click', () => {
+    $('info').hidden = true;
+  });
   $('file-input').addEventListener('change', () => {
     loadWeightsFile($('file-input').files[0]);
     $('file-input').value = ''; // so picking the same file again still fires
@@ -501,7 +731,7 @@ function wireControls() {
 const planKey = (req) => `${req.arSteps}|${req.schedule}|${req.cfg}|${req.cfgSchedule}`;
 
 function requestPlan() {
-  if (!ui.model || ui.planTimer) return;
+  if (!ui.model || ui.planTimer || ui.recovering) return;
   ui.planTimer = setTimeout(() => {
     ui.planTimer = 0;
     const request = readRequest();
@@ -587,6 +817,10 @@ function showPlanTotals() {
     (ui.preset === 'constant'
       ? 'This is plain MAR.'
       : `Plain MAR at ${B} steps, no clip: ${baseCalls} · ${N * B} → <span class="good">${ratio.toFixed(1)}× fewer calls</span>`);
+  $('explain-plan').textContent =
+    ui.preset === 'constant'
+      ? 'at the current settings both are plain MAR'
+      : `at the current settings (K = ${d.K}, ${shortSchedule(scheduleString())}) the plan makes ${approx}${ratio.toFixed(1)}× fewer head calls than plain MAR at ${B} steps`;
 }
 
 function showPlanError(text) {
@@ -607,10 +841,12 @@ function startRun(mode) {
   const request = readRequest();
   if (mode === 'ab') {
     // Plain MAR: constant steps, either as the official code runs it (no clip) or with DiSA's
-    // clip, so that only the step schedule differs between the two images.
+    // clip, so that only the step schedule differs between the two images. The pair alternates
+    // for `rounds` rounds: single timings swing, the median of the ratios does not.
     const base = { ...request, schedule: `constant:${baselineSteps()}` };
     if ($('ab-baseline').value === 'clip') base.clip = DISA_CLIP;
-    ui.ab = { request, base, results: {} };
+    const rounds = clamp(+$('ab-rounds').value || 1, 1, 9);
+    ui.ab = { request, base, rounds, round: 0, baseline: [], disa: [] };
     showAbRunning();
     launch('baseline', base);
   } else {
@@ -624,6 +860,8 @@ function launch(lane, request) {
   const runId = ui.nextRunId++;
   ui.run = { runId, lane, request, t0: performance.now() };
   resetVis(request, lane, true);
+  ui.vis.runId = runId;
+  record({ type: 'launch', runId, lane });
   post({ type: 'generate', runId, request, lane });
   setState('running');
   clearInterval(ui.ticker);
@@ -631,11 +869,22 @@ function launch(lane, request) {
   drawAll();
 }
 
-/** Tells the worker to stop the current run; its late messages are then ignored. */
-function cancelRun() {
+/**
+ * Tells the worker to stop the current run; its late messages are then ignored. With a
+ * `reason`, the page shows that the run was stopped ('stop', 'settings', 'file', 'backend',
+ * 'crash'); without one a new run is about to replace it.
+ */
+function cancelRun(reason = null) {
   stopReplay();
-  if (ui.run) post({ type: 'cancel', runId: ui.run.runId });
+  const run = ui.run;
+  const ab = ui.ab;
+  if (run) {
+    post({ type: 'cancel', runId: run.runId });
+    ui.cancelled.set(run.runId, performance.now());
+  }
   dropRun();
+  if (run && reason) showStopped(run, reason);
+  if (ab) showAbInterrupted(ab, reason);
 }
 
 function dropRun() {
@@ -645,14 +894,63 @@ function dropRun() {
   clearInterval(ui.ticker);
 }
 
+/** The worker has really stopped a cancelled run: how long that took goes to the event log. */
+function cancelConfirmed(runId) {
+  const t = ui.cancelled.get(runId);
+  if (t == null) return;
+  ui.cancelled.delete(runId);
+  record({ type: 'stopped', runId, cancelMs: performance.now() - t });
+  const v = ui.vis;
+  if (v && v.runId === runId && v.stopped && $('latency-note').textContent.startsWith('stopping')) {
+    $('latency-note').textContent = 'stopped';
+  }
+}
+
+const STOP_WHY = {
+  stop: '',
+  settings: ' · settings changed',
+  file: ' · loading a model',
+  backend: ' · switching backend',
+  crash: ' · the worker crashed',
+};
+
+/** A stopped run keeps its partial grid, says it stopped, freezes the latency, drops the highlight. */
+function showStopped(run, reason) {
+  const v = ui.vis;
+  if (!v || v.runId !== run.runId || v.done) return;
+  const restarting = reason === 'settings' && $('auto-run').checked && ui.hasRun;
+  v.stopped = reason;
+  v.current = [];
+  v.flashAt = 0;
+  $('latency').textContent = formatMs(performance.now() - run.t0);
+  // The worker finishes the AR step in flight first; `cancelConfirmed` then says "stopped".
+  const confirming = reason !== 'crash' && ui.cancelled.has(run.runId);
+  $('latency-note').textContent = restarting ? 'restarting…' : confirming ? 'stopping…' : 'stopped';
+  const el = $('lane-label');
+  const at = `at AR step ${v.k + 1}/${v.K}`;
+  el.textContent = restarting ? `Settings changed · restarting (stopped ${at}) · ` : `Stopped ${at}${STOP_WHY[reason] || ''} · `;
+  el.append(Object.assign(document.createElement('span'), { className: 'plain', textContent: scheduleLabel(run.request) }));
+  showCounters();
+  drawAll();
+}
+
 function tickLatency() {
-  if (ui.run) $('latency').textContent = `${Math.round(performance.now() - ui.run.t0)} ms`;
+  if (ui.run) $('latency').textContent = formatMs(performance.now() - ui.run.t0);
 }
 
 /** Caption of the token grid: which lane runs, with which schedule. */
 function showLaneTitle(lane, request, done) {
   const s = scheduleLabel(request);
-  const what = lane === 'baseline' ? 'A/B 1/2 · plain MAR' : lane === 'disa' ? 'A/B 2/2 · DiSA' : done ? 'Done' : 'Generating';
+  const ab = ui.ab;
+  const round = ab && ab.rounds > 1 ? ` ${ab.round + 1}/${ab.rounds}` : '';
+  const what =
+    lane === 'baseline'
+      ? `A/B${round} · plain MAR`
+      : lane === 'disa'
+        ? `A/B${round} · DiSA`
+        : done
+          ? 'Done'
+          : 'Generating';
   const el = $('lane-label');
   el.textContent = `${what} · `;
   const span = document.createElement('span');
@@ -742,26 +1040,50 @@ function onDone(msg) {
   clearInterval(ui.ticker);
   drawPixels($('stage-preview'), msg.image);
   showCounters();
-  $('latency').textContent = `${Math.round(msg.totalMs)} ms`;
+  $('latency').textContent = formatMs(msg.totalMs);
   $('latency-note').textContent = 'total';
   showLaneTitle(lane, ui.run.request, true);
+  noteSpeed(msg);
 
-  if (lane === 'baseline' && ui.ab) {
-    ui.ab.results.baseline = msg;
-    drawPixels($('ab-baseline-canvas'), msg.image);
-    $('ab-baseline-meta').textContent = abMeta(ui.ab.base, msg);
-    launch('disa', ui.ab.request); // same seed, now with the DiSA schedule
+  const ab = ui.ab;
+  if (lane === 'baseline' && ab) {
+    ab.baseline.push(msg);
+    if (ab.round === 0) {
+      drawPixels($('ab-baseline-canvas'), msg.image);
+      $('ab-baseline-meta').textContent = abMeta(ab.base, ab.baseline);
+    }
+    launch('disa', ab.request); // same seed, now with the DiSA schedule
     return;
   }
+  if (lane === 'disa' && ab) {
+    ab.disa.push(msg);
+    showAbResult(ab);
+    if (ab.round + 1 < ab.rounds) {
+      ab.round++;
+      launch('baseline', ab.base); // the next round: alternate again
+      return;
+    }
+  }
   drawPixels($('final-canvas'), msg.image);
-  $('final-meta').textContent = `${msg.image.width}×${msg.image.height} · ${Math.round(msg.totalMs)} ms`;
+  $('final-meta').textContent = `${msg.image.width}×${msg.image.height} · ${formatMs(msg.totalMs)}`;
   $('save-png').hidden = false;
-  if (lane === 'disa' && ui.ab) showAbResult(msg);
+  if (lane === 'disa' && ab) showAbDone(ab);
   $('replay').hidden = false;
   ui.run = null;
   ui.ab = null;
   drawAll();
   setState('done');
+}
+
+/** Keeps the backend's ms per head call, to compare backends (the software-GPU CPU offer). */
+function noteSpeed(msg) {
+  const info = ui.backendInfo;
+  if (!info || !msg.headCalls || !(msg.samplingMs > 0)) return;
+  const label = info.backend === 'webgpu' ? `WebGPU (${String(info.adapter || 'GPU').replace(/ \(.*\)$/, '')})` : 'the CPU backend';
+  const had = Object.keys(ui.speed).length;
+  delete ui.speed[label];
+  ui.speed[label] = msg.samplingMs / msg.headCalls;
+  if (Object.keys(ui.speed).length >= 2 && (had < 2 || info.software || info.backend === 'cpu')) showBackend(info);
 }
 
 function showCounters() {
@@ -788,7 +1110,7 @@ function replay() {
   const v = ui.vis;
   $('lane-label').textContent = 'Replay · ';
   $('lane-label').append(Object.assign(document.createElement('span'), { className: 'plain', textContent: shortSchedule(old.request.schedule) }));
-  $('latency').textContent = `${Math.round(old.totalMs)} ms`;
+  $('latency').textContent = formatMs(old.totalMs);
   $('latency-note').textContent = 'replay';
   const delay = clamp(2400 / old.history.length, 60, 250);
   let i = 0;
@@ -820,28 +1142,89 @@ function showAbRunning() {
   $('ab-card').classList.add('running');
   $('speedup').classList.remove('has');
   $('speedup').textContent = '…';
+  $('speedup-spread').textContent = '\u00a0';
   $('head-call-ratio').textContent = '…';
   $('ab-baseline-meta').textContent = 'running…';
   $('ab-disa-meta').textContent = 'waiting…';
+  $('ab-status').textContent = ui.ab && ui.ab.rounds > 1 ? `${ui.ab.rounds} rounds, alternating plain MAR and DiSA…` : 'running…';
   clearCanvas($('ab-baseline-canvas'));
   clearCanvas($('ab-disa-canvas'));
 }
 
-function abMeta(request, msg) {
-  return `${scheduleLabel(request)}\n${Math.round(samplingMs(msg))} ms sampling\n${msg.headCalls} calls`;
+/** Caption of one side: schedule, median sampling time over the rounds so far, head calls. */
+function abMeta(request, runs) {
+  const ms = median(runs.map(samplingMs));
+  const of = runs.length > 1 ? ` (median of ${runs.length})` : '';
+  return `${scheduleLabel(request)}\n${formatMs(ms)} sampling${of}\n${runs[0].headCalls} calls`;
 }
 
 /** Transformer + head time of a run: the work DiSA changes (previews are decoded apart). */
 const samplingMs = (msg) => (msg.samplingMs != null ? msg.samplingMs : msg.totalMs);
 
-function showAbResult(msg) {
-  const base = ui.ab.results.baseline;
-  drawPixels($('ab-disa-canvas'), msg.image);
-  $('ab-disa-meta').textContent = abMeta(ui.ab.request, msg);
-  $('speedup').textContent = `${(samplingMs(base) / Math.max(1e-6, samplingMs(msg))).toFixed(2)}×`;
+/** The per-round speed-ups so far: baseline ÷ DiSA sampling time of the same round. */
+function abRatios(ab) {
+  return ab.disa.map((d, i) => samplingMs(ab.baseline[i]) / Math.max(1e-6, samplingMs(d)));
+}
+
+/** After each round: the images (first round), the median speed-up and its spread. */
+function showAbResult(ab) {
+  const last = ab.disa[ab.disa.length - 1];
+  if (ab.disa.length === 1) drawPixels($('ab-disa-canvas'), last.image);
+  $('ab-baseline-meta').textContent = abMeta(ab.base, ab.baseline);
+  $('ab-disa-meta').textContent = abMeta(ab.request, ab.disa);
+  const ratios = abRatios(ab);
+  $('speedup').textContent = formatRatio(median(ratios));
   $('speedup').classList.add('has');
-  $('head-call-ratio').textContent = `${(base.headCalls / Math.max(1, msg.headCalls)).toFixed(2)}×`;
+  $('speedup-spread').textContent =
+    ratios.length > 1
+      ? `median of ${ratios.length} · ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}`
+      : 'one round: timings swing';
+  $('head-call-ratio').textContent = formatRatio(ab.baseline[0].headCalls / Math.max(1, last.headCalls));
+  $('ab-status').textContent = ab.disa.length < ab.rounds ? `round ${ab.disa.length}/${ab.rounds} done…` : '\u00a0';
+}
+
+/** The comparison is complete: the card stops running and the explanation quotes the result. */
+function showAbDone(ab) {
   $('ab-card').classList.remove('running');
+  const ratios = abRatios(ab);
+  const heads = ab.baseline[0].headCalls / Math.max(1, ab.disa[0].headCalls);
+  const spread = ratios.length > 1 ? ` (median of ${ratios.length} rounds, ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})` : ' (one round)';
+  $('ab-status').textContent = `${ab.rounds} round${ab.rounds > 1 ? 's' : ''} · ${ui.backendInfo ? ui.backendInfo.backend : ''}`;
+  $('explain-measured').textContent =
+    `Measured here just now: ${formatRatio(median(ratios))} faster sampling${spread} and ${formatRatio(heads)} fewer head calls, ` +
+    `plain MAR at ${parseSchedule(ab.base.schedule).start} steps${ab.base.clip != null ? ` (clip ${ab.base.clip})` : ' (no clip)'} vs ` +
+    `${shortSchedule(ab.request.schedule)}, K = ${ab.request.arSteps}.` +
+    (median(ratios) < heads ? ' The transformer’s time does not shrink with T, so the speed-up stays below the head-call ratio.' : '');
+}
+
+/** An A/B pair that was interrupted (Stop, Generate, a setting) clears its "running" state. */
+function showAbInterrupted(ab, reason) {
+  $('ab-card').classList.remove('running');
+  if (ab.disa.length > 0) {
+    // Some rounds finished: keep their figures, say the rest did not run.
+    $('ab-status').textContent = `stopped after ${ab.disa.length} of ${ab.rounds} rounds`;
+    return;
+  }
+  const why = reason === 'stop' ? 'stopped' : reason === 'settings' ? 'stopped: settings changed' : 'interrupted';
+  $('ab-baseline-meta').textContent = ab.baseline.length ? abMeta(ab.base, ab.baseline) : why;
+  $('ab-disa-meta').textContent = 'not run';
+  $('speedup').textContent = '–';
+  $('speedup-spread').textContent = '\u00a0';
+  $('head-call-ratio').textContent = '–';
+  $('ab-status').textContent = `The comparison was ${why === 'interrupted' ? 'interrupted by another run' : why}: press A/B to run it again.`;
+}
+
+/** What each baseline means, said on the card, not only in a tooltip. */
+function showBaselineNote() {
+  const official = $('ab-baseline').value === 'official';
+  $('ab-clip-note').hidden = official;
+  const note = $('ab-official-note');
+  note.hidden = !official;
+  if (!official) return;
+  const builtIn = !ui.modelFile;
+  note.textContent = builtIn
+    ? 'With the built-in model this baseline fails and draws noise: it starts denoising at t = 999, which this small model cannot handle (DiSA skips t > 950). Its time is real; its image is not comparable.'
+    : 'The official code starts denoising at t = 999, where small models (like the built-in one) can fail and draw noise; DiSA skips t > 950. If the baseline image is noise, compare times only.';
 }
 
 // ───────────────────────── drawing helpers ─────────────────────────
@@ -1083,7 +1466,7 @@ function drawTiming() {
   const sumTf = times.reduce((a, t) => a + (t ? t.tf : 0), 0);
   const sumHead = times.reduce((a, t) => a + (t ? t.head : 0), 0);
   $('timing-sum').textContent = times.length
-    ? `Σ transformer ${Math.round(sumTf)} ms · Σ head ${Math.round(sumHead)} ms (${Math.round((100 * sumHead) / Math.max(1e-9, sumTf + sumHead))}%)`
+    ? `Σ transformer ${formatMs(sumTf)} · Σ head ${formatMs(sumHead)} (${Math.round((100 * sumHead) / Math.max(1e-9, sumTf + sumHead))}%)`
     : 'Each bar: one AR step, split into transformer and head time.';
 }
 
@@ -1171,7 +1554,7 @@ function drawRunProgress(ctx, geo, bw, K) {
   if (!v || !v.active || v.k < 0 || v.K !== K) return;
   ctx.fillStyle = 'rgba(139,124,255,0.08)';
   ctx.fillRect(PLOT.padL, PLOT.padT, bw * (v.k + 1), geo.plotH);
-  if (!v.done) {
+  if (!v.done && !v.stopped) {
     ctx.fillStyle = 'rgba(56,214,196,0.25)';
     ctx.fillRect(PLOT.padL + bw * v.k, PLOT.padT, bw, geo.plotH);
   }
@@ -1227,12 +1610,15 @@ function showReadout(d) {
   const k = ui.plot.hover >= 0 ? ui.plot.hover : document.activeElement === canvas ? ui.plot.focus : -1;
   const el = $('plot-readout');
   if (k < 0 || k >= d.K) {
-    el.textContent = `${scheduleString().slice(0, 60)} · drag the points to draw your own`;
+    const s = currentSchedule();
+    const name = s.kind === 'custom' ? `custom, ${Math.max(...s.custom)} → ${s.custom[s.custom.length - 1]}` : scheduleString(s);
+    el.textContent = `${name} · drag the points to draw your own`;
     return;
   }
-  const eff = d.effective ? `, ${d.effective[k]} run` : '';
+  // The whole line wraps (never cut off): a phone shows it on two lines.
+  const eff = d.effective ? ` (${d.effective[k]} run)` : '';
   const cfg = d.cfg ? ` · cfg ${d.cfg[k].toFixed(2)}` : '';
-  el.textContent = `step ${k + 1}/${d.K}: ${d.tokens[k]} tokens · ${d.nominal[k]} steps${eff}${cfg}`;
+  el.textContent = `AR step ${k + 1}/${d.K}: ${d.tokens[k]} token${d.tokens[k] === 1 ? '' : 's'} · ${d.nominal[k]} steps${eff}${cfg}`;
 }
 
 /** Sets the custom count of AR step k (and the steps a fast drag skipped over). */
@@ -1321,10 +1707,12 @@ function onPlotKey(e) {
 async function loadWeightsFile(file) {
   if (!file) return;
   clearTimeout(ui.autoTimer);
-  cancelRun();
+  cancelRun('file');
   clearError();
+  $('info').hidden = true;
   ui.loading = true;
   ui.loadingFile = true;
+  ui.pendingFile = file;
   setState('loading');
   showProgress(0, file.size, `reading ${file.name}`);
   try {
@@ -1332,8 +1720,7 @@ async function loadWeightsFile(file) {
     showProgress(file.size, file.size, `loading ${file.name}`);
     post({ type: 'loadFile', name: file.name, bytes }, [bytes]);
   } catch (err) {
-    ui.loadingFile = false;
-    onError({ where: 'weights', message: `could not read ${file.name}: ${err.message || err}` });
+    onError({ where: 'weights', name: file.name, message: `the browser could not read the file (${err.message || err})` });
   }
 }
 
@@ -1364,6 +1751,13 @@ function wireDrop() {
 
 // ───────────────────────── start ─────────────────────────
 
+// For the end-to-end test: read-only views of the run state, and a way to make the worker die.
+window.disaTest = {
+  formatMs,
+  vis: () => (ui.vis ? { runId: ui.vis.runId, k: ui.vis.k, highlighted: ui.vis.current.length, stopped: ui.vis.stopped || null, done: ui.vis.done } : null),
+  crashWorker: () => worker.postMessage({ type: 'simulateCrash' }),
+};
+
 function main() {
   setPreset('linear');
   syncOutputs();
@@ -1378,7 +1772,22 @@ function main() {
     if (!pending) pending = requestAnimationFrame(() => ((pending = 0), drawAll()));
   });
   for (const id of ['stage-overlay', 'order-map', 'heat-map', 'timing-chart', 'schedule-plot']) observer.observe($(id));
-  post({ type: 'init', weightsUrl: 'assets/model.safetensors', forceCpu });
+  // Wide screens size the visualization to the viewport below the top bar and the banners.
+  const chrome = () =>
+    document.documentElement.style.setProperty(
+      '--chrome-h',
+      `${document.querySelector('.topbar').offsetHeight + document.querySelector('.banners').offsetHeight}px`,
+    );
+  const chromeObserver = new ResizeObserver(chrome);
+  chromeObserver.observe(document.querySelector('.topbar'));
+  chromeObserver.observe(document.querySelector('.banners'));
+  showBaselineNote();
+  startWorker({});
 }
 
 main();
+
+// Teaching view (teach.js): the worker, the last run's request and the page state; it gets the
+// worker's `teach` replies.
+window.disaHost = { post: (m) => post(m), request: () => (ui.vis ? ui.vis.request : readRequest()), model: () => ui.model, state: () => ui.state, onTeach: null };
+handlers.teach = (msg) => window.disaHost.onTeach && window.disaHost.onTeach(msg);

@@ -3,6 +3,7 @@
 // Message protocol: see worker-protocol.md.
 
 import init, * as disa from './disa.js';
+import { teach } from './teach-worker.js'; // the teaching view's analysis (teach.js)
 
 const CACHE_NAME = 'disa-models-v1';
 
@@ -52,11 +53,20 @@ function loadModel(name, bytes) {
   post({ type: 'model', info });
 }
 
-async function initAll({ weightsUrl, forceCpu }) {
+async function initAll({ weightsUrl, forceCpu, file }) {
   ready = ready || init();
   await ready;
   const backend = JSON.parse(await disa.initBackend(!!forceCpu));
   post({ type: 'backend', info: backend });
+  if (file) {
+    // A restart after a crash: the page passes the user's model back in.
+    try {
+      loadModel(file.name, new Uint8Array(file.bytes));
+      return;
+    } catch (err) {
+      fail('weights', err, { name: file.name });
+    }
+  }
   post({ type: 'progress', loaded: 0, total: null, phase: 'download' });
   let { bytes, fromCache } = await fetchWeights(weightsUrl);
   post({ type: 'progress', loaded: bytes.length, total: bytes.length, phase: 'build' });
@@ -71,13 +81,22 @@ async function initAll({ weightsUrl, forceCpu }) {
   }
 }
 
-// After a lost GPU: switch to the CPU backend and rebuild the model there.
-function recoverFromLostDevice() {
+// Switches to the CPU backend and rebuilds the current model there: after a lost GPU, or when
+// the page asks (a software WebGPU adapter is slower than the CPU backend).
+function switchToCpu(notice, reason) {
+  currentRun = null;
+  disa.cancel();
   disa.useCpuBackend();
   post({ type: 'backend', info: { backend: 'cpu', adapter: 'CPU (Burn flex, WebAssembly)', software: false,
-    notice: 'The GPU device was lost; switched to the CPU backend.' } });
+    notice, reason } });
   if (modelBytes) loadModel(modelName, modelBytes);
 }
+
+const recoverFromLostDevice = () => switchToCpu('The GPU device was lost; the demo switched to the CPU backend.', 'lost');
+
+// A wasm trap (a Rust panic or abort, e.g. out of memory) leaves the module unusable: the page
+// must start a fresh worker.
+const isTrap = (err) => typeof WebAssembly !== 'undefined' && err instanceof WebAssembly.RuntimeError;
 
 const yieldToEvents = () => new Promise((resolve) => setTimeout(resolve, 0));
 
@@ -86,13 +105,18 @@ async function generate({ runId, request, lane }) {
   currentRun = { runId, lane };
   const started = performance.now();
   let headCalls = 0, tokenSteps = 0, samplingMs = 0, last = null;
+  // A cancelled run says when it has really stopped: the page measures how long a cancel takes
+  // (on WebGPU the AR step in flight runs to its end first).
+  const stopped = () => {
+    post({ type: 'stopped', runId, lane });
+  };
   try {
     disa.startGeneration(JSON.stringify(request));
     for (;;) {
       await yieldToEvents(); // lets a cancel or a new run in
-      if (!currentRun || currentRun.runId !== runId) return;
+      if (!currentRun || currentRun.runId !== runId) return stopped();
       const result = await disa.step();
-      if (!currentRun || currentRun.runId !== runId) return;
+      if (!currentRun || currentRun.runId !== runId) return stopped();
       if (result === null || result === undefined) break;
       const event = JSON.parse(result.event);
       if (event.positions.length > 0) headCalls += event.effectiveSteps;
@@ -105,7 +129,9 @@ async function generate({ runId, request, lane }) {
     post({ type: 'done', runId, lane, image: last, totalMs: performance.now() - started, samplingMs, headCalls, tokenSteps });
   } catch (err) {
     currentRun = null;
-    if (disa.deviceLost()) {
+    if (isTrap(err)) {
+      fail('panic', err, { runId });
+    } else if (disa.deviceLost()) {
       fail('device', err, { runId });
       recoverFromLostDevice();
     } else {
@@ -126,7 +152,7 @@ self.onmessage = async ({ data }) => {
           disa.cancel();
           loadModel(data.name, new Uint8Array(data.bytes));
         } catch (err) {
-          fail('weights', err);
+          fail(isTrap(err) ? 'panic' : 'weights', err, { name: data.name });
         }
         break;
       case 'plan':
@@ -142,6 +168,17 @@ self.onmessage = async ({ data }) => {
       case 'cancel':
         if (currentRun && currentRun.runId === data.runId) currentRun = null;
         disa.cancel();
+        break;
+      case 'useCpu':
+        switchToCpu(data.notice || 'Switched to the CPU backend.', data.reason || 'chosen');
+        break;
+      case 'teach':
+      case 'teachCancel':
+        await teach(disa, data, post);
+        break;
+      case 'simulateCrash':
+        // For the end-to-end test only: an uncaught error as a wasm trap would throw one.
+        setTimeout(() => { throw new Error('simulated crash (test)'); });
         break;
       default:
         fail('init', `unknown message ${data.type}`);

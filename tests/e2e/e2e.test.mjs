@@ -1,8 +1,11 @@
 // End-to-end test of the browser demo, in Debian's Chromium driven by playwright-core.
 // Expects `trunk build` output in ../../dist (scripts/e2e.sh builds it) and the native CLI
 // at $DISA_BIN. Serves dist on 127.0.0.1, then: WebGPU run (SwiftShader), slider changes the
-// steps used, image equals the native CLI's; CPU fallback with WebGPU unavailable; a corrupt
-// weights file gives a message and the page keeps working. Saves screenshots; prints timings.
+// steps used, image equals the native CLI's, how long a cancel takes, the one-click switch to
+// the CPU on a software adapter; CPU fallback with WebGPU unavailable: Stop mid-run, an A/B
+// interrupted by Generate, A/B rounds with a median; bad files, a loaded file's settings, a
+// worker that dies mid-run; the 1280×800 and 390 px layouts. Saves screenshots (look at
+// them); prints timings. Run a part: `node --test --test-name-pattern=layout e2e.test.mjs`.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,9 +15,10 @@ import os from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { chromium } from 'playwright-core';
 import { serve } from '../../scripts/serve.mjs';
+import { formatMs } from '../../www/format.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
-const DIST = path.join(ROOT, 'dist');
+const DIST = process.env.E2E_DIST || path.join(ROOT, 'dist'); // E2E_DIST: another build of the page
 const SHOTS = path.join(import.meta.dirname, 'screenshots');
 const DISA_BIN = process.env.DISA_BIN;
 const MODEL = path.join(ROOT, 'www/assets/model.safetensors');
@@ -36,13 +40,13 @@ before(async () => {
 
 after(() => server && server.close());
 
-async function launch({ webgpu }) {
+async function launch({ webgpu, device = {} }) {
   const args = ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
     '--disable-sync', '--disable-dev-shm-usage'];
   if (webgpu) args.push('--enable-unsafe-webgpu');
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'disa-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: '/usr/bin/chromium', headless: true, args, viewport: { width: 1280, height: 800 },
+    executablePath: '/usr/bin/chromium', headless: true, args, viewport: { width: 1280, height: 800 }, ...device,
   });
   const page = context.pages()[0] || (await context.newPage());
   const logs = [];
@@ -108,10 +112,10 @@ function finalPixels(page, id = 'final-canvas') {
 }
 
 /** Opens the page in a fresh browser and waits until the model is ready. */
-async function openPage({ webgpu }) {
-  const { context, page, logs } = await launch({ webgpu });
+async function openPage({ webgpu, device, query = '' }) {
+  const { context, page, logs } = await launch({ webgpu, device });
   const t0 = Date.now();
-  await page.goto(baseUrl);
+  await page.goto(baseUrl + query);
   await waitState(page, ['ready'], logs);
   const loadMs = Date.now() - t0;
   const backend = (await page.textContent('#backend')).toLowerCase();
@@ -150,6 +154,33 @@ function compareImages(page, native, label) {
   assert.ok(maxDiff <= 3 && mean <= 0.05, `${label}: image differs from the native CLI (max ${maxDiff}, mean ${mean})`);
 }
 
+async function setAutoRun(page, on) {
+  await page.evaluate((on) => {
+    const a = document.getElementById('auto-run');
+    a.checked = on;
+    a.dispatchEvent(new Event('change', { bubbles: true }));
+  }, on);
+}
+
+const text = (page, id) => page.evaluate((id) => document.getElementById(id).textContent, id);
+const events = (page, type) => page.evaluate((type) => window.disaEvents.filter((e) => e.type === type), type);
+
+/** Waits until the newest run (of `lane`, if given) has logged `n` step events. */
+async function waitForSteps(page, n, lane = null) {
+  await page.waitForFunction(([n, lane]) => {
+    const steps = window.disaEvents.filter((e) => e.type === 'step' && (!lane || e.lane === lane));
+    const last = steps.at(-1);
+    return !!last && steps.filter((e) => e.runId === last.runId).length >= n;
+  }, [n, lane], { timeout: TIMEOUT, polling: 20 });
+}
+
+/** Settings slow enough on the CPU to act mid-run: K = 64, plain MAR at 200 steps. */
+async function slowSettings(page) {
+  await applySettings(page, { ...SETTINGS, arSteps: 64 });
+  await setControl(page, 'preset', 'constant');
+  await setControl(page, 'start-steps', 200);
+}
+
 function checkProgressive(run, s, seqLen, label) {
   assert.ok(run.steps.length >= s.arSteps, `${label}: ${run.steps.length} step events for K=${s.arSteps}`);
   const ks = run.steps.map((e) => e.event.k);
@@ -164,6 +195,20 @@ function checkProgressive(run, s, seqLen, label) {
   }
   assert.equal(revealed, seqLen, `${label}: the grid filled completely`);
 }
+
+test('latency formatting: seconds from 10 s on, never cut off', () => {
+  assert.equal(formatMs(850.4), '850 ms');
+  assert.equal(formatMs(9999), '9999 ms');
+  assert.equal(formatMs(12_345), '12.3 s');
+  assert.equal(formatMs(99_999), '100 s');
+  assert.equal(formatMs(145_806), '146 s', 'the 145806 ms the issue saw cut off');
+  assert.equal(formatMs(1_234_567), '21 min');
+  assert.equal(formatMs(3 * 3_600_000), '3.0 h');
+  assert.equal(formatMs(NaN), '–');
+  for (const ms of [0, 1, 9_999, 10_000, 99_949, 99_951, 145_806, 999_499, 999_501, 5_939_999, 1e9]) {
+    assert.ok(formatMs(ms).length <= 6, `${ms} ms → "${formatMs(ms)}" fits the counter`);
+  }
+});
 
 test('WebGPU: generates progressively, the end-steps slider changes the steps, the image equals the CLI', { timeout: 4 * TIMEOUT }, async () => {
   const { context, page, logs, loadMs, backend } = await openPage({ webgpu: true });
@@ -204,10 +249,72 @@ test('WebGPU: generates progressively, the end-steps slider changes the steps, t
     await applySettings(page, GPU_SETTINGS);
     const third = await generate(page, logs);
     console.log(`WebGPU warm cache: first image ${third.ms} ms`);
+
+    // How long a cancel takes on WebGPU: Stop right after the first AR step's event; the worker
+    // confirms once the run has really stopped (the AR step in flight runs to its end first).
+    await page.evaluate(() => { window.disaEvents.length = 0; });
+    await page.click('#generate');
+    await waitForSteps(page, 1);
+    await page.click('#stop');
+    await page.waitForFunction(() => window.disaEvents.some((e) => e.type === 'stopped'), null, { timeout: TIMEOUT });
+    const [stopped] = await events(page, 'stopped');
+    const [firstStep] = await events(page, 'step');
+    const stepMs = firstStep.event.transformerMs + firstStep.event.headMs;
+    assert.match(await text(page, 'lane-label'), /stopped/i, 'the grid says the run stopped');
+    assert.equal(await text(page, 'latency-note'), 'stopped');
+    console.log(`WebGPU cancel: the run stopped ${Math.round(stopped.cancelMs)} ms after Stop (AR step 1 took ${Math.round(stepMs)} ms)`);
+    const restart = await measureRestart(page, GPU_SETTINGS);
+    console.log(`WebGPU restart after a mid-run setting change: ${restart.restartMs} ms to the new run's first step ` +
+      `(auto-run delay 350 ms; an undisturbed first step ${restart.firstStepMs} ms; so ≈${restart.waitMs} ms waiting for the cancelled step)`);
+
+    // A software adapter: one click moves the page to the CPU backend, keeping the model and
+    // the settings, and the notice then quotes both backends' measured speed.
+    const software = await page.evaluate(() => window.disaEvents.findLast((e) => e.type === 'backend')?.info?.software);
+    if (software) {
+      assert.ok(await page.isVisible('#use-cpu'), 'a software adapter comes with a one-click CPU switch');
+      await page.click('#use-cpu');
+      await page.waitForFunction(() => /cpu/i.test(document.getElementById('backend').textContent), null, { timeout: TIMEOUT });
+      await waitState(page, ['ready', 'done'], logs);
+      assert.equal(await page.inputValue('#ar-steps'), String(GPU_SETTINGS.arSteps), 'the settings survive the switch');
+      const onCpu = await generate(page, logs);
+      compareImages(onCpu.pixels, nativeImage(GPU_SETTINGS, GPU_SETTINGS.end), 'after switching to the CPU');
+      const notice = await text(page, 'notice');
+      assert.match(notice, /Measured here: .*faster/, `the notice compares both backends: ${notice}`);
+      console.log(`software adapter → CPU: ${notice}`);
+      await page.screenshot({ path: path.join(SHOTS, 'webgpu-software-to-cpu.png') });
+    }
   } finally {
     await context.close();
   }
 });
+
+/**
+ * Restart latency, observable on any version of the page: with auto-run on, a setting changed
+ * right after a run's first AR step → the new run's first step event. Compared with an
+ * undisturbed first step, the difference is the wait for the cancelled run's step in flight.
+ */
+async function measureRestart(page, s) {
+  await applySettings(page, s);
+  await page.evaluate(() => { window.disaEvents.length = 0; });
+  let t0 = Date.now();
+  await page.click('#generate');
+  await waitForSteps(page, 1);
+  const firstStepMs = Date.now() - t0;
+  await waitState(page, ['done'], []);
+  await setAutoRun(page, true);
+  await page.evaluate(() => { window.disaEvents.length = 0; });
+  await page.click('#generate');
+  await waitForSteps(page, 1);
+  const oldRun = (await events(page, 'step'))[0].runId;
+  t0 = Date.now();
+  await setControl(page, 'seed', s.seed + 100);
+  await page.waitForFunction((old) => window.disaEvents.some((e) => e.type === 'step' && e.runId !== old), oldRun, { timeout: TIMEOUT, polling: 20 });
+  const restartMs = Date.now() - t0;
+  await waitState(page, ['done'], []);
+  await setAutoRun(page, false);
+  await setControl(page, 'seed', s.seed);
+  return { restartMs, firstStepMs, waitMs: Math.max(0, restartMs - 350 - firstStepMs) };
+}
 
 test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a message', { timeout: 4 * TIMEOUT }, async () => {
   const { context, page, logs, loadMs, backend } = await openPage({ webgpu: false });
@@ -215,6 +322,9 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     assert.match(backend, /cpu/, `backend: ${backend}`);
     const notice = await page.evaluate(() => { const n = document.getElementById('notice'); return n.hidden ? '' : n.textContent; });
     assert.ok(notice.length > 0, 'a visible notice explains the CPU fallback');
+    assert.match(notice, /WebGPU is not available in this browser/, 'the notice says what happened in words');
+    assert.match(notice, /How to enable WebGPU/, 'and what the reader can do');
+    assert.doesNotMatch(notice.split('Technical detail')[0], /WgpuDevice|\{ kind|not requested/, 'no Rust debug text outside the detail');
     console.log(`CPU fallback notice: ${notice}`);
     await applySettings(page, SETTINGS);
     const run = await generate(page, logs);
@@ -247,16 +357,61 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     const errors = await page.evaluate(() => window.disaEvents.filter((e) => e.type === 'error'));
     assert.deepEqual(errors, [], 'no errors from the cancelled run');
     await page.evaluate(() => { const a = document.getElementById('auto-run'); a.checked = false; a.dispatchEvent(new Event('change', { bubbles: true })); });
+    const restart = await measureRestart(page, SETTINGS);
+    console.log(`CPU restart after a mid-run setting change: ${restart.restartMs} ms to the new run's first step (undisturbed first step ${restart.firstStepMs} ms)`);
 
-    // A/B: baseline and DiSA from the same seed, with the measured speed-up. Both baselines
-    // (DiSA's clip, the default; and no clip, as the official code) match the CLI.
-    const AB = { ...SETTINGS, seed: SETTINGS.seed + 1 }; // the seed set above
-    for (const [baseline, clip] of [['clip', '950'], ['official', 'none']]) {
+    // Stop mid-run: the grid says it stopped, the latency freezes and says so, no cell stays
+    // highlighted, and the worker confirms.
+    await slowSettings(page);
+    await page.evaluate(() => { window.disaEvents.length = 0; });
+    await page.click('#generate');
+    await waitForSteps(page, 2);
+    await page.click('#stop');
+    assert.match(await text(page, 'lane-label'), /^Stopped at AR step \d+\/64/, 'the grid caption says the run stopped');
+    await page.waitForFunction(() => document.getElementById('latency-note').textContent === 'stopped', null, { timeout: TIMEOUT });
+    const frozen = await text(page, 'latency');
+    await page.waitForTimeout(700);
+    assert.equal(await text(page, 'latency'), frozen, 'the latency stops counting');
+    const vis = await page.evaluate(() => window.disaTest.vis());
+    assert.equal(vis.highlighted, 0, 'no token stays highlighted');
+    assert.equal(vis.stopped, 'stop');
+    assert.equal(await state(page), 'ready');
+    assert.ok(await page.isHidden('#stop'), 'Stop is gone');
+    const [stopEvent] = await events(page, 'stopped');
+    console.log(`CPU stop: "${await text(page, 'lane-label')}", latency ${frozen}, the worker stopped ${Math.round(stopEvent.cancelMs)} ms after Stop`);
+    await page.screenshot({ path: path.join(SHOTS, 'cpu-stopped.png') });
+
+    // An A/B pair interrupted by Generate: the card clears instead of staying "running…".
+    await page.selectOption('#ab-rounds', '1');
+    await page.click('#ab-run');
+    await waitForSteps(page, 1, 'baseline');
+    await page.click('#generate');
+    await waitState(page, ['done'], logs);
+    const abText = `${await text(page, 'ab-baseline-meta')} ${await text(page, 'ab-disa-meta')}`;
+    assert.doesNotMatch(abText, /running|waiting/, `the A/B card cleared: ${abText}`);
+    assert.match(await text(page, 'ab-status'), /interrupted/);
+    assert.equal(await text(page, 'speedup'), '–');
+    assert.ok(!(await page.evaluate(() => document.getElementById('ab-card').classList.contains('running'))));
+
+    // A/B: baseline and DiSA from the same seed, with the measured speed-up (median of the
+    // rounds). Both baselines (DiSA's clip, the default; and no clip, as the official code)
+    // match the CLI; the official one says on the card why its image is noise.
+    const AB = { ...SETTINGS, seed: SETTINGS.seed + 1 };
+    await applySettings(page, AB);
+    for (const [baseline, clip, rounds] of [['clip', '950', '3'], ['official', 'none', '1']]) {
       await page.selectOption('#ab-baseline', baseline);
-      await page.evaluate(() => { document.getElementById('speedup').textContent = '…'; });
+      await page.selectOption('#ab-rounds', rounds);
       await page.click('#ab-run');
-      await page.waitForFunction(() => /\d/.test(document.getElementById('speedup')?.textContent || ''), null, { timeout: TIMEOUT });
-      console.log(`CPU A/B speed-up (baseline constant:${SETTINGS.start}, clip ${clip}, vs DiSA): ${await page.textContent('#speedup')}`);
+      await waitState(page, ['done'], logs);
+      assert.match(await text(page, 'speedup'), /\d/);
+      const spread = await text(page, 'speedup-spread');
+      if (rounds === '3') assert.match(spread, /median of 3 · \d/, `the spread of 3 rounds: ${spread}`);
+      if (baseline === 'official') {
+        assert.match(await text(page, 'ab-official-note'), /built-in model this baseline fails.*t = 999/, 'the card says the official baseline fails here');
+        assert.ok(await page.isVisible('#ab-official-note'));
+      }
+      assert.match(await text(page, 'explain-measured'), /Measured here just now: \d/);
+      console.log(`CPU A/B (baseline constant:${SETTINGS.start}, clip ${clip}, ${rounds} round(s)): speed-up ${await text(page, 'speedup')} ${spread}, head calls ${await text(page, 'head-call-ratio')}`);
       await page.screenshot({ path: path.join(SHOTS, `cpu-ab-${baseline}.png`) });
       compareImages(await finalPixels(page, 'ab-baseline-canvas'),
         nativeImage(AB, AB.end, { schedule: `constant:${AB.start}`, clip }), `A/B baseline (${baseline})`);
@@ -270,11 +425,164 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     await page.waitForFunction(() => !document.getElementById('error-wrap').hidden, null, { timeout: TIMEOUT });
     const message = await page.textContent('#error');
     assert.match(message, /weights/i, `error message: ${message}`);
+    assert.match(message, /Still using/, 'the message says the old model stays');
     console.log(`corrupt file message: ${message}`);
     await page.screenshot({ path: path.join(SHOTS, 'corrupt-file.png') });
     await waitState(page, ['ready', 'done'], logs);
     const again = await generate(page, logs);
     assert.equal(again.steps.length, SETTINGS.arSteps, 'the page still generates with its old model');
+  } finally {
+    await context.close();
+  }
+});
+
+/** A copy of a disa model file whose `config` metadata is edited by `edit` (tensors unchanged). */
+function withConfig(file, edit) {
+  const n = Number(file.readBigUInt64LE(0));
+  const header = JSON.parse(file.toString('utf8', 8, 8 + n));
+  const config = JSON.parse(header.__metadata__.config);
+  edit(config);
+  header.__metadata__.config = JSON.stringify(config);
+  let json = Buffer.from(JSON.stringify(header));
+  json = Buffer.concat([json, Buffer.alloc((8 - (json.length % 8)) % 8, 0x20)]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([len, json, file.subarray(8 + n)]);
+}
+
+test('files and crashes: foreign, truncated, empty files; a loaded file\'s settings; a worker that dies mid-run', { timeout: 4 * TIMEOUT }, async () => {
+  const { context, page, logs } = await openPage({ webgpu: false });
+  try {
+    const good = fs.readFileSync(MODEL);
+    const png = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), Buffer.alloc(4000, 7)]);
+    // A config that would need far more memory than a page gets (64 Ki wide layers).
+    const huge = withConfig(good, (c) => Object.assign(c, { encoder_embed_dim: 65536, decoder_embed_dim: 65536, diffloss_w: 65536, mlp_ratio: 64 }));
+    for (const [name, bytes] of [['photo.png', png], ['cut.safetensors', good.subarray(0, 1000)], ['empty.safetensors', Buffer.alloc(0)],
+      ['huge-config.safetensors', huge]]) {
+      await page.evaluate(() => { document.getElementById('error-wrap').hidden = true; });
+      await page.setInputFiles('#file-input', { name, mimeType: 'application/octet-stream', buffer: Buffer.from(bytes) });
+      await page.waitForFunction(() => !document.getElementById('error-wrap').hidden, null, { timeout: TIMEOUT });
+      await waitState(page, ['ready', 'done'], logs);
+      const shown = await page.evaluate(() => document.getElementById('error').firstChild.textContent);
+      assert.match(shown, new RegExp(`Could not load the weights in “${name.replace('.', '\\.')}”: .+ Still using “`), `${name}: ${shown}`);
+      assert.doesNotMatch(shown, /panicked|RuntimeError|unreachable|\{ /, `${name}: a message for people: ${shown}`);
+      console.log(`${name}: ${shown}`);
+    }
+
+    // Loading a file applies its defaults: the page says so and offers the user's settings back.
+    await applySettings(page, SETTINGS);
+    await setControl(page, 'temperature', 0.9);
+    await page.setInputFiles('#file-input', { name: 'mine.safetensors', mimeType: 'application/octet-stream', buffer: good });
+    await page.waitForFunction(() => !document.getElementById('info').hidden, null, { timeout: TIMEOUT });
+    const info = await text(page, 'info-text');
+    assert.match(info, /Loaded “.*”: the settings are now its own defaults/, info);
+    console.log(`after loading a file: ${info}`);
+    await page.click('#info-action');
+    assert.equal(await page.inputValue('#ar-steps'), String(SETTINGS.arSteps), 'K is back');
+    assert.equal(await page.inputValue('#temperature'), '0.9', 'the temperature is back');
+
+    // The worker dies mid-run: a message, a fresh worker with the same model, the settings kept.
+    await slowSettings(page);
+    await page.evaluate(() => { window.disaEvents.length = 0; });
+    await page.click('#generate');
+    await waitForSteps(page, 1);
+    await page.evaluate(() => window.disaTest.crashWorker());
+    await page.waitForFunction(() => /restarted/.test(document.getElementById('error').textContent), null, { timeout: TIMEOUT });
+    await waitState(page, ['ready'], logs);
+    const crash = await page.evaluate(() => document.getElementById('error').firstChild.textContent);
+    console.log(`worker crash: ${crash}`);
+    assert.match(crash, /The model worker stopped during a run\. It was restarted with “.+”; your settings are kept\./);
+    assert.equal(await page.inputValue('#ar-steps'), '64', 'the settings survive the restart');
+    await page.screenshot({ path: path.join(SHOTS, 'cpu-worker-restarted.png') });
+    await applySettings(page, SETTINGS);
+    const after = await generate(page, logs);
+    compareImages(after.pixels, nativeImage(SETTINGS, SETTINGS.end), 'after a worker restart');
+  } finally {
+    await context.close();
+  }
+});
+
+/** Elements wider than the viewport, or reaching past its right edge. */
+function overflowing(page) {
+  return page.evaluate(() => {
+    const w = document.documentElement.clientWidth;
+    const out = [];
+    for (const el of document.querySelectorAll('body *')) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.right > w + 1 && getComputedStyle(el).position !== 'fixed') out.push(`${el.tagName.toLowerCase()}#${el.id}.${el.className} right ${Math.round(r.right)}`);
+    }
+    return { scrollWidth: document.documentElement.scrollWidth, width: w, out: out.slice(0, 10) };
+  });
+}
+
+/** Hovers the middle of the schedule plot; returns the readout and whether it is cut off. */
+async function hoverPlot(page) {
+  const box = await page.locator('#schedule-plot').boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  return page.evaluate(() => {
+    const el = document.getElementById('plot-readout');
+    return { text: el.textContent, cut: el.scrollWidth > el.clientWidth + 1 || el.scrollHeight > el.clientHeight + 1 };
+  });
+}
+
+test('layout: nothing hidden at 1280×800; a 390 px phone has no horizontal overflow and shows the grid with Generate', { timeout: 4 * TIMEOUT }, async () => {
+  {
+    const { context, page, logs } = await openPage({ webgpu: false });
+    try {
+      await applySettings(page, SETTINGS);
+      await generate(page, logs);
+      const scrolled = await page.evaluate(() => [...document.querySelectorAll('body *')]
+        .filter((el) => /auto|scroll/.test(getComputedStyle(el).overflowY) && el.scrollHeight > el.clientHeight + 1)
+        .map((el) => `${el.tagName}#${el.id}.${el.className}`));
+      assert.deepEqual(scrolled, [], 'no card scrolls inside (nothing hidden below a card\'s fold)');
+      for (const sel of ['label[for=file-input]', '#generate', '#ab-run', '#schedule-plot', '#explain .claim']) {
+        const box = await page.locator(sel).boundingBox();
+        assert.ok(box && box.y >= 0 && box.y + Math.min(box.height, 40) <= 800, `${sel} is in the first screen (${JSON.stringify(box)})`);
+      }
+      const readout = await hoverPlot(page);
+      assert.match(readout.text, /^AR step \d+\/8: .* cfg \d\.\d\d$/, readout.text);
+      assert.ok(!readout.cut, `the plot's hover text is whole: ${readout.text}`);
+      // A long run's latency in seconds, whole in its counter.
+      const latency = await page.evaluate(() => {
+        const el = document.getElementById('latency');
+        el.textContent = window.disaTest.formatMs(145_806);
+        return { text: el.textContent, cut: el.scrollWidth > el.clientWidth + 1 };
+      });
+      assert.deepEqual(latency, { text: '146 s', cut: false });
+      const o = await overflowing(page);
+      assert.ok(o.scrollWidth <= o.width, `desktop overflow: ${JSON.stringify(o)}`);
+      await page.mouse.move(0, 0);
+      await page.screenshot({ path: path.join(SHOTS, 'desktop-1280x800.png') });
+      await page.screenshot({ path: path.join(SHOTS, 'desktop-full.png'), fullPage: true });
+    } finally {
+      await context.close();
+    }
+  }
+  const phone = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
+  const { context, page, logs } = await openPage({ webgpu: false, device: phone });
+  try {
+    await applySettings(page, SETTINGS);
+    await setControl(page, 'preset', 'custom'); // the custom schedule once widened the page to 665 px
+    const readout = await hoverPlot(page);
+    assert.ok(!readout.cut, `phone: the plot's hover text is whole: ${readout.text}`);
+    await page.evaluate(() => window.scrollTo(0, 0));
+    // The grid and Generate together on the first screen.
+    const seen = await page.evaluate(() => {
+      const g = document.getElementById('generate').getBoundingClientRect();
+      const s = document.getElementById('stage-overlay').getBoundingClientRect();
+      const bar = document.getElementById('generate').parentElement.getBoundingClientRect();
+      const visible = Math.max(0, Math.min(s.bottom, bar.top) - Math.max(s.top, 0)) / s.height;
+      return { generate: [g.top, g.bottom], grid: [s.top, s.bottom], barTop: bar.top, visible, h: innerHeight };
+    });
+    assert.ok(seen.generate[0] >= 0 && seen.generate[1] <= seen.h, `Generate on screen: ${JSON.stringify(seen)}`);
+    assert.ok(seen.visible >= 0.8, `phone: the grid is on screen with Generate: ${JSON.stringify(seen)}`);
+    await page.click('#generate');
+    await waitState(page, ['done'], logs);
+    const o = await overflowing(page);
+    assert.ok(o.scrollWidth <= o.width && o.out.length === 0, `phone overflow: ${JSON.stringify(o)}`);
+    await page.screenshot({ path: path.join(SHOTS, 'phone-390.png') });
+    await page.screenshot({ path: path.join(SHOTS, 'phone-390-full.png'), fullPage: true });
+    console.log(`phone 390 px: page width ${o.scrollWidth} px; grid ${Math.round(seen.grid[0])}–${Math.round(seen.grid[1])} px, Generate ${Math.round(seen.generate[0])} px, ${Math.round(seen.visible * 100)}% of the grid on screen`);
   } finally {
     await context.close();
   }
