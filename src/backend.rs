@@ -48,9 +48,22 @@ impl Backend {
     }
 }
 
+/// Burn's wgpu runtime on the default adapter, initialized once per process with its handles
+/// registered for the fused kernels ([`crate::gpu`]).
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 fn wgpu_device() -> Result<Device> {
-    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+    use std::sync::OnceLock;
+    static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let (device, setup) = Device::wgpu_options()
+                .init_with_setup()
+                .map_err(|e| format!("no usable GPU adapter for wgpu: {e}"))?;
+            crate::gpu::register(&device, &setup);
+            Ok(device)
+        })
+        .clone()
+        .map_err(crate::DisaError::Device)
 }
 
 #[cfg(target_arch = "wasm32")]

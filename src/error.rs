@@ -50,6 +50,10 @@ pub enum DisaError {
     #[error("dataset {source_name}: {reason}")]
     Dataset { source_name: String, reason: String },
 
+    /// The caller stopped a step part-way (the page's cancel); the generation cannot go on.
+    #[error("cancelled")]
+    Cancelled,
+
     /// File system errors, with the path that failed.
     #[error("{path}: {source}")]
     Io {

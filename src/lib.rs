@@ -18,6 +18,7 @@ pub mod diffusion;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
+pub mod gpu;
 pub mod image;
 pub mod model;
 pub mod noise;

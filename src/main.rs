@@ -7,7 +7,7 @@ use disa::backend::Backend;
 use disa::diffusion::TimestepClip;
 use disa::image::{RgbImage, grid, images_from_tensor};
 use disa::noise::SeededNoise;
-use disa::sampler::{Generation, Request, StepTimings};
+use disa::sampler::{Generation, Kernels, Request, StepTimings};
 use disa::schedule::{self, CfgSchedule, StepSchedule};
 use disa::weights::ModelFiles;
 use disa::{DisaError, Result};
@@ -76,6 +76,10 @@ struct BenchArgs {
     /// Compute backend: cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Head implementations to time, comma-separated (each schedule runs with each, in one
+    /// run): fused (WGSL kernels, wgpu only), tensor (Burn's operations), auto.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    kernels: Vec<Kernels>,
     /// Timestep clip for every schedule: 950 (DiSA), none (MAR), default (950 for DiSA
     /// schedules, none for constant ones, as their reference code).
     #[arg(long, default_value = "default")]
@@ -230,6 +234,10 @@ struct GenerateArgs {
     /// Compute backend: cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// The diffusion head's sampling loop: fused (the WGSL kernels of shaders/, wgpu only),
+    /// tensor (Burn's operations), or auto (fused where available).
+    #[arg(long, default_value = "auto")]
+    kernels: Kernels,
     /// Output image: PNG, or PPM if the name ends in .ppm (a grid when several images).
     #[arg(long, default_value = "disa.png")]
     out: PathBuf,
@@ -344,7 +352,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         generator.clone(),
         request.clone(),
         Box::new(SeededNoise::new(args.seed)),
-    )?;
+    )?
+    .kernels(args.kernels);
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -393,8 +402,16 @@ fn generate(args: GenerateArgs) -> Result<()> {
             images[0].height
         );
         println!(
-            "schedule {} · K={} · cfg {} ({}) · backend {backend}",
-            request.schedule, request.ar_steps, request.cfg, request.cfg_schedule
+            "schedule {} · K={} · cfg {} ({}) · backend {backend} · head {}",
+            request.schedule,
+            request.ar_steps,
+            request.cfg,
+            request.cfg_schedule,
+            if generation.uses_fused_kernels() {
+                "fused kernels"
+            } else {
+                "tensor ops"
+            }
         );
         println!("{:<14}{:>10}{:>8}", "phase", "ms", "share");
         for (name, ms) in [
@@ -447,9 +464,26 @@ fn bench(args: BenchArgs) -> Result<()> {
         "backend {backend} · K={} · cfg {} · clip {} · batch {} · median of {} (after a warm-up)",
         args.ar_steps, args.cfg, args.clip, args.batch, args.repeats
     );
+    let param_bytes = 4 * generator.config.num_params() as u64;
+    match generator.fused_head() {
+        Some(fused) => println!(
+            "GPU weights: {:.2} MB for Burn's modules (f32) + {:.2} MB for the fused head \
+             (as stored; {} dispatches per head call)",
+            param_bytes as f64 / 1e6,
+            fused.weight_bytes() as f64 / 1e6,
+            fused.dispatches_per_head_call()
+        ),
+        None if backend == Backend::Wgpu => println!(
+            "GPU weights: {:.2} MB (f32) · no fused head: {}",
+            param_bytes as f64 / 1e6,
+            generator.fused_unavailable()
+        ),
+        None => {}
+    }
     println!(
-        "{:<18}{:>12}{:>12}{:>12}{:>10}{:>12}",
-        "schedule", "ms/image", "head ms", "head calls", "speed-up", "head-call ×"
+        "{:<18}{:>8}{:>12}{:>12}{:>12}{:>12}{:>10}{:>12}",
+        "schedule", "head", "ms/image", "head ms", "head calls", "launches", "speed-up",
+        "head-call ×"
     );
     let mut baseline: Option<(f64, usize)> = None;
     for text in &args.schedules {
@@ -463,34 +497,49 @@ fn bench(args: BenchArgs) -> Result<()> {
             temperature: 1.0,
         };
         let head_calls = request.plan(&generator.config)?.head_calls();
-        let mut times = Vec::new();
-        let mut head_times = Vec::new();
-        for rep in 0..=args.repeats {
-            let start = disa::sampler::now_ms();
-            let mut generation = Generation::new(
-                generator.clone(),
-                request.clone(),
-                Box::new(SeededNoise::new(rep as u64)),
-            )?;
-            let events = generation.run_to_end()?;
-            if rep > 0 {
-                times.push((disa::sampler::now_ms() - start) / args.batch as f64);
-                head_times.push(
-                    events.iter().map(|e| e.timings.head_ms).sum::<f64>() / args.batch as f64,
-                );
+        for &kernels in &args.kernels {
+            let mut times = Vec::new();
+            let mut head_times = Vec::new();
+            let mut fused = false;
+            let before = generator.fused_head().map_or(0, |f| f.dispatches());
+            for rep in 0..=args.repeats {
+                let start = disa::sampler::now_ms();
+                let mut generation = Generation::new(
+                    generator.clone(),
+                    request.clone(),
+                    Box::new(SeededNoise::new(rep as u64)),
+                )?
+                .kernels(kernels);
+                fused = generation.uses_fused_kernels();
+                let events = generation.run_to_end()?;
+                if rep > 0 {
+                    times.push((disa::sampler::now_ms() - start) / args.batch as f64);
+                    head_times.push(
+                        events.iter().map(|e| e.timings.head_ms).sum::<f64>() / args.batch as f64,
+                    );
+                }
             }
+            // Fused launches are counted exactly; Burn's are not visible from here.
+            let launches = match generator.fused_head() {
+                Some(f) if fused => format!(
+                    "{}",
+                    (f.dispatches() - before) / (args.repeats as u64 + 1)
+                ),
+                _ => "-".to_string(),
+            };
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (ms, head_ms) = (median(&mut times), median(&mut head_times));
+            let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
+            let head = if fused { "fused" } else { "tensor" };
+            println!(
+                "{text:<18}{head:>8}{ms:>12.1}{head_ms:>12.1}{head_calls:>12}{launches:>12}{:>9.2}×{:>11.2}×",
+                base_ms / ms,
+                base_calls as f64 / head_calls as f64
+            );
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (ms, head_ms) = (median(&mut times), median(&mut head_times));
-        let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
-        println!(
-            "{text:<18}{ms:>12.1}{head_ms:>12.1}{head_calls:>12}{:>9.2}×{:>11.2}×",
-            base_ms / ms,
-            base_calls as f64 / head_calls as f64
-        );
     }
     println!("(sampling only: transformer + diffusion head; decoding is not timed)");
     Ok(())

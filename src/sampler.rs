@@ -3,7 +3,9 @@
 //! for the tokens revealed at that step, with DiSA's step count — and returns a [`StepEvent`]
 //! the CLI turns into a progress bar and the page into pixels.
 
-use crate::diffusion::{DiffusionCache, StepCoefficients, TimestepClip};
+use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, TimestepClip};
+pub use crate::gpu::Kernels;
+use crate::gpu::FusedHead;
 use crate::error::{DisaError, Result, invalid};
 use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
@@ -20,6 +22,10 @@ pub struct Generator {
     /// The head's time embedding of every base timestep, `[1000, W]`: computed once so each
     /// diffusion step only slices a row (DiSA visits many distinct timesteps).
     time_table: Tensor<2>,
+    /// The head's sampling loop as fused GPU kernels, on GPU devices that have them.
+    fused: Option<Arc<FusedHead>>,
+    /// Why there is no fused head (for error messages).
+    fused_unavailable: String,
 }
 
 impl Generator {
@@ -33,7 +39,30 @@ impl Generator {
             config,
             device,
             time_table,
+            fused: None,
+            fused_unavailable: "the device is not a GPU".into(),
         }
+    }
+
+    /// Attaches the fused head kernels built for this model (see [`crate::gpu`]); an error
+    /// leaves the tensor path and is reported when the fused kernels are asked for.
+    pub fn with_fused_head(mut self, fused: Result<Option<FusedHead>>) -> Self {
+        match fused {
+            Ok(Some(f)) => self.fused = Some(Arc::new(f)),
+            Ok(None) => {}
+            Err(e) => self.fused_unavailable = e.to_string(),
+        }
+        self
+    }
+
+    /// The fused head kernels, where this generator has them.
+    pub fn fused_head(&self) -> Option<&FusedHead> {
+        self.fused.as_deref()
+    }
+
+    /// Why [`Self::fused_head`] is `None`.
+    pub fn fused_unavailable(&self) -> &str {
+        &self.fused_unavailable
     }
 
     /// The head's time embedding for an original timestep (`[1, W]`).
@@ -193,9 +222,19 @@ struct PendingStep {
     nominal: usize,
     effective: usize,
     cfg: f32,
-    conditions: Option<Tensor<2>>,
     transformer_ms: f64,
     head_start: f64,
+}
+
+/// One AR step after the transformer: what the head samples and from which conditions.
+struct Prepared {
+    pending: PendingStep,
+    /// Tokens sampled at this step over all images (`n`).
+    rows_n: usize,
+    use_cfg: bool,
+    diffusion: Arc<SpacedDiffusion>,
+    /// The head's condition rows `z`, `[n or 2n, dec]` (uncond rows after cond rows).
+    z_sel: Tensor<2>,
 }
 
 /// One generation in progress.
@@ -214,6 +253,7 @@ pub struct Generation {
     diffusions: DiffusionCache,
     record_conditions: bool,
     sync_timings: bool,
+    kernels: Kernels,
 }
 
 impl Generation {
@@ -241,6 +281,7 @@ impl Generation {
             diffusions: DiffusionCache::default(),
             record_conditions: false,
             sync_timings: !cfg!(target_arch = "wasm32"),
+            kernels: Kernels::Auto,
             request,
         })
     }
@@ -249,6 +290,17 @@ impl Generation {
     pub fn record_conditions(mut self, on: bool) -> Self {
         self.record_conditions = on;
         self
+    }
+
+    /// Chooses the implementation of the head's sampling loop (default: fused where available).
+    pub fn kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Whether the next step runs on the fused kernels.
+    pub fn uses_fused_kernels(&self) -> bool {
+        self.kernels != Kernels::Tensor && self.generator.fused.is_some()
     }
 
     /// Waits for the device between phases so per-phase timings are real (default natively).
@@ -314,25 +366,74 @@ impl Generation {
 
     /// Runs one AR step synchronously (native). `None` once finished.
     pub fn step(&mut self) -> Result<Option<StepEvent>> {
-        let Some((pending, sampled)) = self.launch()? else {
+        let Some(prep) = self.prepare()? else {
             return Ok(None);
         };
-        let values = read_f32(sampled)?;
-        let conditions = pending.conditions.clone().map(read_f32).transpose()?;
-        Ok(Some(self.complete(pending, values, conditions)))
+        let (values, conditions) = match self.fused_head(&prep)? {
+            Some(fused) => {
+                let z = read_f32(prep.z_sel.clone())?;
+                if !fused.has_time_table() {
+                    fused.set_time_table(&read_f32(self.generator.time_table.clone())?)?;
+                }
+                let submitted = self.submit_fused(&fused, &prep, &z)?;
+                let values = fused.read(submitted)?;
+                (values, self.record_conditions.then_some(z))
+            }
+            None => {
+                let sampled = self.head_tensor(&prep)?;
+                let conditions = match self.record_conditions {
+                    true => Some(read_f32(prep.z_sel.clone())?),
+                    false => None,
+                };
+                (read_f32(sampled)?, conditions)
+            }
+        };
+        Ok(Some(self.complete(prep.pending, values, conditions)))
     }
 
     /// Runs one AR step, reading results back asynchronously (required on WebGPU).
     pub async fn step_async(&mut self) -> Result<Option<StepEvent>> {
-        let Some((pending, sampled)) = self.launch()? else {
+        self.step_async_interruptible(&|| false).await
+    }
+
+    /// [`Self::step_async`] that gives the caller's event loop a turn between diffusion steps
+    /// (Burn's tensor path) and before the read-back (fused kernels), and ends the step with
+    /// [`DisaError::Cancelled`] once `stop` returns true. The generation must not be stepped
+    /// again after a cancellation (its random stream is part-way through the step).
+    pub async fn step_async_interruptible(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<StepEvent>> {
+        if stop() {
+            return Err(DisaError::Cancelled);
+        }
+        let Some(prep) = self.prepare()? else {
             return Ok(None);
         };
-        let values = read_f32_async(sampled).await?;
-        let conditions = match pending.conditions.clone() {
-            Some(t) => Some(read_f32_async(t).await?),
-            None => None,
+        let (values, conditions) = match self.fused_head(&prep)? {
+            Some(fused) => {
+                let z = read_f32_async(prep.z_sel.clone()).await?;
+                if !fused.has_time_table() {
+                    let table = read_f32_async(self.generator.time_table.clone()).await?;
+                    fused.set_time_table(&table)?;
+                }
+                if stop() {
+                    return Err(DisaError::Cancelled);
+                }
+                let submitted = self.submit_fused(&fused, &prep, &z)?;
+                let values = fused.read_async(submitted).await?;
+                (values, self.record_conditions.then_some(z))
+            }
+            None => {
+                let sampled = self.head_tensor_async(&prep, stop).await?;
+                let conditions = match self.record_conditions {
+                    true => Some(read_f32_async(prep.z_sel.clone()).await?),
+                    false => None,
+                };
+                (read_f32_async(sampled).await?, conditions)
+            }
         };
-        Ok(Some(self.complete(pending, values, conditions)))
+        Ok(Some(self.complete(prep.pending, values, conditions)))
     }
 
     /// Runs every remaining step; returns the events.
@@ -344,8 +445,26 @@ impl Generation {
         Ok(events)
     }
 
-    /// Transformer + head for step `k`, leaving the result on the device.
-    fn launch(&mut self) -> Result<Option<(PendingStep, Tensor<2>)>> {
+    /// Whether this step runs on the fused kernels: per [`Kernels`], where the generator has
+    /// them and there are tokens to sample.
+    fn fused_head(&self, prep: &Prepared) -> Result<Option<Arc<FusedHead>>> {
+        let available = self.generator.fused.clone();
+        match self.kernels {
+            Kernels::Tensor => Ok(None),
+            _ if prep.rows_n == 0 => Ok(None),
+            Kernels::Auto => Ok(available),
+            Kernels::Fused => match available {
+                Some(f) => Ok(Some(f)),
+                None => Err(DisaError::Device(format!(
+                    "the fused head kernels are not available here: {}",
+                    self.generator.fused_unavailable()
+                ))),
+            },
+        }
+    }
+
+    /// The transformer for step `k` and the choice of tokens; leaves `z` on the device.
+    fn prepare(&mut self) -> Result<Option<Prepared>> {
         if self.is_done() {
             return Ok(None);
         }
@@ -417,55 +536,142 @@ impl Generation {
         let diffusion = self
             .diffusions
             .get(planned.nominal_steps, self.request.effective_clip())?;
-        let cfg_scale = planned.cfg;
-        let sampled = if rows_n == 0 {
+        Ok(Some(Prepared {
+            pending: PendingStep {
+                to_pred,
+                mask_len,
+                nominal: planned.nominal_steps,
+                effective: diffusion.len(),
+                cfg: planned.cfg,
+                transformer_ms: t1 - t0,
+                head_start: t1,
+            },
+            rows_n,
+            use_cfg,
+            diffusion,
+            z_sel,
+        }))
+    }
+
+    /// Draws this step's head noise in the official order: `x_T`, then each step's noise
+    /// (`[2n, C]` with CFG, of which the first `n` rows are used). Returns `(x_T, [steps, n, C])`.
+    fn draw_head_noise(&mut self, prep: &Prepared) -> Result<(Vec<f32>, Vec<f32>)> {
+        let c = self.generator.config.token_dim();
+        let rows = prep.rows_n;
+        let draw_rows = if prep.use_cfg { 2 * rows } else { rows };
+        let init = self.noise.normal(DrawKind::InitialNoise, rows, c)?;
+        let mut steps = Vec::with_capacity(prep.diffusion.len() * rows * c);
+        for _ in 0..prep.diffusion.len() {
+            let drawn = self.noise.normal(DrawKind::StepNoise, draw_rows, c)?;
+            steps.extend_from_slice(&drawn[..rows * c]);
+        }
+        Ok((init, steps))
+    }
+
+    /// Records and submits this step's sampling loop on the fused kernels.
+    fn submit_fused(
+        &mut self,
+        fused: &FusedHead,
+        prep: &Prepared,
+        z: &[f32],
+    ) -> Result<crate::gpu::Submitted> {
+        let (init, step_noise) = self.draw_head_noise(prep)?;
+        let steps: Vec<StepCoefficients> = (0..prep.diffusion.len())
+            .rev()
+            .map(|idx| prep.diffusion.step_coefficients(idx))
+            .collect();
+        fused.submit(&crate::gpu::HeadJob {
+            z,
+            tokens: prep.rows_n,
+            cfg: prep.use_cfg.then_some(prep.pending.cfg),
+            steps: &steps,
+            init_noise: &init,
+            step_noise: &step_noise,
+            temperature: self.request.temperature,
+        })
+    }
+
+    /// This step's sampling loop as Burn tensor operations, left on the device.
+    fn head_tensor(&mut self, prep: &Prepared) -> Result<Tensor<2>> {
+        let (mut x, cond) = self.head_tensor_start(prep)?;
+        for idx in (0..prep.diffusion.len()).rev() {
+            x = self.head_tensor_step(prep, x, &cond, idx)?;
+        }
+        Ok(x)
+    }
+
+    /// [`Self::head_tensor`] with a turn for the event loop (and a `stop` check) after every
+    /// diffusion step.
+    async fn head_tensor_async(
+        &mut self,
+        prep: &Prepared,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Tensor<2>> {
+        let (mut x, cond) = self.head_tensor_start(prep)?;
+        for idx in (0..prep.diffusion.len()).rev() {
+            x = self.head_tensor_step(prep, x, &cond, idx)?;
+            if prep.rows_n > 0 && idx > 0 {
+                // A one-value read-back waits for the GPU and yields to the caller's loop.
+                read_f32_async(x.clone().slice([0..1, 0..1])).await?;
+                if stop() {
+                    return Err(DisaError::Cancelled);
+                }
+            }
+        }
+        Ok(x)
+    }
+
+    /// `x_T` and the head's condition embedding (constant over the loop) on the device; for an
+    /// empty step, the draws the official code makes.
+    fn head_tensor_start(&mut self, prep: &Prepared) -> Result<(Tensor<2>, Option<Tensor<2>>)> {
+        let g = self.generator.clone();
+        let c = g.config.token_dim();
+        if prep.rows_n == 0 {
             // Nothing revealed (only possible when K is close to N): draw as the official code does.
             self.noise.normal(DrawKind::InitialNoise, 0, c)?;
-            for _ in 0..diffusion.len() {
+            for _ in 0..prep.diffusion.len() {
                 self.noise.normal(DrawKind::StepNoise, 0, c)?;
             }
-            Tensor::<2>::zeros([0, c], device)
+            return Ok((Tensor::<2>::zeros([0, c], &g.device), None));
+        }
+        let cond = g.model.head.condition(prep.z_sel.clone());
+        let init = self.noise.normal(DrawKind::InitialNoise, prep.rows_n, c)?;
+        let x = Tensor::<2>::from_data(TensorData::new(init, [prep.rows_n, c]), &g.device);
+        Ok((x, Some(cond)))
+    }
+
+    /// One diffusion step (`p_sample` at respaced index `idx`) on the tensor path.
+    fn head_tensor_step(
+        &mut self,
+        prep: &Prepared,
+        x: Tensor<2>,
+        cond: &Option<Tensor<2>>,
+        idx: usize,
+    ) -> Result<Tensor<2>> {
+        let rows_n = prep.rows_n;
+        let Some(cond) = cond.clone() else {
+            return Ok(x);
+        };
+        let g = self.generator.clone();
+        let c = g.config.token_dim();
+        let coeffs = prep.diffusion.step_coefficients(idx);
+        let time_emb = g.time_embedding(coeffs.timestep);
+        let (eps, v) = if prep.use_cfg {
+            g.model
+                .head
+                .forward_cfg_embedded(x.clone(), time_emb, cond, prep.pending.cfg)
         } else {
-            let cond = g.model.head.condition(z_sel.clone());
-            let init = self.noise.normal(DrawKind::InitialNoise, rows_n, c)?;
-            let mut x = Tensor::<2>::from_data(TensorData::new(init, [rows_n, c]), device);
-            let draw_rows = if use_cfg { 2 * rows_n } else { rows_n };
-            for idx in (0..diffusion.len()).rev() {
-                let coeffs = diffusion.step_coefficients(idx);
-                let time_emb = g.time_embedding(coeffs.timestep);
-                let (eps, v) = if use_cfg {
-                    g.model
-                        .head
-                        .forward_cfg_embedded(x.clone(), time_emb, cond.clone(), cfg_scale)
-                } else {
-                    let out = g
-                        .model
-                        .head
-                        .forward_embedded(x.clone(), time_emb, cond.clone());
-                    (
-                        out.clone().slice([0..rows_n, 0..c]),
-                        out.slice([0..rows_n, c..2 * c]),
-                    )
-                };
-                let mut drawn = self.noise.normal(DrawKind::StepNoise, draw_rows, c)?;
-                drawn.truncate(rows_n * c); // with CFG only the kept half matters
-                let step_noise =
-                    Tensor::<2>::from_data(TensorData::new(drawn, [rows_n, c]), device);
-                x = p_sample(x, eps, v, &coeffs, step_noise, self.request.temperature);
-            }
-            x
+            let out = g.model.head.forward_embedded(x.clone(), time_emb, cond);
+            (
+                out.clone().slice([0..rows_n, 0..c]),
+                out.slice([0..rows_n, c..2 * c]),
+            )
         };
-        let pending = PendingStep {
-            to_pred,
-            mask_len,
-            nominal: planned.nominal_steps,
-            effective: diffusion.len(),
-            cfg: cfg_scale,
-            conditions: self.record_conditions.then_some(z_sel),
-            transformer_ms: t1 - t0,
-            head_start: t1,
-        };
-        Ok(Some((pending, sampled)))
+        let draw_rows = if prep.use_cfg { 2 * rows_n } else { rows_n };
+        let mut drawn = self.noise.normal(DrawKind::StepNoise, draw_rows, c)?;
+        drawn.truncate(rows_n * c); // with CFG only the kept half matters
+        let step_noise = Tensor::<2>::from_data(TensorData::new(drawn, [rows_n, c]), &g.device);
+        Ok(p_sample(x, eps, v, &coeffs, step_noise, self.request.temperature))
     }
 
     /// Writes the sampled tokens back and advances.

@@ -93,6 +93,8 @@ pub async fn init_backend(force_cpu: bool) -> Result<String, JsError> {
                     burn::tensor::wgpu::wgpu::DeviceType::Other => "GPU",
                 };
                 adapter = format!("{name} ({kind})");
+                // The fused head kernels run on the same device and queue as Burn.
+                crate::gpu::register(&device, &setup);
                 setup.device.set_device_lost_callback(|reason, message| {
                     DEVICE_LOST.with(|l| l.set(true));
                     web_sys_log(&format!("WebGPU device lost ({reason:?}): {message}"));
@@ -178,6 +180,13 @@ pub fn load_model(name: &str, bytes: &[u8]) -> Result<String, JsError> {
         "seqLen": c.seq_len(),
         "tokenDim": c.token_dim(),
         "defaults": info.defaults,
+        // The head's fused WebGPU kernels, when the device has them: the bytes its weights
+        // take on the GPU (as the file stores them) and its kernel launches per head call.
+        "fusedHead": generator.fused_head().map(|f| serde_json::json!({
+            "weightBytes": f.weight_bytes(),
+            "launchesPerHeadCall": f.dispatches_per_head_call(),
+        })),
+        "modelWeightBytes": 4 * c.num_params() as u64,
     })
     .to_string();
     STATE.with(|s| {
@@ -204,6 +213,10 @@ struct WebRequest {
     /// constant, as in the reference code). The A/B card sends 950 for a clip-matched baseline.
     #[serde(default)]
     clip: Option<usize>,
+    /// The head's implementation: `fused` (WGSL kernels, WebGPU only), `tensor` (Burn's
+    /// operations) or `auto` (fused where available; the default).
+    #[serde(default)]
+    kernels: crate::gpu::Kernels,
 }
 
 impl WebRequest {
@@ -254,8 +267,12 @@ pub fn plan(request_json: &str) -> Result<String, JsError> {
 pub fn start_generation(request_json: &str) -> Result<(), JsError> {
     let g = generator()?;
     let (request, seed) = WebRequest::parse(request_json)?;
-    let generation =
-        Generation::new(g, request, Box::new(SeededNoise::new(seed))).map_err(js_err)?;
+    let kernels = serde_json::from_str::<WebRequest>(request_json)
+        .map(|r| r.kernels)
+        .unwrap_or_default();
+    let generation = Generation::new(g, request, Box::new(SeededNoise::new(seed)))
+        .map_err(js_err)?
+        .kernels(kernels);
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.generation = Some(generation);

@@ -558,6 +558,28 @@ on_every_backend! {
     vae_decode => check_vae;
 }
 
+/// The official generations with the diffusion head on the fused WGSL kernels.
+#[cfg(feature = "wgpu")]
+mod wgpu_fused {
+    use super::*;
+
+    fn run(check: Check) {
+        let device = disa::backend::Backend::Wgpu.device().expect("wgpu device");
+        let g = common::generator_fused(&device);
+        check(&g, &device, &mut Checker::asserting());
+    }
+
+    #[test]
+    fn generation_mar() {
+        run(check_generation);
+    }
+
+    #[test]
+    fn generation_disa() {
+        run(check_generation_disa);
+    }
+}
+
 type Check = fn(&Arc<Generator>, &Device, &mut Checker);
 
 /// The error each storage of the project's file adds, on every reference case: the worst

@@ -6,6 +6,8 @@ use crate::weights::{HostTensor, WeightMap};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
@@ -123,28 +125,63 @@ impl Block {
     /// # Shapes
     /// `x`: `[B, L, D]` → `[B, L, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attention(self.norm1.forward(x));
+        let [b, l, d] = x.dims();
+        self.forward_rows(x.reshape([b * l, d]), b)
+            .reshape([b, l, d])
+    }
+
+    /// Multiply-adds of [`Block::forward_rows`] over `b` sequences of `rows / b` rows each.
+    pub fn macs(&self, rows: usize, b: usize) -> usize {
+        let [d, hidden] = self.fc1.weight.dims();
+        let l = rows / b.max(1);
+        rows * (4 * d * d + 2 * d * hidden) + b * 2 * l * l * d
+    }
+
+    /// The block over `B` sequences of equal length stored as rows: every linear layer is one
+    /// `[B·L, D] @ [D, ·]` matmul shared by all images and CFG rows; only attention needs the
+    /// sequence boundaries.
+    ///
+    /// # Shapes
+    /// `x`: `[B·L, D]` → `[B·L, D]`.
+    pub fn forward_rows(&self, x: Tensor<2>, b: usize) -> Tensor<2> {
+        let x = x.clone() + self.attention(self.norm1.forward(x), b);
         let h = self
             .fc2
             .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
         x + h
     }
 
-    fn attention(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, l, d] = x.dims();
-        let hd = d / self.num_heads;
-        // [B, L, 3, H, hd] -> [3, B, H, L, hd]
+    /// Multi-head self-attention over each of the `b` sequences.
+    ///
+    /// # Shapes
+    /// `x`: `[B·L, D]` → `[B·L, D]`.
+    fn attention(&self, x: Tensor<2>, b: usize) -> Tensor<2> {
+        let [rows, d] = x.dims();
+        let (l, h) = (rows / b, self.num_heads);
+        let hd = d / h;
+        let scale = (hd as f64).powf(-0.5);
+        // [B·L, 3D] -> [B, L, 3, H, hd] -> [3, B, H, L, hd] (a strided view, no copy yet)
         let qkv = self
             .qkv
             .forward(x)
-            .reshape([b, l, 3, self.num_heads, hd])
+            .reshape([b, l, 3, h, hd])
             .permute([2, 0, 3, 1, 4]);
         let q: Tensor<4> = qkv.clone().slice(0..1).squeeze_dim(0);
         let k: Tensor<4> = qkv.clone().slice(1..2).squeeze_dim(0);
         let v: Tensor<4> = qkv.slice(2..3).squeeze_dim(0);
-        let scale = (hd as f64).powf(-0.5);
-        let attn = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, d]);
-        self.proj.forward(out)
+        let out = if q.device() == Device::flex() {
+            // The CPU backend's fused attention: scores, softmax and the weighted sum per
+            // (image, head) in one op with one scratch buffer, instead of four whole-tensor ops.
+            let options = AttentionModuleOptions {
+                scale: Some(scale),
+                ..Default::default()
+            };
+            attention(q, k, v, None, None, options)
+        } else {
+            // Elsewhere (wgpu, autodiff) the explicit form, as validated by the parity tests.
+            softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3).matmul(v)
+        };
+        // [B, H, L, hd] -> [B, L, H, hd] -> [B·L, D]
+        self.proj.forward(out.swap_dims(1, 2).reshape([rows, d]))
     }
 }

@@ -4,6 +4,7 @@
 
 use super::config::MarConfig;
 use super::layers::{Block, LayerNorm, linear, param};
+use super::threads::with_threads_for;
 use crate::error::Result;
 use crate::weights::WeightMap;
 use burn::module::{Module, Param};
@@ -71,22 +72,10 @@ impl MaskLayout {
     }
 }
 
-fn index_tensor(rows: &[Vec<usize>], device: &Device) -> Tensor<2, Int> {
-    let b = rows.len();
-    let l = rows.first().map_or(0, |r| r.len());
-    let flat: Vec<i64> = rows
-        .iter()
-        .flat_map(|r| r.iter().map(|&i| i as i64))
-        .collect();
-    Tensor::from_data(TensorData::new(flat, [b, l]), device)
-}
-
-/// Gathers rows `idx [B, L]` of `x [B, N, D]` → `[B, L, D]`.
-fn gather_rows(x: Tensor<3>, idx: Tensor<2, Int>) -> Tensor<3> {
-    let [b, _, d] = x.dims();
-    let [_, l] = idx.dims();
-    let idx = idx.reshape([b, l, 1]).expand([b, l, d]);
-    x.gather(1, idx)
+/// A 1-D index tensor.
+fn index_1d(idx: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = idx.len();
+    Tensor::from_data(TensorData::new(idx, [n]), device)
 }
 
 impl MarTransformer {
@@ -131,21 +120,20 @@ impl MarTransformer {
     /// # Shapes
     /// → `[B, enc]`.
     pub fn class_embedding(&self, labels: &[Option<usize>], device: &Device) -> Tensor<2> {
-        let rows: Vec<Tensor<2>> = labels
+        // One select from [class_emb; fake_latent]: the null class is the last row.
+        let [classes, _] = self.class_emb.dims();
+        let rows = labels
             .iter()
-            .map(|l| match l {
-                Some(c) => {
-                    let idx =
-                        Tensor::<1, Int>::from_data(TensorData::new(vec![*c as i64], [1]), device);
-                    self.class_emb.val().select(0, idx)
-                }
-                None => self.fake_latent.val(),
-            })
+            .map(|l| l.map_or(classes, |c| c) as i64)
             .collect();
-        Tensor::cat(rows, 0)
+        Tensor::cat(vec![self.class_emb.val(), self.fake_latent.val()], 0)
+            .select(0, index_1d(rows, device))
     }
 
-    /// `forward_mae_encoder` in eval mode.
+    /// `forward_mae_encoder` in eval mode. Everything before the blocks acts row by row, so
+    /// only the rows the encoder keeps (the buffer and the known tokens) are projected and
+    /// normalized: the same values as the official code's project-all-then-drop. The blocks run
+    /// on `[B·L, enc]` rows.
     ///
     /// # Shapes
     /// `tokens [B, N, C]`, `class_embedding [B, enc]` → `[B, buffer + n_known, enc]`.
@@ -156,18 +144,57 @@ impl MarTransformer {
         class_embedding: Tensor<2>,
     ) -> Tensor<3> {
         let device = tokens.device();
-        let x = self.z_proj.forward(tokens);
-        let [b, _, e] = x.dims();
-        let buffer = class_embedding
-            .unsqueeze_dim::<3>(1)
-            .expand([b, self.buffer_size, e]);
-        let x = Tensor::cat(vec![buffer, x], 1) + self.encoder_pos_embed.val();
+        let [b, n, c] = tokens.dims();
+        let [_, e] = class_embedding.dims();
+        let buffer = self.buffer_size;
+        let l = layout.kept.first().map_or(buffer, |k| k.len());
+        let n_known = l - buffer;
+        // Rows of `table`: the B class embeddings, then the projected known tokens, image-major.
+        let table = if n_known == 0 {
+            class_embedding
+        } else {
+            let known = layout
+                .kept
+                .iter()
+                .enumerate()
+                .flat_map(|(i, k)| {
+                    k[buffer..]
+                        .iter()
+                        .map(move |&p| (i * n + p - buffer) as i64)
+                })
+                .collect();
+            let rows = tokens
+                .reshape([b * n, c])
+                .select(0, index_1d(known, &device));
+            Tensor::cat(vec![class_embedding, self.z_proj.forward(rows)], 0)
+        };
+        // Encoder row (image i, slot j) reads table row i for the buffer, else its token row.
+        let source = (0..b)
+            .flat_map(|i| {
+                (0..l).map(move |j| {
+                    if j < buffer {
+                        i as i64
+                    } else {
+                        (b + i * n_known + j - buffer) as i64
+                    }
+                })
+            })
+            .collect();
+        let positions = layout.kept.iter().flatten().map(|&p| p as i64).collect();
+        let pos = self
+            .encoder_pos_embed
+            .val()
+            .reshape([buffer + n, e])
+            .select(0, index_1d(positions, &device));
+        let x = table.select(0, index_1d(source, &device)) + pos;
         let x = self.z_proj_ln.forward(x);
-        let mut x = gather_rows(x, index_tensor(&layout.kept, &device));
-        for block in &self.encoder_blocks {
-            x = block.forward(x);
-        }
-        self.encoder_norm.forward(x)
+        let macs = self.encoder_blocks.iter().map(|k| k.macs(b * l, b)).sum();
+        let x = with_threads_for(macs, || {
+            self.encoder_blocks
+                .iter()
+                .fold(x, |x, block| block.forward_rows(x, b))
+        });
+        self.encoder_norm.forward(x).reshape([b, l, e])
     }
 
     /// `forward_mae_decoder`: the condition vectors `z` for every position.
@@ -176,17 +203,35 @@ impl MarTransformer {
     /// `x [B, buffer + n_known, enc]` → `[B, N, dec]`.
     pub fn decode(&self, x: Tensor<3>, layout: &MaskLayout) -> Tensor<3> {
         let device = x.device();
-        let x = self.decoder_embed.forward(x);
-        let [b, _, d] = x.dims();
-        // Append one mask-token row; masked positions gather it.
-        let x = Tensor::cat(vec![x, self.mask_token.val().expand([b, 1, d])], 1);
-        let x = gather_rows(x, index_tensor(&layout.scatter, &device));
-        let mut x = x + self.decoder_pos_embed.val();
-        for block in &self.decoder_blocks {
-            x = block.forward(x);
-        }
-        let x = self.decoder_norm.forward(x);
-        let [_, l, _] = x.dims();
+        let [b, kept, e] = x.dims();
+        let x = self.decoder_embed.forward(x.reshape([b * kept, e]));
+        let [_, d] = x.dims();
+        // One mask-token row after the B·kept embedded rows; masked positions read it.
+        let x = Tensor::cat(vec![x, self.mask_token.val().reshape([1, d])], 0);
+        let source = layout
+            .scatter
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                s.iter().map(move |&r| {
+                    if r == kept {
+                        (b * kept) as i64
+                    } else {
+                        (i * kept + r) as i64
+                    }
+                })
+            })
+            .collect();
+        let x = x.select(0, index_1d(source, &device));
+        let l = layout.scatter.first().map_or(0, |s| s.len()); // buffer + N
+        let x = (x.reshape([b, l, d]) + self.decoder_pos_embed.val()).reshape([b * l, d]);
+        let macs = self.decoder_blocks.iter().map(|k| k.macs(b * l, b)).sum();
+        let x = with_threads_for(macs, || {
+            self.decoder_blocks
+                .iter()
+                .fold(x, |x, block| block.forward_rows(x, b))
+        });
+        let x = self.decoder_norm.forward(x).reshape([b, l, d]);
         x.slice([0..b, self.buffer_size..l, 0..d]) + self.diffusion_pos_embed.val()
     }
 }

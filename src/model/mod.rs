@@ -8,6 +8,7 @@ pub mod layers;
 pub mod mar;
 pub mod patch;
 mod state_dict;
+pub mod threads;
 pub mod vae;
 
 pub use config::MarConfig;

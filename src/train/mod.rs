@@ -355,6 +355,7 @@ impl Trainer {
             info,
             mar: weights,
             vae: None,
+            stored: Default::default(),
         }
     }
 

@@ -125,7 +125,22 @@ pub struct Bundle {
     pub mar: WeightMap,
     /// Decoder tensors (official VAE names, without the `vae.` prefix).
     pub vae: Option<WeightMap>,
+    /// The stored form of the diffusion head's tensors that the file kept in less than f32
+    /// (their f32 values are in `mar`): the GPU kernels run them as stored.
+    pub stored: BTreeMap<String, StoredForm>,
 }
+
+/// How a file stored a tensor that is not plain f32.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredForm {
+    /// f16 values (exactly the f32 values in the map, rounded already).
+    F16,
+    /// Burn's per-block quantization: the file's bytes (values, then one f32 scale per 32).
+    Quantized { bits: Bits, bytes: Vec<u8> },
+}
+
+/// Tensors whose stored form is kept: the diffusion head's (small next to the transformer).
+const KEEP_STORED_PREFIX: &str = "diffloss.net.";
 
 fn meta_error(source: &str, reason: impl Into<String>) -> DisaError {
     DisaError::WeightFormat {
@@ -193,6 +208,14 @@ impl Bundle {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| meta_error(source_name, format!("not a valid safetensors file ({e})")))?;
         let mut all = WeightMap::from_safetensors(source_name, &st)?;
+        let mut stored: BTreeMap<String, StoredForm> = st
+            .tensors()
+            .into_iter()
+            .filter(|(name, view)| {
+                name.starts_with(KEEP_STORED_PREFIX) && view.dtype() == safetensors::Dtype::F16
+            })
+            .map(|(name, _)| (name, StoredForm::F16))
+            .collect();
         if let Some(text) = meta.get("quantized") {
             let entries: BTreeMap<String, QuantEntry> = serde_json::from_str(text)
                 .map_err(|e| meta_error(source_name, format!("metadata `quantized`: {e}")))?;
@@ -208,6 +231,15 @@ impl Bundle {
                 }
                 let t = quant::decode(view.data(), &entry.shape, entry.bits)
                     .map_err(|e| meta_error(source_name, format!("tensor `{name}`: {e}")))?;
+                if name.starts_with(KEEP_STORED_PREFIX) {
+                    stored.insert(
+                        name.clone(),
+                        StoredForm::Quantized {
+                            bits: entry.bits,
+                            bytes: view.data().to_vec(),
+                        },
+                    );
+                }
                 all.tensors.insert(name, t);
             }
         }
@@ -249,6 +281,7 @@ impl Bundle {
                 tensors: mar,
             },
             vae,
+            stored,
         })
     }
 
@@ -351,6 +384,7 @@ impl Bundle {
             decoder: DecoderSpec::None,
             info: BundleInfo::default(),
             vae: None,
+            stored: BTreeMap::new(),
         }
     }
 
@@ -379,8 +413,11 @@ impl Bundle {
             }
             (DecoderSpec::None, _) => None,
         };
+        // The fused head kernels read the head's weights as the file stored them, so they are
+        // uploaded before the model takes the f32 values.
+        let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
         let model = Model::load(&mut self.mar, &self.config, decoder, device)?;
-        Ok(Generator::new(model, self.config, device.clone()))
+        Ok(Generator::new(model, self.config, device.clone()).with_fused_head(fused))
     }
 }
 

@@ -144,6 +144,7 @@ impl ModelFiles {
             },
             mar,
             vae,
+            stored: Default::default(),
         })
     }
 }

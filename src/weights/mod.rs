@@ -11,7 +11,9 @@ pub mod quant;
 #[cfg(not(target_arch = "wasm32"))]
 mod torch_checkpoint;
 
-pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage};
+pub use bundle::{
+    Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage, StoredForm,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::{ModelFiles, fingerprint, read_config_json, read_with_progress};
 pub use map::{HostTensor, WeightMap};

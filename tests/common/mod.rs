@@ -143,6 +143,24 @@ pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
     std::sync::Arc::new(Generator::new(model, config, device.clone()))
 }
 
+/// [`generator`] with the diffusion head's fused GPU kernels attached (wgpu devices), so
+/// generations run the head's sampling loop on `shaders/head.wgsl`.
+pub fn generator_fused(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
+    let config = config();
+    let vae = VaeDecoder::load(&mut vae_weights(), device).expect("VAE builds");
+    let mut weights = mar_weights();
+    let fused = disa::gpu::fused_head_for(device, &weights, &Default::default(), &config);
+    let model = Model::load(&mut weights, &config, Some(ImageDecoder::Vae(vae)), device)
+        .expect("model builds");
+    let g = Generator::new(model, config, device.clone()).with_fused_head(fused);
+    assert!(
+        g.fused_head().is_some(),
+        "no fused head: {}",
+        g.fused_unavailable()
+    );
+    std::sync::Arc::new(g)
+}
+
 /// Max |a − b| over max |reference|: the scaled error the reference README asks for.
 pub fn scaled_error(actual: &[f32], reference: &RefTensor) -> f64 {
     assert_eq!(actual.len(), reference.values.len(), "element count");

@@ -1,0 +1,361 @@
+// The diffusion head's sampling loop (`SimpleMLPAdaLN` + `p_sample` of the official
+// `models/diffloss.py` / `diffusion/gaussian_diffusion.py`) as a few fused kernels.
+//
+// One AR step runs as a single recording on the host side (src/gpu/head.rs):
+//
+//   cond_embed            (gemm, MODE_PLAIN)   cond = z · W_cᵀ + b                   once
+//   input_init            (input_init)         h = x_T · W_ipᵀ + b                   once
+//   per diffusion step:
+//     ada                 (gemm, MODE_ADA)     every adaLN modulation at once:
+//                                              [shift|scale|gate]ⱼ, [shift|scale]_final
+//                                              = silu(cond + temb[t]) · W_adaᵀ + b
+//     per residual block: (gemm, MODE_MLP_IN)  u = silu(mod(LN(h)) · W_inᵀ + b)
+//                         (gemm, MODE_MLP_OUT) h += gate ⊙ (u · W_outᵀ + b)
+//     final_step          (final_step)         out = mod(LN(h)) · W_flᵀ + b, CFG, p_sample,
+//                                              and the next step's h = x · W_ipᵀ + b
+//
+// so a head call is 2·depth + 2 dispatches, with no host round trip inside an AR step.
+//
+// Buffers: `mat` holds weight matrices in PyTorch's [out, in] layout in one of four formats
+// (f32; f16 pairs; int8 or int4 with one f32 scale per 32 inputs, Burn's Q8F/Q4F blocks,
+// dequantized here in registers as q·scale, exactly as Burn dequantizes); `vecs` holds f32
+// vectors (biases, LayerNorm weights, block scales, the time-embedding table); `act` holds
+// every activation of the AR step. Offsets come from `p` (per dispatch) and `st` (per
+// diffusion step), both uniform blocks bound with dynamic offsets.
+
+struct Params {
+    rows: u32,        // activation rows R (2n with CFG, else n)
+    in_dim: u32,
+    out_dim: u32,
+    width: u32,       // head width W
+    w_off: u32,       // matrix: word offset in `mat`
+    scale_off: u32,   // matrix: block scales in `vecs` (int8/int4)
+    bias_off: u32,    // bias in `vecs`
+    a_off: u32,       // input rows in `act` (row stride in_dim)
+    out_off: u32,     // output rows in `act`
+    out_stride: u32,
+    col_base: u32,    // first output column (an `ada` segment's place in the modulation rows)
+    temb_off: u32,    // time-embedding table [1000, W] in `vecs`
+    ln_w: u32,        // affine LayerNorm weight / bias in `vecs`
+    ln_b: u32,
+    mod_off: u32,     // this layer's modulation [shift|scale|gate] in `act`
+    mod_stride: u32,  // row stride of the modulation rows
+    fl_w_off: u32,    // final linear [2C, W]
+    fl_scale_off: u32,
+    fl_bias: u32,
+    tok_dim: u32,     // C
+    ip_w_off: u32,    // input projection [W, C], always f32
+    ip_bias: u32,
+    x_off: u32,       // x [n, C] in `act`
+    h_off: u32,       // h [R, W] in `act`
+    n_tok: u32,       // tokens n
+    cfg_on: u32,      // 1: rows n..2n are the unconditional copies
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct Step {
+    t: u32,           // original timestep (row of the time table)
+    add_noise: u32,   // 0 at the last step
+    noise_off: u32,   // this step's noise [n, C] in `act`
+    _pad: u32,
+    sqrt_recip: f32,  // sqrt(1/ᾱ_t)
+    sqrt_recipm1: f32,// sqrt(1/ᾱ_t − 1)
+    coef1: f32,       // posterior mean coefficients
+    coef2: f32,
+    min_log: f32,     // log β̃_t (clipped)
+    max_log: f32,     // log β_t
+    cfg: f32,         // guidance scale
+    temperature: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> st: Step;
+@group(0) @binding(2) var<storage, read> mat: array<u32>;
+@group(0) @binding(3) var<storage, read> vecs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> act: array<f32>;
+
+// Weight format of the matrix a pipeline reads.
+const FMT_F32: u32 = 0u;
+const FMT_F16: u32 = 1u;
+const FMT_I8: u32 = 2u;
+const FMT_I4: u32 = 3u;
+override WFMT: u32 = 0u;
+
+// What a `gemm` dispatch computes around its matrix product.
+const MODE_PLAIN: u32 = 0u;   // out = a·Wᵀ + b
+const MODE_ADA: u32 = 1u;     // a = silu(cond + temb[t])
+const MODE_MLP_IN: u32 = 2u;  // a = LN(h)·(1 + scale) + shift, out = silu(·)
+const MODE_MLP_OUT: u32 = 3u; // h += gate ⊙ (a·Wᵀ + b)
+override MODE: u32 = 0u;
+
+const LN_EPS: f32 = 1e-6;
+const LANES: u32 = 32u;   // threads sharing one output column
+const COLS: u32 = 8u;     // output columns per workgroup (256 / LANES)
+const RT: u32 = 8u;       // activation rows per workgroup
+const MAXW: u32 = 1536u;  // widest head the final kernel holds in shared memory (MAR-H)
+
+var<workgroup> scratch: array<f32, 2048>;   // gemm: RT × 256 partial sums
+var<workgroup> red: array<f32, 256>;        // final kernel: one workgroup-wide sum
+var<workgroup> stats: array<vec2<f32>, 8>;  // per row: mean, 1/sqrt(var + eps)
+var<workgroup> rowbuf: array<f32, 3072>;    // final kernel: 2 modulated rows of ≤ MAXW
+var<workgroup> outs: array<f32, 256>;       // final kernel: [rows][2C]
+var<workgroup> xs: array<f32, 64>;          // final kernel: the token's new x
+
+fn silu(x: f32) -> f32 {
+    return x / (1.0 + exp(-x));
+}
+
+// W[o, i..i+4] of a matrix at word `w_off` (i a multiple of 4).
+fn load_w4(fmt: u32, w_off: u32, scale_off: u32, in_dim: u32, o: u32, i: u32) -> vec4<f32> {
+    let e = o * in_dim + i;
+    if fmt == FMT_F16 {
+        let b = w_off + e / 2u;
+        return vec4<f32>(unpack2x16float(mat[b]), unpack2x16float(mat[b + 1u]));
+    }
+    if fmt == FMT_I8 {
+        let word = bitcast<i32>(mat[w_off + e / 4u]);
+        let s = vecs[scale_off + e / 32u];
+        return vec4<f32>(f32(extractBits(word, 0u, 8u)) * s, f32(extractBits(word, 8u, 8u)) * s,
+                         f32(extractBits(word, 16u, 8u)) * s, f32(extractBits(word, 24u, 8u)) * s);
+    }
+    if fmt == FMT_I4 {
+        let word = bitcast<i32>(mat[w_off + e / 8u]);
+        let sh = (e % 8u) * 4u;
+        let s = vecs[scale_off + e / 32u];
+        return vec4<f32>(f32(extractBits(word, sh, 4u)) * s, f32(extractBits(word, sh + 4u, 4u)) * s,
+                         f32(extractBits(word, sh + 8u, 4u)) * s, f32(extractBits(word, sh + 12u, 4u)) * s);
+    }
+    let b = w_off + e;
+    return vec4<f32>(bitcast<f32>(mat[b]), bitcast<f32>(mat[b + 1u]),
+                     bitcast<f32>(mat[b + 2u]), bitcast<f32>(mat[b + 3u]));
+}
+
+fn act4(b: u32) -> vec4<f32> {
+    return vec4<f32>(act[b], act[b + 1u], act[b + 2u], act[b + 3u]);
+}
+
+fn vecs4(b: u32) -> vec4<f32> {
+    return vec4<f32>(vecs[b], vecs[b + 1u], vecs[b + 2u], vecs[b + 3u]);
+}
+
+// The matrix product's left operand a[r, i..i+4], with this MODE's prologue.
+fn load_a4(r: u32, local_r: u32, i: u32) -> vec4<f32> {
+    let raw = act4(p.a_off + r * p.in_dim + i);
+    if MODE == MODE_ADA {
+        let x = raw + vecs4(p.temb_off + st.t * p.in_dim + i);
+        return x / (vec4<f32>(1.0) + exp(-x));
+    }
+    if MODE == MODE_MLP_IN {
+        let s = stats[local_r];
+        let m = p.mod_off + r * p.mod_stride + i;
+        let ln = (raw - vec4<f32>(s.x)) * s.y * vecs4(p.ln_w + i) + vecs4(p.ln_b + i);
+        return ln * (act4(m + p.width) + vec4<f32>(1.0)) + act4(m);
+    }
+    return raw;
+}
+
+// Sums `v` over each group of LANES threads; every thread gets its group's sum.
+fn lane_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
+        if lid % LANES < s {
+            scratch[lid] += scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return scratch[lid - lid % LANES];
+}
+
+// Sums `v` over the whole workgroup (256 threads).
+fn block_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+// out[r, col_base + o] for rows r0..r0+RT and columns o of this workgroup: LANES threads
+// split each column's dot product over the inputs, then reduce in shared memory.
+@compute @workgroup_size(256)
+fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let lane = lid % LANES;
+    let c = lid / LANES;
+    let o = wg.x * COLS + c;
+    let r0 = wg.y * RT;
+    let nrows = min(RT, p.rows - r0);
+
+    if MODE == MODE_MLP_IN {
+        // LayerNorm statistics, two passes as PyTorch: group c handles row r0 + c.
+        var sum = 0.0;
+        if c < nrows {
+            for (var i = lane; i < p.in_dim; i += LANES) {
+                sum += act[p.a_off + (r0 + c) * p.in_dim + i];
+            }
+        }
+        let mean = lane_sum(lid, sum) / f32(p.in_dim);
+        var sq = 0.0;
+        if c < nrows {
+            for (var i = lane; i < p.in_dim; i += LANES) {
+                let d = act[p.a_off + (r0 + c) * p.in_dim + i] - mean;
+                sq += d * d;
+            }
+        }
+        let var_ = lane_sum(lid, sq) / f32(p.in_dim);
+        if lane == 0u {
+            stats[c] = vec2<f32>(mean, 1.0 / sqrt(var_ + LN_EPS));
+        }
+        workgroupBarrier();
+    }
+
+    var acc: array<f32, 8>;
+    if o < p.out_dim {
+        for (var i = lane * 4u; i < p.in_dim; i += LANES * 4u) {
+            let w = load_w4(WFMT, p.w_off, p.scale_off, p.in_dim, o, i);
+            for (var r = 0u; r < RT; r++) {
+                if r < nrows {
+                    acc[r] += dot(load_a4(r0 + r, r, i), w);
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    for (var r = 0u; r < RT; r++) {
+        scratch[r * 256u + lid] = acc[r];
+    }
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
+        if lane < s {
+            for (var r = 0u; r < RT; r++) {
+                scratch[r * 256u + lid] += scratch[r * 256u + lid + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    // Lane r writes row r0 + r of this column.
+    if o < p.out_dim && lane < nrows {
+        let r = r0 + lane;
+        let v = scratch[lane * 256u + c * LANES] + vecs[p.bias_off + o];
+        let dst = p.out_off + r * p.out_stride + p.col_base + o;
+        if MODE == MODE_MLP_IN {
+            act[dst] = silu(v);
+        } else if MODE == MODE_MLP_OUT {
+            let gate = act[p.mod_off + r * p.mod_stride + 2u * p.width + o];
+            act[dst] = act[dst] + gate * v;
+        } else {
+            act[dst] = v;
+        }
+    }
+}
+
+// h[tok] (and h[n + tok] with CFG) = xs · W_ipᵀ + b, for the token's new x in `xs`.
+fn input_projection(lid: u32, tok: u32) {
+    let w = p.width;
+    let cdim = p.tok_dim;
+    for (var i = lid; i < w; i += 256u) {
+        var v = 0.0;
+        for (var k = 0u; k < cdim; k++) {
+            v += xs[k] * bitcast<f32>(mat[p.ip_w_off + i * cdim + k]);
+        }
+        v += vecs[p.ip_bias + i];
+        act[p.h_off + tok * w + i] = v;
+        if p.cfg_on == 1u {
+            act[p.h_off + (p.n_tok + tok) * w + i] = v;
+        }
+    }
+}
+
+// Start of an AR step: h from the initial noise x_T. One workgroup per token.
+@compute @workgroup_size(256)
+fn input_init(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let tok = wg.x;
+    if lid < p.tok_dim {
+        xs[lid] = act[p.x_off + tok * p.tok_dim + lid];
+    }
+    workgroupBarrier();
+    input_projection(lid, tok);
+}
+
+// End of a diffusion step, one workgroup per token: the final adaLN layer and linear for the
+// token's rows, the CFG combination, `p_sample`, and the next step's input projection.
+@compute @workgroup_size(256)
+fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let tok = wg.x;
+    let w = p.width;
+    let cdim = p.tok_dim;
+    let nr = select(1u, 2u, p.cfg_on == 1u);
+
+    // Modulated LayerNorm (no affine) of the token's rows into shared memory.
+    for (var j = 0u; j < 2u; j++) {
+        let r = tok + j * p.n_tok;
+        let live = j < nr;
+        var sum = 0.0;
+        if live {
+            for (var i = lid; i < w; i += 256u) {
+                sum += act[p.h_off + r * w + i];
+            }
+        }
+        let mean = block_sum(lid, sum) / f32(w);
+        var sq = 0.0;
+        if live {
+            for (var i = lid; i < w; i += 256u) {
+                let d = act[p.h_off + r * w + i] - mean;
+                sq += d * d;
+            }
+        }
+        let rstd = 1.0 / sqrt(block_sum(lid, sq) / f32(w) + LN_EPS);
+        if live {
+            for (var i = lid; i < w; i += 256u) {
+                let m = p.mod_off + r * p.mod_stride + i;
+                let ln = (act[p.h_off + r * w + i] - mean) * rstd;
+                rowbuf[j * w + i] = ln * (act[m + w] + 1.0) + act[m];
+            }
+        }
+    }
+    workgroupBarrier();
+
+    // out[j, o] = rowbuf[j] · W_fl[o] + b.
+    let nout = 2u * cdim;
+    for (var k = lid; k < nr * nout; k += 256u) {
+        let j = k / nout;
+        let o = k % nout;
+        var acc = 0.0;
+        for (var i = 0u; i < w; i += 4u) {
+            let a = vec4<f32>(rowbuf[j * w + i], rowbuf[j * w + i + 1u], rowbuf[j * w + i + 2u],
+                              rowbuf[j * w + i + 3u]);
+            acc += dot(a, load_w4(WFMT, p.fl_w_off, p.fl_scale_off, w, o, i));
+        }
+        outs[k] = acc + vecs[p.fl_bias + o];
+    }
+    workgroupBarrier();
+
+    // Guidance on ε only, then p_sample in the official operation order.
+    if lid < cdim {
+        let xi = p.x_off + tok * cdim + lid;
+        let x = act[xi];
+        var eps = outs[lid];
+        if p.cfg_on == 1u {
+            let eps_u = outs[nout + lid];
+            eps = eps_u + (eps - eps_u) * st.cfg;
+        }
+        let frac = (outs[cdim + lid] + 1.0) / 2.0;
+        let log_var = frac * st.max_log + (1.0 - frac) * st.min_log;
+        let pred_x0 = x * st.sqrt_recip - eps * st.sqrt_recipm1;
+        var x_new = pred_x0 * st.coef1 + x * st.coef2;
+        if st.add_noise == 1u {
+            x_new = x_new + exp(log_var * 0.5) * act[st.noise_off + tok * cdim + lid] * st.temperature;
+        }
+        act[xi] = x_new;
+        xs[lid] = x_new;
+    }
+    workgroupBarrier();
+    input_projection(lid, tok);
+}

@@ -1,0 +1,1053 @@
+//! [`FusedHead`]: the diffusion head's whole sampling loop for one AR step as one recording of
+//! the kernels in `shaders/head.wgsl`, with the weights in their stored form (f32, f16, int8 or
+//! int4 blocks) on the GPU.
+//!
+//! Per AR step the host uploads the condition rows `z`, the initial noise and every step's
+//! noise, and the per-step coefficients, records `2 + steps · (ada segments + 2·depth + 1)`
+//! dispatches in one compute pass, submits once and reads `x_0` back once.
+
+use super::registry::GpuContext;
+use crate::diffusion::{NUM_BASE_TIMESTEPS, StepCoefficients};
+use crate::error::{DisaError, Result};
+use crate::model::MarConfig;
+use crate::weights::quant::{BLOCK, Bits};
+use crate::weights::{StoredForm, WeightMap};
+use burn::tensor::wgpu::wgpu;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const SHADER: &str = include_str!("../../shaders/head.wgsl");
+/// Output columns and activation rows per `gemm` workgroup (`COLS`, `RT` in the shader).
+const COLS: u32 = 8;
+const ROWS_PER_GROUP: u32 = 8;
+/// Widest head and largest token the final kernel's shared memory holds.
+const MAX_WIDTH: usize = 1536;
+const MAX_TOKEN_DIM: usize = 64;
+/// `Params` and `Step` in the shader: 28 and 12 four-byte fields.
+const PARAMS_BYTES: u64 = 28 * 4;
+const STEP_BYTES: u64 = 12 * 4;
+const PREFIX: &str = "diffloss.net";
+
+/// How a matrix sits in the `mat` buffer (the shader's `FMT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Format {
+    F32 = 0,
+    F16 = 1,
+    Int8 = 2,
+    Int4 = 3,
+}
+
+/// One weight matrix `[out, in]` in its GPU form, before upload.
+struct HostMatrix {
+    format: Format,
+    out: usize,
+    inp: usize,
+    words: Vec<u32>,
+    /// One per 32 inputs for int8/int4, row-major.
+    scales: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl HostMatrix {
+    /// `prefix.weight` (`[out, in]`) and `prefix.bias` in the form the file stored them.
+    fn read(
+        w: &WeightMap,
+        stored: &BTreeMap<String, StoredForm>,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        force_f32: bool,
+    ) -> Result<Self> {
+        let key = format!("{prefix}.weight");
+        let weight = w.get(&key, &[out, inp])?;
+        let bias = w.get(&format!("{prefix}.bias"), &[out])?.values.clone();
+        let (format, words, scales) = match stored.get(&key) {
+            _ if force_f32 => (Format::F32, f32_words(&weight.values), vec![]),
+            Some(StoredForm::Quantized { bits, bytes }) => {
+                let numel = out * inp;
+                let value_bytes = bits.stored_len(numel) - 4 * numel / BLOCK;
+                let (values, scale_bytes) = bytes.split_at(value_bytes);
+                let format = match bits {
+                    Bits::Int8 => Format::Int8,
+                    Bits::Int4 => Format::Int4,
+                };
+                let scales = scale_bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (format, le_words(values), scales)
+            }
+            Some(StoredForm::F16) if inp.is_multiple_of(2) => {
+                let halves: Vec<u8> = weight
+                    .values
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect();
+                (Format::F16, le_words(&halves), vec![])
+            }
+            _ => (Format::F32, f32_words(&weight.values), vec![]),
+        };
+        Ok(Self {
+            format,
+            out,
+            inp,
+            words,
+            scales,
+            bias,
+        })
+    }
+
+    /// Stacks matrices of one format and width along the output dimension.
+    fn stack(parts: Vec<HostMatrix>) -> HostMatrix {
+        let mut it = parts.into_iter();
+        let mut first = it.next().expect("at least one matrix");
+        for m in it {
+            first.out += m.out;
+            first.words.extend(m.words);
+            first.scales.extend(m.scales);
+            first.bias.extend(m.bias);
+        }
+        first
+    }
+
+    fn bytes(&self) -> u64 {
+        4 * (self.words.len() + self.scales.len()) as u64
+    }
+}
+
+fn f32_words(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+fn le_words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(b)
+        })
+        .collect()
+}
+
+/// Where an uploaded matrix lives.
+#[derive(Clone, Copy, Debug)]
+struct Matrix {
+    buffer: usize,
+    format: Format,
+    w_off: u32,
+    scale_off: u32,
+    bias_off: u32,
+    out: u32,
+    inp: u32,
+}
+
+/// The `Params` uniform block of the shader.
+#[derive(Clone, Copy, Default)]
+struct Params {
+    rows: u32,
+    in_dim: u32,
+    out_dim: u32,
+    width: u32,
+    w_off: u32,
+    scale_off: u32,
+    bias_off: u32,
+    a_off: u32,
+    out_off: u32,
+    out_stride: u32,
+    col_base: u32,
+    temb_off: u32,
+    ln_w: u32,
+    ln_b: u32,
+    mod_off: u32,
+    mod_stride: u32,
+    fl_w_off: u32,
+    fl_scale_off: u32,
+    fl_bias: u32,
+    tok_dim: u32,
+    ip_w_off: u32,
+    ip_bias: u32,
+    x_off: u32,
+    h_off: u32,
+    n_tok: u32,
+    cfg_on: u32,
+}
+
+impl Params {
+    fn bytes(&self) -> [u8; PARAMS_BYTES as usize] {
+        let f = [
+            self.rows,
+            self.in_dim,
+            self.out_dim,
+            self.width,
+            self.w_off,
+            self.scale_off,
+            self.bias_off,
+            self.a_off,
+            self.out_off,
+            self.out_stride,
+            self.col_base,
+            self.temb_off,
+            self.ln_w,
+            self.ln_b,
+            self.mod_off,
+            self.mod_stride,
+            self.fl_w_off,
+            self.fl_scale_off,
+            self.fl_bias,
+            self.tok_dim,
+            self.ip_w_off,
+            self.ip_bias,
+            self.x_off,
+            self.h_off,
+            self.n_tok,
+            self.cfg_on,
+            0,
+            0,
+        ];
+        let mut out = [0u8; PARAMS_BYTES as usize];
+        for (chunk, v) in out.chunks_exact_mut(4).zip(f) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    fn with_matrix(mut self, m: &Matrix) -> Self {
+        self.w_off = m.w_off;
+        self.scale_off = m.scale_off;
+        self.bias_off = m.bias_off;
+        self.in_dim = m.inp;
+        self.out_dim = m.out;
+        self
+    }
+}
+
+/// The `Step` uniform block of the shader.
+fn step_bytes(
+    s: &StepCoefficients,
+    noise_off: u32,
+    cfg: f32,
+    temperature: f32,
+) -> [u8; STEP_BYTES as usize] {
+    let words: [u32; 12] = [
+        s.timestep as u32,
+        u32::from(s.add_noise),
+        noise_off,
+        0,
+        s.sqrt_recip.to_bits(),
+        s.sqrt_recipm1.to_bits(),
+        s.coef1.to_bits(),
+        s.coef2.to_bits(),
+        s.min_log.to_bits(),
+        s.max_log.to_bits(),
+        cfg.to_bits(),
+        temperature.to_bits(),
+    ];
+    let mut out = [0u8; STEP_BYTES as usize];
+    for (chunk, v) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Which kernel a pipeline runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kernel {
+    Gemm(GemmMode),
+    InputInit,
+    FinalStep,
+}
+
+/// The shader's `MODE_*` for `gemm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum GemmMode {
+    Plain = 0,
+    Ada = 1,
+    MlpIn = 2,
+    MlpOut = 3,
+}
+
+/// One residual block's layers.
+struct BlockLayers {
+    mlp_in: Matrix,
+    mlp_out: Matrix,
+    ln_w: u32,
+    ln_b: u32,
+}
+
+/// Buffers sized for the largest AR step seen so far.
+struct Workspace {
+    act: wgpu::Buffer,
+    act_floats: u64,
+    params: wgpu::Buffer,
+    steps: wgpu::Buffer,
+    step_capacity: usize,
+    bind_groups: Vec<wgpu::BindGroup>,
+}
+
+/// What one AR step's head sampling needs.
+pub struct HeadJob<'a> {
+    /// Condition rows `z`, `[rows, dec]`: the n tokens' rows, then (with CFG) their
+    /// unconditional copies.
+    pub z: &'a [f32],
+    /// Tokens sampled, `n`.
+    pub tokens: usize,
+    /// Guidance scale when `z` holds `2n` rows.
+    pub cfg: Option<f32>,
+    /// The diffusion steps in the order they run.
+    pub steps: &'a [StepCoefficients],
+    /// `x_T`, `[n, C]`.
+    pub init_noise: &'a [f32],
+    /// Each step's noise, `[steps, n, C]`.
+    pub step_noise: &'a [f32],
+    pub temperature: f32,
+}
+
+/// A submitted AR step whose `x_0` has not been read yet.
+pub struct Submitted {
+    staging: wgpu::Buffer,
+}
+
+/// The diffusion head as fused kernels on one GPU.
+pub struct FusedHead {
+    ctx: Arc<GpuContext>,
+    width: usize,
+    depth: usize,
+    token_dim: usize,
+    cond_dim: usize,
+    mats: Vec<wgpu::Buffer>,
+    vecs: wgpu::Buffer,
+    /// The time-embedding table `[1000, W]` at offset 0 of `vecs`, filled on first use
+    /// (computing it needs a read-back, which must be async in the browser).
+    time_table_ready: AtomicBool,
+    cond: Matrix,
+    ada: Vec<Matrix>,
+    /// Where each ada segment's columns start in the modulation rows.
+    ada_cols: Vec<u32>,
+    blocks: Vec<BlockLayers>,
+    final_linear: Matrix,
+    input_proj: Matrix,
+    pipelines: BTreeMap<(Kernel, Format), wgpu::ComputePipeline>,
+    layout: wgpu::BindGroupLayout,
+    workspace: Mutex<Option<Workspace>>,
+    uniform_stride: u64,
+    weight_bytes: u64,
+    dispatches: AtomicU64,
+}
+
+impl std::fmt::Debug for FusedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FusedHead")
+            .field("width", &self.width)
+            .field("depth", &self.depth)
+            .field("weight_bytes", &self.weight_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gpu_error(what: &str, e: impl std::fmt::Display) -> DisaError {
+    DisaError::Device(format!("fused head kernels: {what}: {e}"))
+}
+
+impl FusedHead {
+    /// Uploads the head's weights (`diffloss.net.*` of `weights`, in the form `stored` says the
+    /// file kept them) and compiles the kernels.
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        weights: &WeightMap,
+        stored: &BTreeMap<String, StoredForm>,
+        config: &MarConfig,
+    ) -> Result<Self> {
+        let (width, depth, token_dim, cond_dim) = (
+            config.diffloss_w,
+            config.diffloss_d,
+            config.token_dim(),
+            config.decoder_embed_dim,
+        );
+        if width > MAX_WIDTH
+            || token_dim > MAX_TOKEN_DIM
+            || !width.is_multiple_of(8)
+            || !cond_dim.is_multiple_of(8)
+            || !token_dim.is_multiple_of(4)
+        {
+            return Err(gpu_error(
+                "unsupported shape",
+                format!(
+                    "head width {width} (≤ {MAX_WIDTH}, a multiple of 8), token dim {token_dim} \
+                     (≤ {MAX_TOKEN_DIM}, a multiple of 4), condition dim {cond_dim} (a multiple of 8)"
+                ),
+            ));
+        }
+        let read = |name: &str, out: usize, inp: usize, force_f32: bool| {
+            HostMatrix::read(
+                weights,
+                stored,
+                &format!("{PREFIX}.{name}"),
+                out,
+                inp,
+                force_f32,
+            )
+        };
+        let limits = ctx.device.limits();
+        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+
+        // The adaLN modulations of every block and of the final layer, stacked so one dispatch
+        // computes them all (split where a stack would outgrow one binding).
+        let mut ada_parts: Vec<HostMatrix> = (0..depth)
+            .map(|j| read(&format!("res_blocks.{j}.adaLN_modulation.1"), 3 * width, width, false))
+            .collect::<Result<_>>()?;
+        ada_parts.push(read("final_layer.adaLN_modulation.1", 2 * width, width, false)?);
+        let mut ada_stacks: Vec<Vec<HostMatrix>> = Vec::new();
+        for m in ada_parts {
+            let fits = ada_stacks.last().is_some_and(|s: &Vec<HostMatrix>| {
+                s[0].format == m.format && s.iter().map(HostMatrix::bytes).sum::<u64>() + m.bytes() <= max_binding
+            });
+            if fits {
+                ada_stacks.last_mut().expect("checked").push(m);
+            } else {
+                ada_stacks.push(vec![m]);
+            }
+        }
+        let ada_host: Vec<HostMatrix> = ada_stacks.into_iter().map(HostMatrix::stack).collect();
+        let cond_host = read("cond_embed", width, cond_dim, false)?;
+        let mut block_host = Vec::new();
+        for j in 0..depth {
+            block_host.push((
+                read(&format!("res_blocks.{j}.mlp.0"), width, width, false)?,
+                read(&format!("res_blocks.{j}.mlp.2"), width, width, false)?,
+                weights.get(&format!("{PREFIX}.res_blocks.{j}.in_ln.weight"), &[width])?.values.clone(),
+                weights.get(&format!("{PREFIX}.res_blocks.{j}.in_ln.bias"), &[width])?.values.clone(),
+            ));
+        }
+        let final_host = read("final_layer.linear", 2 * token_dim, width, false)?;
+        // Read per element by the input projection: kept in f32 (it is W·C values).
+        let input_host = read("input_proj", width, token_dim, true)?;
+
+        // `vecs`: the time table, then every bias, block scale and LayerNorm vector.
+        let mut vecs: Vec<f32> = vec![0.0; NUM_BASE_TIMESTEPS * width];
+        let mut mat_words: Vec<Vec<u32>> = Vec::new();
+        let mut place = |m: &HostMatrix, vecs: &mut Vec<f32>| -> Result<Matrix> {
+            let bytes = 4 * m.words.len() as u64;
+            if bytes > max_binding {
+                return Err(gpu_error(
+                    "a weight matrix is too large",
+                    format!("{bytes} bytes; this GPU binds at most {max_binding}"),
+                ));
+            }
+            let fits = mat_words
+                .last()
+                .is_some_and(|w| 4 * (w.len() as u64) + bytes <= max_binding);
+            if !fits {
+                mat_words.push(Vec::new());
+            }
+            let buffer = mat_words.len() - 1;
+            let words = mat_words.last_mut().expect("pushed");
+            let w_off = words.len() as u32;
+            words.extend_from_slice(&m.words);
+            let scale_off = vecs.len() as u32;
+            vecs.extend_from_slice(&m.scales);
+            let bias_off = vecs.len() as u32;
+            vecs.extend_from_slice(&m.bias);
+            Ok(Matrix {
+                buffer,
+                format: m.format,
+                w_off,
+                scale_off,
+                bias_off,
+                out: m.out as u32,
+                inp: m.inp as u32,
+            })
+        };
+        let ada: Vec<Matrix> = ada_host.iter().map(|m| place(m, &mut vecs)).collect::<Result<_>>()?;
+        let cond = place(&cond_host, &mut vecs)?;
+        let mut blocks = Vec::new();
+        for (mlp_in, mlp_out, ln_w, ln_b) in &block_host {
+            let mlp_in = place(mlp_in, &mut vecs)?;
+            let mlp_out = place(mlp_out, &mut vecs)?;
+            let ln_w_off = vecs.len() as u32;
+            vecs.extend_from_slice(ln_w);
+            let ln_b_off = vecs.len() as u32;
+            vecs.extend_from_slice(ln_b);
+            blocks.push(BlockLayers {
+                mlp_in,
+                mlp_out,
+                ln_w: ln_w_off,
+                ln_b: ln_b_off,
+            });
+        }
+        let final_linear = place(&final_host, &mut vecs)?;
+        let input_proj = place(&input_host, &mut vecs)?;
+        if 4 * vecs.len() as u64 > max_binding {
+            return Err(gpu_error(
+                "the head's vectors are too large",
+                format!("{} bytes; this GPU binds at most {max_binding}", 4 * vecs.len()),
+            ));
+        }
+        let mut ada_cols = Vec::new();
+        let mut col = 0u32;
+        for m in &ada {
+            ada_cols.push(col);
+            col += m.out;
+        }
+
+        let device = &ctx.device;
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        use wgpu::util::DeviceExt;
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let mats: Vec<wgpu::Buffer> = mat_words
+            .iter()
+            .map(|w| {
+                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("disa head weights"),
+                    contents: &words_bytes(w),
+                    usage: storage,
+                })
+            })
+            .collect();
+        let vecs_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("disa head vectors"),
+            contents: &vecs.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+            usage: storage,
+        });
+        let weight_bytes = mat_words.iter().map(|w| 4 * w.len() as u64).sum::<u64>()
+            + 4 * (vecs.len() - NUM_BASE_TIMESTEPS * width) as u64;
+
+        let uniform = |binding, size| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: wgpu::BufferSize::new(size),
+            },
+            count: None,
+        };
+        let storage_entry = |binding, read_only| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("disa head"),
+            entries: &[
+                uniform(0, PARAMS_BYTES),
+                uniform(1, STEP_BYTES),
+                storage_entry(2, true),
+                storage_entry(3, true),
+                storage_entry(4, false),
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("disa head"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("shaders/head.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+        });
+        let mut wanted: Vec<(Kernel, Format)> = vec![
+            (Kernel::Gemm(GemmMode::Plain), cond.format),
+            (Kernel::InputInit, Format::F32),
+            (Kernel::FinalStep, final_linear.format),
+        ];
+        wanted.extend(ada.iter().map(|m| (Kernel::Gemm(GemmMode::Ada), m.format)));
+        for b in &blocks {
+            wanted.push((Kernel::Gemm(GemmMode::MlpIn), b.mlp_in.format));
+            wanted.push((Kernel::Gemm(GemmMode::MlpOut), b.mlp_out.format));
+        }
+        let mut pipelines = BTreeMap::new();
+        for (kernel, format) in wanted {
+            pipelines.entry((kernel, format)).or_insert_with(|| {
+                let (entry, mode) = match kernel {
+                    Kernel::Gemm(m) => ("gemm", m as u32),
+                    Kernel::InputInit => ("input_init", 0),
+                    Kernel::FinalStep => ("final_step", 0),
+                };
+                let constants = [("WFMT", format as u32 as f64), ("MODE", mode as f64)];
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        // Every workgroup variable is written before it is read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            });
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = block_on(&ctx, scope.pop()) {
+            return Err(gpu_error("compiling or uploading", e));
+        }
+        let align = u64::from(limits.min_uniform_buffer_offset_alignment).max(1);
+        let uniform_stride = PARAMS_BYTES.max(STEP_BYTES).div_ceil(align) * align;
+        Ok(Self {
+            ctx: ctx.clone(),
+            width,
+            depth,
+            token_dim,
+            cond_dim,
+            mats,
+            vecs: vecs_buffer,
+            time_table_ready: AtomicBool::new(false),
+            cond,
+            ada,
+            ada_cols,
+            blocks,
+            final_linear,
+            input_proj,
+            pipelines,
+            layout,
+            workspace: Mutex::new(None),
+            uniform_stride,
+            weight_bytes,
+            dispatches: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes the head's weights take on the GPU (matrices in their stored form, their block
+    /// scales, biases and LayerNorm vectors; not the 1000-row time-embedding table).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Kernel launches per head call (one diffusion step).
+    pub fn dispatches_per_head_call(&self) -> usize {
+        self.ada.len() + 2 * self.depth + 1
+    }
+
+    /// Kernel launches recorded so far.
+    pub fn dispatches(&self) -> u64 {
+        self.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// The adapter the kernels run on.
+    pub fn adapter(&self) -> &wgpu::AdapterInfo {
+        &self.ctx.adapter
+    }
+
+    /// Whether the time-embedding table has been uploaded.
+    pub fn has_time_table(&self) -> bool {
+        self.time_table_ready.load(Ordering::Acquire)
+    }
+
+    /// Uploads the head's time embedding of every base timestep, `[1000, W]`.
+    pub fn set_time_table(&self, table: &[f32]) -> Result<()> {
+        if table.len() != NUM_BASE_TIMESTEPS * self.width {
+            return Err(gpu_error(
+                "time table",
+                format!("{} values, expected {}", table.len(), NUM_BASE_TIMESTEPS * self.width),
+            ));
+        }
+        let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.ctx.queue.write_buffer(&self.vecs, 0, &bytes);
+        self.time_table_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records and submits one AR step's sampling loop.
+    pub fn submit(&self, job: &HeadJob<'_>) -> Result<Submitted> {
+        if !self.has_time_table() {
+            return Err(gpu_error("time table", "not uploaded yet"));
+        }
+        let (n, c, w, d) = (job.tokens, self.token_dim, self.width, self.depth);
+        let rows = if job.cfg.is_some() { 2 * n } else { n };
+        let steps = job.steps.len();
+        if n == 0 || steps == 0 {
+            return Err(gpu_error("empty job", "no tokens or no steps"));
+        }
+        if job.z.len() != rows * self.cond_dim
+            || job.init_noise.len() != n * c
+            || job.step_noise.len() != steps * n * c
+        {
+            return Err(gpu_error("job shapes", "z, noise and token counts disagree"));
+        }
+        // Activation layout, in floats.
+        let ada_cols = (3 * d + 2) * w;
+        let z_off = 0;
+        let cond_off = z_off + rows * self.cond_dim;
+        let ada_off = cond_off + rows * w;
+        let h_off = ada_off + rows * ada_cols;
+        let u_off = h_off + rows * w;
+        let x_off = u_off + rows * w;
+        let noise_off = x_off + n * c;
+        let total = noise_off + steps * n * c;
+        let limits = self.ctx.device.limits();
+        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        if 4 * total as u64 > max_binding || n > limits.max_compute_workgroups_per_dimension as usize {
+            return Err(gpu_error(
+                "too many tokens at once",
+                format!(
+                    "{rows} rows need {} MB of activations; this GPU binds at most {} MB \
+                     (use --kernels tensor or a smaller batch)",
+                    4 * total as u64 / 1_000_000,
+                    max_binding / 1_000_000
+                ),
+            ));
+        }
+        let device = &self.ctx.device;
+        let queue = &self.ctx.queue;
+        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        let dispatch_kinds = 3 + self.ada.len() + 2 * d;
+        let needs_new = guard
+            .as_ref()
+            .is_none_or(|ws| ws.act_floats < total as u64 || ws.step_capacity < steps);
+        if needs_new {
+            let old = guard.take();
+            let act_floats = (total as u64).max(old.as_ref().map_or(0, |o| o.act_floats)) * 5 / 4;
+            let act_floats = act_floats.min(max_binding / 4).max(total as u64);
+            let step_capacity = steps.max(old.as_ref().map_or(0, |o| o.step_capacity));
+            *guard = Some(self.workspace_for(act_floats, step_capacity, dispatch_kinds));
+        }
+        let ws = guard.as_ref().expect("created above");
+
+        // Uploads: activations' inputs, per-dispatch parameters, per-step coefficients.
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        queue.write_buffer(&ws.act, 4 * z_off as u64, &f32_bytes(job.z));
+        queue.write_buffer(&ws.act, 4 * x_off as u64, &f32_bytes(job.init_noise));
+        queue.write_buffer(&ws.act, 4 * noise_off as u64, &f32_bytes(job.step_noise));
+        let cfg_scale = job.cfg.unwrap_or(1.0);
+        let mut step_data = vec![0u8; steps * self.uniform_stride as usize];
+        for (i, s) in job.steps.iter().enumerate() {
+            let at = i * self.uniform_stride as usize;
+            let noise = (noise_off + i * n * c) as u32;
+            step_data[at..at + STEP_BYTES as usize]
+                .copy_from_slice(&step_bytes(s, noise, cfg_scale, job.temperature));
+        }
+        queue.write_buffer(&ws.steps, 0, &step_data);
+
+        let base = Params {
+            rows: rows as u32,
+            width: w as u32,
+            temb_off: 0,
+            tok_dim: c as u32,
+            x_off: x_off as u32,
+            h_off: h_off as u32,
+            n_tok: n as u32,
+            cfg_on: u32::from(job.cfg.is_some()),
+            mod_stride: ada_cols as u32,
+            ..Params::default()
+        };
+        // One parameter block per dispatch kind, in a fixed order.
+        let mut params: Vec<(Kernel, Matrix, Params, [u32; 2])> = Vec::new();
+        let groups = |out: u32| [out.div_ceil(COLS), (rows as u32).div_ceil(ROWS_PER_GROUP)];
+        params.push((
+            Kernel::Gemm(GemmMode::Plain),
+            self.cond,
+            Params {
+                a_off: z_off as u32,
+                out_off: cond_off as u32,
+                out_stride: w as u32,
+                ..base
+            }
+            .with_matrix(&self.cond),
+            groups(self.cond.out),
+        ));
+        params.push((
+            Kernel::InputInit,
+            self.input_proj,
+            Params {
+                ip_w_off: self.input_proj.w_off,
+                ip_bias: self.input_proj.bias_off,
+                ..base
+            },
+            [n as u32, 1],
+        ));
+        for (m, col) in self.ada.iter().zip(&self.ada_cols) {
+            params.push((
+                Kernel::Gemm(GemmMode::Ada),
+                *m,
+                Params {
+                    a_off: cond_off as u32,
+                    out_off: ada_off as u32,
+                    out_stride: ada_cols as u32,
+                    col_base: *col,
+                    ..base
+                }
+                .with_matrix(m),
+                groups(m.out),
+            ));
+        }
+        for (j, b) in self.blocks.iter().enumerate() {
+            let mod_off = (ada_off + 3 * j * w) as u32;
+            params.push((
+                Kernel::Gemm(GemmMode::MlpIn),
+                b.mlp_in,
+                Params {
+                    a_off: h_off as u32,
+                    out_off: u_off as u32,
+                    out_stride: w as u32,
+                    ln_w: b.ln_w,
+                    ln_b: b.ln_b,
+                    mod_off,
+                    ..base
+                }
+                .with_matrix(&b.mlp_in),
+                groups(b.mlp_in.out),
+            ));
+            params.push((
+                Kernel::Gemm(GemmMode::MlpOut),
+                b.mlp_out,
+                Params {
+                    a_off: u_off as u32,
+                    out_off: h_off as u32,
+                    out_stride: w as u32,
+                    mod_off,
+                    ..base
+                }
+                .with_matrix(&b.mlp_out),
+                groups(b.mlp_out.out),
+            ));
+        }
+        params.push((
+            Kernel::FinalStep,
+            self.final_linear,
+            Params {
+                mod_off: (ada_off + 3 * d * w) as u32,
+                fl_w_off: self.final_linear.w_off,
+                fl_scale_off: self.final_linear.scale_off,
+                fl_bias: self.final_linear.bias_off,
+                ip_w_off: self.input_proj.w_off,
+                ip_bias: self.input_proj.bias_off,
+                ..base
+            },
+            [n as u32, 1],
+        ));
+        let mut param_data = vec![0u8; params.len() * self.uniform_stride as usize];
+        for (i, (_, _, p, _)) in params.iter().enumerate() {
+            let at = i * self.uniform_stride as usize;
+            param_data[at..at + PARAMS_BYTES as usize].copy_from_slice(&p.bytes());
+        }
+        queue.write_buffer(&ws.params, 0, &param_data);
+
+        // The input projection and the final step read the input projection's matrix from
+        // the final linear's buffer: they must share one (checked at placement).
+        if params
+            .iter()
+            .any(|(k, m, _, _)| *k == Kernel::FinalStep && m.buffer != self.input_proj.buffer)
+        {
+            return Err(gpu_error(
+                "layout",
+                "the final layer and the input projection ended up in different buffers",
+            ));
+        }
+
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("disa head AR step"),
+        });
+        let mut launched = 0u64;
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("disa head"),
+                timestamp_writes: None,
+            });
+            let stride = self.uniform_stride as u32;
+            let mut run = |index: usize, step: usize, pass: &mut wgpu::ComputePass<'_>| {
+                let (kernel, m, _, [gx, gy]) = &params[index];
+                let pipeline = &self.pipelines[&(*kernel, m.format)];
+                pass.set_pipeline(pipeline);
+                let bind_group = match kernel {
+                    Kernel::InputInit => &ws.bind_groups[self.input_proj.buffer],
+                    _ => &ws.bind_groups[m.buffer],
+                };
+                pass.set_bind_group(0, bind_group, &[index as u32 * stride, step as u32 * stride]);
+                pass.dispatch_workgroups(*gx, *gy, 1);
+                launched += 1;
+            };
+            run(0, 0, &mut pass);
+            run(1, 0, &mut pass);
+            let per_step = 2..params.len();
+            for s in 0..steps {
+                for i in per_step.clone() {
+                    run(i, s, &mut pass);
+                }
+            }
+        }
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("disa head x0"),
+            size: 4 * (n * c) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(&ws.act, 4 * x_off as u64, &staging, 0, 4 * (n * c) as u64);
+        queue.submit([encoder.finish()]);
+        self.dispatches.fetch_add(launched, Ordering::Relaxed);
+        Ok(Submitted { staging })
+    }
+
+    fn workspace_for(&self, act_floats: u64, step_capacity: usize, kinds: usize) -> Workspace {
+        let device = &self.ctx.device;
+        let act = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("disa head activations"),
+            size: 4 * act_floats,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let uniform = |label, count: usize| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: count as u64 * self.uniform_stride,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let params = uniform("disa head params", kinds);
+        let steps = uniform("disa head steps", step_capacity);
+        let bind_groups = self
+            .mats
+            .iter()
+            .map(|mat| {
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("disa head"),
+                    layout: &self.layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &params,
+                                offset: 0,
+                                size: wgpu::BufferSize::new(PARAMS_BYTES),
+                            }),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &steps,
+                                offset: 0,
+                                size: wgpu::BufferSize::new(STEP_BYTES),
+                            }),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: mat.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 3,
+                            resource: self.vecs.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 4,
+                            resource: act.as_entire_binding(),
+                        },
+                    ],
+                })
+            })
+            .collect();
+        Workspace {
+            act,
+            act_floats,
+            params,
+            steps,
+            step_capacity,
+            bind_groups,
+        }
+    }
+
+    /// Waits for a submitted step and reads `x_0` (`[n, C]`), blocking (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, submitted: Submitted) -> Result<Vec<f32>> {
+        block_on(&self.ctx, self.read_async(submitted))
+    }
+
+    /// Synchronous read-backs are impossible in the browser: use [`Self::read_async`].
+    #[cfg(target_arch = "wasm32")]
+    pub fn read(&self, _submitted: Submitted) -> Result<Vec<f32>> {
+        Err(gpu_error("reading results back", "use the async read in the browser"))
+    }
+
+    /// Waits for a submitted step and reads `x_0` (`[n, C]`).
+    pub async fn read_async(&self, submitted: Submitted) -> Result<Vec<f32>> {
+        let state = Arc::new(Mutex::new(MapState::default()));
+        let signal = state.clone();
+        submitted
+            .staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let mut s = signal.lock().unwrap_or_else(|e| e.into_inner());
+                s.result = Some(result.map_err(|e| e.to_string()));
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_error("waiting for the GPU", e))?;
+        MapFuture { state }
+            .await
+            .map_err(|e| gpu_error("reading results back", e))?;
+        let values = {
+            let view = submitted
+                .staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| gpu_error("reading results back", e))?;
+            view.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        submitted.staging.unmap();
+        Ok(values)
+    }
+}
+
+fn words_bytes(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), String>>,
+    waker: Option<std::task::Waker>,
+}
+
+/// Resolves when a buffer's `map_async` callback has run.
+struct MapFuture {
+    state: Arc<Mutex<MapState>>,
+}
+
+impl std::future::Future for MapFuture {
+    type Output = std::result::Result<(), String>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match s.result.take() {
+            Some(r) => std::task::Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+/// Drives a future whose progress comes from polling the device (native wgpu resolves map
+/// and error-scope futures inside `Device::poll`).
+#[cfg(not(target_arch = "wasm32"))]
+fn block_on<F: std::future::Future>(ctx: &GpuContext, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        std::thread::yield_now();
+    }
+}

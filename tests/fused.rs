@@ -1,0 +1,257 @@
+//! The fused diffusion-head kernels (`shaders/head.wgsl`, `src/gpu/`) against Burn's tensor
+//! path on the same wgpu device (Mesa's lavapipe where no GPU exists): one head call (every
+//! kernel once), whole generations with and without CFG, every storage of the project's file,
+//! and the figures the fused path promises (launches per head call, weight memory).
+
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use common::*;
+use disa::diffusion::{SpacedDiffusion, TimestepClip};
+use disa::gpu::{HeadJob, Kernels};
+use disa::noise::SeededNoise;
+use disa::sampler::{Generation, Generator, Request, p_sample};
+use disa::schedule::{CfgSchedule, StepSchedule};
+use disa::weights::{Bundle, ModelFiles, Storage};
+use std::sync::Arc;
+
+/// Scaled tolerance for the fused path against the tensor path with the same weights: both
+/// run f32 arithmetic on the same (dequantized) values; only the summation order differs.
+const FUSED_TOLERANCE: f64 = 1e-4;
+
+fn device() -> Device {
+    disa::backend::Backend::Wgpu
+        .device()
+        .expect("a wgpu adapter (lavapipe on CI)")
+}
+
+/// The reference set's official files.
+fn official() -> Bundle {
+    ModelFiles {
+        weights: reference_dir().join("checkpoint-last.pth"),
+        state_dict: "model_ema".into(),
+        ..ModelFiles::default()
+    }
+    .load()
+    .expect("official files load")
+}
+
+/// The reference model stored as `storage`, built on the GPU with its fused head.
+fn generator(storage: Storage) -> Arc<Generator> {
+    let bytes = official().to_bytes_as(storage).unwrap();
+    let g = Bundle::from_bytes(storage.name(), &bytes)
+        .unwrap()
+        .into_generator(&device())
+        .unwrap();
+    assert!(
+        g.fused_head().is_some(),
+        "{}: no fused head: {}",
+        storage.name(),
+        g.fused_unavailable()
+    );
+    Arc::new(g)
+}
+
+fn scaled(actual: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(actual.len(), reference.len());
+    let absmax = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let diff = actual
+        .iter()
+        .zip(reference)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+    diff / absmax.max(f64::MIN_POSITIVE)
+}
+
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// One head call — every kernel (condition embedding, input projection, the stacked adaLN
+/// modulations, each block's two MLP kernels, the final layer with CFG and `p_sample`) —
+/// against `forward_cfg_embedded` / `forward_embedded` and `p_sample` as tensors, at a
+/// timestep with noise and at the last one, with and without guidance.
+#[test]
+fn one_head_call_matches_the_tensor_path() {
+    for storage in [Storage::F32, Storage::Int8] {
+        let g = generator(storage);
+        let fused = g.fused_head().unwrap();
+        let time_table: Vec<f32> = g
+            .model
+            .head
+            .time_embedding_table(disa::diffusion::NUM_BASE_TIMESTEPS, &g.device)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        fused.set_time_table(&time_table).unwrap();
+        let (c, dec) = (g.config.token_dim(), g.config.decoder_embed_dim);
+        let diffusion = SpacedDiffusion::new(50, TimestepClip::DISA).unwrap();
+        for (cfg, idx) in [(Some(3.0f32), 30), (None, 30), (Some(2.0), 0)] {
+            let n = 5;
+            let rows = if cfg.is_some() { 2 * n } else { n };
+            let z = lcg(1, rows * dec);
+            let x = lcg(2, n * c);
+            let noise = lcg(3, n * c);
+            let coeffs = diffusion.step_coefficients(idx);
+            let submitted = fused
+                .submit(&HeadJob {
+                    z: &z,
+                    tokens: n,
+                    cfg,
+                    steps: std::slice::from_ref(&coeffs),
+                    init_noise: &x,
+                    step_noise: &noise,
+                    temperature: 0.9,
+                })
+                .unwrap();
+            let got = fused.read(submitted).unwrap();
+
+            let d = &g.device;
+            let t2 = |v: &[f32], r: usize, k: usize| {
+                Tensor::<2>::from_data(TensorData::new(v.to_vec(), [r, k]), d)
+            };
+            let cond = g.model.head.condition(t2(&z, rows, dec));
+            let temb = g.time_embedding(coeffs.timestep);
+            let (eps, v) = match cfg {
+                Some(s) => g
+                    .model
+                    .head
+                    .forward_cfg_embedded(t2(&x, n, c), temb, cond, s),
+                None => {
+                    let out = g.model.head.forward_embedded(t2(&x, n, c), temb, cond);
+                    (
+                        out.clone().slice([0..n, 0..c]),
+                        out.slice([0..n, c..2 * c]),
+                    )
+                }
+            };
+            let want: Vec<f32> = p_sample(t2(&x, n, c), eps, v, &coeffs, t2(&noise, n, c), 0.9)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let err = scaled(&got, &want);
+            eprintln!(
+                "{} cfg {cfg:?} step {idx}: scaled error {err:.2e}",
+                storage.name()
+            );
+            assert!(
+                err <= FUSED_TOLERANCE,
+                "{}: cfg {cfg:?}, step {idx}: {err:.3e}",
+                storage.name()
+            );
+        }
+    }
+}
+
+/// Every token of whole generations, fused against tensor, for every storage.
+#[test]
+fn generations_match_the_tensor_path_for_every_storage() {
+    let requests = [
+        Request {
+            labels: vec![Some(1), Some(3)],
+            ar_steps: 4,
+            schedule: StepSchedule::Linear { start: 20, end: 5 },
+            cfg: 3.0,
+            cfg_schedule: CfgSchedule::Linear,
+            ..Request::default()
+        },
+        Request {
+            labels: vec![None],
+            ar_steps: 3,
+            schedule: StepSchedule::Constant(10),
+            temperature: 0.8,
+            ..Request::default()
+        },
+    ];
+    for storage in [Storage::F32, Storage::F16, Storage::Int8, Storage::Int4] {
+        let g = generator(storage);
+        for request in &requests {
+            let run = |kernels: Kernels| {
+                let mut generation =
+                    Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(7)))
+                        .unwrap()
+                        .kernels(kernels);
+                let events = generation.run_to_end().unwrap();
+                (events, generation.uses_fused_kernels())
+            };
+            let (tensor, used_tensor) = run(Kernels::Tensor);
+            let (fused, used_fused) = run(Kernels::Fused);
+            assert!(!used_tensor && used_fused);
+            assert_eq!(tensor.len(), fused.len());
+            for (a, b) in tensor.iter().zip(&fused) {
+                assert_eq!(a.positions, b.positions);
+                let err = scaled(&b.values, &a.values);
+                assert!(
+                    err <= FUSED_TOLERANCE,
+                    "{} step {}: {err:.3e}",
+                    storage.name(),
+                    a.k
+                );
+            }
+        }
+    }
+}
+
+/// The built-in model's head is 2·3 + 2 launches per call; an int8 file's head weights take
+/// under 0.35× the f32 file's bytes on the GPU; f16 about half.
+#[test]
+fn launches_and_weight_memory() {
+    let bundle = Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors"))
+        .unwrap();
+    let g = bundle.clone().into_generator(&device()).unwrap();
+    let fused = g.fused_head().expect("fused head for the built-in model");
+    assert!(
+        fused.dispatches_per_head_call() <= 8,
+        "{}",
+        fused.dispatches_per_head_call()
+    );
+    let bytes = |storage: Storage| {
+        let b = Bundle::from_bytes("x", &bundle.to_bytes_as(storage).unwrap()).unwrap();
+        b.into_generator(&device())
+            .unwrap()
+            .fused_head()
+            .unwrap()
+            .weight_bytes() as f64
+    };
+    let f32 = bytes(Storage::F32);
+    let (f16, int8, int4) = (
+        bytes(Storage::F16) / f32,
+        bytes(Storage::Int8) / f32,
+        bytes(Storage::Int4) / f32,
+    );
+    eprintln!("head weights on the GPU: f32 {f32} B; f16 {f16:.3}, int8 {int8:.3}, int4 {int4:.3} of f32");
+    assert!(f16 < 0.55, "f16: {f16:.3}");
+    assert!(int8 <= 0.35, "int8: {int8:.3}");
+    assert!(int4 < int8, "int4: {int4:.3}");
+}
+
+/// Asking for the fused kernels where there are none is an error that says why, not a
+/// silent fallback.
+#[test]
+fn fused_on_the_cpu_is_a_clear_error() {
+    let g = Arc::new(official().into_generator(&Device::flex()).unwrap());
+    assert!(g.fused_head().is_none());
+    let mut generation = Generation::new(
+        g,
+        Request {
+            labels: vec![Some(0)],
+            ar_steps: 2,
+            schedule: StepSchedule::Constant(5),
+            ..Request::default()
+        },
+        Box::new(SeededNoise::new(0)),
+    )
+    .unwrap()
+    .kernels(Kernels::Fused);
+    let err = generation.step().unwrap_err().to_string();
+    assert!(err.contains("fused head kernels are not available"), "{err}");
+}
