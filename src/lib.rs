@@ -11,6 +11,7 @@
 //! - `train` and `eval`: training the small Fashion-MNIST MAR and measuring sample quality
 //!   (native only).
 
+pub mod analysis;
 pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod data;

@@ -44,6 +44,9 @@ enum Command {
     TrainClassifier(cli::train::ClassifierArgs),
     /// Score schedules: classifier accuracy and Fréchet distance of generated images, with cost.
     Eval(cli::eval::EvalArgs),
+    /// DiSA's evidence on one generation: spread, straightness and predictability of the
+    /// tokens per AR step, as CSV and an SVG plot.
+    Analyze(cli::analyze::AnalyzeArgs),
 }
 
 #[derive(Args)]
@@ -695,6 +698,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::train(a),
         Command::TrainClassifier(a) => cli::train::train_classifier(a),
         Command::Eval(a) => cli::eval::eval(a),
+        Command::Analyze(a) => cli::analyze::analyze(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

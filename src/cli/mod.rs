@@ -1,4 +1,5 @@
 //! Subcommands that live outside `main.rs`.
 
+pub mod analyze;
 pub mod eval;
 pub mod train;
