@@ -6,6 +6,12 @@ use crate::error::{DisaError, Result};
 use std::io::Read;
 use std::path::Path;
 
+/// Side of a Fashion-MNIST image in pixels.
+pub const IMAGE_SIDE: usize = 28;
+
+/// The largest idx payload read (Fashion-MNIST's training images are 47 MB).
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
 /// Where Debian's package puts the files.
 pub const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -123,22 +129,69 @@ pub fn parse_labels(source: &str, bytes: &[u8], num_classes: usize) -> Result<Ve
     Ok(data.to_vec())
 }
 
-/// Reads a file, gunzipping it when it starts with the gzip magic.
+/// Reads an idx file, gunzipping it when it starts with the gzip magic. The header is read
+/// first and the rest only as far as it says (at most [`MAX_IDX_BYTES`]), so a compression
+/// bomb or a file that never ends costs no more than a valid file of the size it claims.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let source = path.display().to_string();
-    let raw = std::fs::read(path).map_err(|e| DisaError::Io {
+    let (mut file, _) = crate::weights::atomic::open_regular(path)?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(|e| DisaError::Io {
         path: source.clone(),
         source: e,
     })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| bad(&source, format!("gzip data is corrupt ({e})")))?;
-        Ok(out)
+    let file = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
+    if magic[..n] == [0x1f, 0x8b] {
+        read_idx(&source, flate2::read::GzDecoder::new(file))
     } else {
-        Ok(raw)
+        read_idx(&source, file)
     }
+}
+
+/// Reads one idx file from `input`: its header, then exactly the payload the header declares.
+fn read_idx(source: &str, mut input: impl Read) -> Result<Vec<u8>> {
+    let corrupt = |e: std::io::Error| bad(source, format!("unreadable or corrupt ({e})"));
+    let mut head = vec![0u8; 8];
+    input
+        .read_exact(&mut head)
+        .map_err(|_| bad(source, "truncated header"))?;
+    let magic = be_u32(&head, 0, source)?;
+    let payload: u64 = match magic {
+        LABELS_MAGIC => be_u32(&head, 4, source)? as u64,
+        IMAGES_MAGIC => {
+            head.resize(16, 0);
+            input
+                .read_exact(&mut head[8..])
+                .map_err(|_| bad(source, "truncated header"))?;
+            let mut total = 1u64;
+            for i in 1..4 {
+                total = total.saturating_mul(u64::from(be_u32(&head, 4 * i, source)?));
+            }
+            total
+        }
+        other => {
+            return Err(bad(
+                source,
+                format!("magic {other:#010x} is not an idx1 label or idx3 image file"),
+            ));
+        }
+    };
+    if payload > MAX_IDX_BYTES {
+        return Err(bad(
+            source,
+            format!(
+                "its header declares {payload} bytes of data, more than the {MAX_IDX_BYTES} accepted"
+            ),
+        ));
+    }
+    let mut bytes = head;
+    bytes.reserve(payload as usize);
+    // One byte more than declared, to notice a file longer than its header says.
+    input
+        .take(payload + 1)
+        .read_to_end(&mut bytes)
+        .map_err(corrupt)?;
+    Ok(bytes)
 }
 
 /// One split: images and their labels.
@@ -176,6 +229,15 @@ impl FashionMnist {
             let ip = find(format!("{prefix}-images-idx3-ubyte"))?;
             let lp = find(format!("{prefix}-labels-idx1-ubyte"))?;
             let images = parse_images(&ip.display().to_string(), &read_maybe_gz(&ip)?)?;
+            if (images.rows, images.cols) != (IMAGE_SIDE, IMAGE_SIDE) {
+                return Err(bad(
+                    &ip.display().to_string(),
+                    format!(
+                        "images are {}×{}; Fashion-MNIST's are {IMAGE_SIDE}×{IMAGE_SIDE}",
+                        images.rows, images.cols
+                    ),
+                ));
+            }
             let labels = parse_labels(
                 &lp.display().to_string(),
                 &read_maybe_gz(&lp)?,

@@ -42,6 +42,14 @@ pub enum DisaError {
     #[error("replayed random draws out of step: {0}")]
     Replay(String),
 
+    /// The model computed NaN or infinite values (weights that overflow, e.g. a huge but finite
+    /// weight): the result would be garbage, so it is refused.
+    #[error(
+        "the model produced non-finite values (NaN or Inf) {0}: its weights overflow (a huge \
+         weight?) and the images would be garbage"
+    )]
+    NonFiniteOutput(String),
+
     /// The compute device failed (lost GPU, failed read-back).
     #[error("device error: {0}")]
     Device(String),

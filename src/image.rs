@@ -28,6 +28,14 @@ pub fn images_from_values(values: &[f32], shape: [usize; 4]) -> Result<Vec<RgbIm
             "decoded images have {ch} channels; expected 1 or 3"
         )));
     }
+    if Some(values.len()) != b.checked_mul(ch * h * w) {
+        return Err(DisaError::Config(format!(
+            "{} decoded values for images of shape {shape:?}",
+            values.len()
+        )));
+    }
+    // NaN would become black and ±Inf saturated pixels: a silent wrong image.
+    check_finite(values, "in the decoded images")?;
     Ok((0..b)
         .map(|i| {
             let mut pixels = Vec::with_capacity(h * w * 3);
@@ -46,6 +54,17 @@ pub fn images_from_values(values: &[f32], shape: [usize; 4]) -> Result<Vec<RgbIm
             }
         })
         .collect())
+}
+
+/// Refuses values that are not all finite; `at` says where they come from.
+pub fn check_finite(values: &[f32], at: &str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(DisaError::NonFiniteOutput(format!(
+            "{at} ({} at index {i})",
+            values[i]
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Reads decoded images back from the device (native).

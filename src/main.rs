@@ -109,6 +109,10 @@ struct ConvertArgs {
     /// `checkpoint-last.pth`, or safetensors for `load_state_dict`, chosen by `--out`'s extension).
     #[arg(long, default_value = "disa")]
     to: String,
+    /// Write a model without an image decoder (tokens only) when no VAE is given or found:
+    /// without this, converting official weights with no VAE is an error.
+    #[arg(long)]
+    no_decoder: bool,
 }
 
 /// K when neither the command line nor the model says.
@@ -274,12 +278,43 @@ fn parse_clip(text: &str) -> Result<Option<TimestepClip>> {
     }
 }
 
-/// Writes a file, naming it in the error.
+/// Writes a file atomically (temporary file, flush, sync, rename), naming it in the error.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|source| DisaError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    disa::weights::write_atomic(path, bytes)
+}
+
+/// The image types `generate --out` writes.
+const IMAGE_EXTENSIONS: &[&str] = &["png", "ppm"];
+
+/// Text from a file or the command line made safe for a terminal: control characters (escape
+/// sequences) are shown escaped instead of being sent to it.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Images a request may hold before its memory is estimated at all.
+const MAX_IMAGES: usize = 1 << 20;
+
+/// Refuses `images` images of `config` (doubled rows with guidance) that would not fit in
+/// memory, before anything is allocated for them.
+fn check_batch(config: &disa::model::MarConfig, images: usize, cfg: f32) -> Result<()> {
+    if images > MAX_IMAGES {
+        return Err(DisaError::InvalidSetting(format!(
+            "{images} images at once is more than the {MAX_IMAGES} accepted: lower --batch"
+        )));
+    }
+    disa::weights::limits::check_fits(
+        &format!("generating {images} images at once (lower --batch)"),
+        disa::weights::limits::sampling_bytes(config, images as f64, cfg != 1.0),
+    )
 }
 
 /// Writes a PNG, or a binary PPM when the name ends in `.ppm` (handy for scripts and tests).
@@ -288,17 +323,27 @@ fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
         path: path.display().to_string(),
         source,
     };
-    if path
+    let extension = path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("ppm"))
-    {
-        let mut bytes = format!("P6\n{} {}\n255\n", img.width, img.height).into_bytes();
-        bytes.extend_from_slice(&img.pixels);
-        return std::fs::write(path, bytes).map_err(io);
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("ppm") => {
+            let mut bytes = format!("P6\n{} {}\n255\n", img.width, img.height).into_bytes();
+            bytes.extend_from_slice(&img.pixels);
+            return write_file(path, &bytes);
+        }
+        Some("png") => {}
+        _ => {
+            return Err(DisaError::InvalidSetting(format!(
+                "--out {}: unknown image type; accepted: .png, .ppm",
+                path.display()
+            )));
+        }
     }
-    let file = std::fs::File::create(path).map_err(io)?;
+    // Encoded in memory (images are small), then written atomically.
+    let mut png_bytes = Vec::new();
     let mut encoder = png::Encoder::new(
-        std::io::BufWriter::new(file),
+        &mut png_bytes,
         img.width as u32,
         img.height as u32,
     );
@@ -310,7 +355,10 @@ fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
     writer
         .write_image_data(&img.pixels)
         .map_err(|e| io(std::io::Error::other(e)))?;
-    Ok(())
+    writer
+        .finish()
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    write_file(path, &png_bytes)
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
@@ -320,12 +368,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
             args.scale
         )));
     }
-    let backend: Backend = args.backend.parse()?;
-    let device = backend.device()?;
-    let bundle = args.model.bundle()?;
-    let suggested = Suggested::from(&bundle.info.defaults);
-    let generator = Arc::new(bundle.into_generator(&device)?);
-
+    // Settings and the output path are checked before any loading or sampling.
+    disa::weights::atomic::check_output_file(&args.out, "--out", IMAGE_EXTENSIONS)?;
     let classes: Vec<Option<usize>> = if args.classes.is_empty() {
         vec![None]
     } else {
@@ -334,6 +378,24 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(DisaError::InvalidSetting("batch must be at least 1".into()));
     }
+    let images = classes.len().checked_mul(args.batch).unwrap_or(usize::MAX);
+    if images > MAX_IMAGES {
+        return Err(DisaError::InvalidSetting(format!(
+            "{} images at once is more than the {MAX_IMAGES} accepted: lower --batch",
+            images
+        )));
+    }
+    let backend: Backend = args.backend.parse()?;
+    let device = backend.device()?;
+    let bundle = args.model.bundle()?;
+    let suggested = Suggested::from(&bundle.info.defaults);
+    check_batch(
+        &bundle.config,
+        images,
+        args.sampling.cfg.or(suggested.cfg).unwrap_or(1.0),
+    )?;
+    let generator = Arc::new(bundle.into_generator(&device)?);
+
     let labels: Vec<Option<usize>> = classes
         .iter()
         .flat_map(|c| std::iter::repeat_n(*c, args.batch))
@@ -370,6 +432,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let start = disa::sampler::now_ms();
     let mut totals = StepTimings::default();
     while let Some(event) = generation.step()? {
+        // A model that overflows is stopped at the step it does, not found black at the end.
+        disa::image::check_finite(
+            generation.tokens(),
+            &format!("at AR step {}", generation.steps_done()),
+        )?;
         totals.transformer_ms += event.timings.transformer_ms;
         totals.head_ms += event.timings.head_ms;
         bar.set_message(format!(
@@ -381,9 +448,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let t_decode = disa::sampler::now_ms();
-    let decoded = generation
-        .decode()
-        .ok_or_else(|| DisaError::Config("the model has no image decoder (give --vae)".into()))?;
+    let decoded = generation.decode().ok_or_else(|| {
+        DisaError::Config(
+            "this model has no image decoder (it was converted with --no-decoder, or without a \
+             VAE): convert the official weights again with --vae"
+                .into(),
+        )
+    })?;
     let images = images_from_tensor(decoded)?;
     let decode_ms = disa::sampler::now_ms() - t_decode;
     let total_ms = disa::sampler::now_ms() - start;
@@ -460,7 +531,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         }
         None => args.model.bundle()?,
     };
-    println!("model {}", bundle.info.name);
+    println!("model {}", printable(&bundle.info.name));
     let generator = Arc::new(bundle.into_generator(&device)?);
     let classes = generator.config.class_num;
     println!(
@@ -590,9 +661,20 @@ impl ConvertOutput {
 
 fn convert(args: ConvertArgs) -> Result<()> {
     let output = ConvertOutput::of(&args)?;
+    disa::weights::atomic::check_output_file(&args.out, "--out", &[])?;
     let mut bundle = args.model.bundle()?;
     if let Some(name) = args.name {
         bundle.info.name = name;
+    }
+    if matches!(output, ConvertOutput::Disa(_))
+        && bundle.decoder == disa::weights::DecoderSpec::None
+        && !args.no_decoder
+    {
+        return Err(DisaError::InvalidSetting(
+            "no VAE was given or found beside the weights, so the model could not make images: \
+             give --vae FILE, or --no-decoder to write a tokens-only model on purpose"
+                .into(),
+        ));
     }
     // Build once on the CPU so a file that cannot run is never written.
     bundle.build(&burn::tensor::Device::flex())?;
@@ -650,45 +732,109 @@ fn vae_note(bundle: &disa::weights::Bundle) -> &'static str {
     }
 }
 
+/// Writes to standard output; a closed one (`disa schedule | head -2`) ends the output
+/// normally instead of failing.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(DisaError::Io {
+            path: "standard output".into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn print_schedule(args: ScheduleArgs) -> Result<()> {
+    use std::fmt::Write;
     let s = &args.sampling;
     let sched = StepSchedule::parse(&s.schedule)?;
-    let clip = parse_clip(&s.clip)?.unwrap_or_else(|| sched.default_clip());
     let ar_steps = s.ar_steps.unwrap_or(DEFAULT_AR_STEPS);
+    // The settings go through the same validation as `generate`'s, on a model with this many
+    // tokens (MAR's token grid is square).
+    let side = (args.tokens as f64).sqrt().round() as usize;
+    if args.tokens == 0 || side * side != args.tokens {
+        return Err(DisaError::InvalidSetting(format!(
+            "--tokens {}: MAR's token grid is square; give a square number (256 = 16×16)",
+            args.tokens
+        )));
+    }
+    let config = disa::model::MarConfig {
+        img_size: side,
+        vae_stride: 1,
+        patch_size: 1,
+        ..disa::model::MarConfig::fashion()
+    };
+    let request = Request {
+        labels: vec![None],
+        ar_steps,
+        schedule: sched.clone(),
+        clip: parse_clip(&s.clip)?,
+        cfg: s.cfg.unwrap_or(1.0),
+        cfg_schedule: CfgSchedule::parse(&s.cfg_schedule)?,
+        temperature: 1.0,
+    };
+    request.validate(&config)?;
+    let clip = request.effective_clip();
     let plan = schedule::plan(
         ar_steps,
         args.tokens,
         &sched,
         clip,
-        s.cfg.unwrap_or(1.0),
-        CfgSchedule::parse(&s.cfg_schedule)?,
+        request.cfg,
+        request.cfg_schedule,
     )?;
     let clip_text = clip.0.map_or("none".to_string(), |c| c.to_string());
-    println!(
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "schedule {sched} · K={ar_steps} · {} tokens · timestep clip {clip_text}",
         args.tokens
     );
-    println!(
+    let _ = writeln!(
+        text,
         "{:>4} {:>7} {:>9} {:>8} {:>10} {:>6}",
         "k", "tokens", "masked", "nominal", "effective", "cfg"
     );
     for st in &plan.steps {
-        println!(
+        let _ = writeln!(
+            text,
             "{:>4} {:>7} {:>9} {:>8} {:>10} {:>6.3}",
             st.k, st.tokens, st.mask_len_after, st.nominal_steps, st.effective_steps, st.cfg
         );
     }
     let tokens: usize = plan.steps.iter().map(|s| s.tokens).sum();
-    println!("sequential head calls: {}", plan.head_calls());
-    println!(
+    let _ = writeln!(text, "sequential head calls: {}", plan.head_calls());
+    let _ = writeln!(
+        text,
         "token·steps: {} (mean {:.1} steps per token)",
         plan.token_steps(),
         plan.token_steps() as f64 / tokens as f64
     );
-    Ok(())
+    print_out(&text)
+}
+
+/// A closed standard output (`| head`) ends any command quietly with success: `println!`
+/// panics on it, and this hook turns that one panic into a normal exit.
+fn exit_quietly_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info)
+    }));
 }
 
 fn main() -> ExitCode {
+    exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
@@ -703,7 +849,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", printable(&e.to_string()));
             ExitCode::FAILURE
         }
     }

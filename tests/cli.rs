@@ -113,10 +113,11 @@ fn generate_writes_a_png() {
     );
 }
 
-/// The same seed gives the same image on the CPU backend and on wgpu.
+/// What the README promises for the same seed across backends: the same tokens within float
+/// tolerance, and decoded 8-bit pixels at most 1 level apart.
 #[cfg(feature = "wgpu")]
 #[test]
-fn same_seed_same_image_on_cpu_and_wgpu() {
+fn same_seed_same_tokens_and_pixels_within_one_level_on_cpu_and_wgpu() {
     let request = Request {
         labels: vec![Some(3), Some(7)],
         ar_steps: 4,
@@ -124,36 +125,46 @@ fn same_seed_same_image_on_cpu_and_wgpu() {
         cfg: 2.0,
         ..Request::default()
     };
-    let image = |device: burn::tensor::Device| {
+    let run = |device: burn::tensor::Device| {
         let g = generator(&device);
         let mut generation =
             Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(11))).unwrap();
         generation.run_to_end().unwrap();
-        generation
+        let tokens = generation.tokens().to_vec();
+        let pixels = generation
             .decode()
             .unwrap()
             .into_data()
             .try_to_vec::<f32>()
-            .unwrap()
+            .unwrap();
+        (tokens, pixels)
     };
-    let cpu = image(burn::tensor::Device::flex());
-    let gpu = image(disa::backend::Backend::Wgpu.device().unwrap());
-    let absmax = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = cpu
-        .iter()
-        .zip(&gpu)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let Ok(gpu_device) = disa::backend::Backend::Wgpu.device() else {
+        eprintln!("no wgpu adapter on this machine: nothing to compare");
+        return;
+    };
+    let (cpu_tokens, cpu) = run(burn::tensor::Device::flex());
+    let (gpu_tokens, gpu) = run(gpu_device);
+    let worst = |a: &[f32], b: &[f32]| {
+        let absmax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        (diff, absmax)
+    };
+    let (diff, absmax) = worst(&cpu_tokens, &gpu_tokens);
     assert!(
         diff <= 1e-3 * absmax.max(1.0),
-        "max diff {diff} (absmax {absmax})"
+        "tokens: max diff {diff} (absmax {absmax})"
     );
-    let bytes_differ = cpu
+    let levels: Vec<i32> = cpu
         .iter()
         .zip(&gpu)
-        .filter(|(a, b)| disa::image::to_u8(**a) != disa::image::to_u8(**b))
-        .count();
+        .map(|(a, b)| (disa::image::to_u8(*a) as i32 - disa::image::to_u8(*b) as i32).abs())
+        .collect();
+    let worst_level = levels.iter().copied().max().unwrap_or(0);
+    assert!(worst_level <= 1, "pixels {worst_level} levels apart");
     eprintln!(
-        "max diff {diff:.2e}; {bytes_differ} of {} 8-bit values differ",
+        "tokens max diff {diff:.2e}; {} of {} 8-bit values differ (by at most 1)",
+        levels.iter().filter(|&&l| l > 0).count(),
         cpu.len()
     );
 }

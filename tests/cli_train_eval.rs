@@ -168,14 +168,20 @@ fn train_makes_a_resumable_checkpoint() {
     };
     let text = ok(run(&["--steps", "1"]));
     assert!(text.contains("1 steps in"), "{text}");
+    // One atomic checkpoint folder, and the EMA model beside it.
     for f in [
         "model.safetensors",
         "ema.safetensors",
         "optimizer.bin",
         "state.json",
+        "manifest.json",
     ] {
-        assert!(dir.join(f).exists(), "{f}");
+        assert!(
+            dir.join("checkpoints/step-000000001").join(f).exists(),
+            "{f}"
+        );
     }
+    assert!(dir.join("ema.safetensors").exists());
     // Training again into the same folder without --resume is refused.
     let again = run(&["--steps", "2"]);
     assert!(!again.status.success());

@@ -131,3 +131,64 @@ fn thousands_of_mutated_files_never_panic_or_hang() {
         "most mutations must be caught ({rejected} rejected)"
     );
 }
+
+/// Rewrites a safetensors file with its header padded by spaces so the header length's low
+/// byte is `low` (a valid file either way).
+fn with_low_byte(bytes: &[u8], low: u8) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let pad = (low as usize + 256 - n % 256) % 256;
+    let mut out = ((n + pad) as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&bytes[8..8 + n]);
+    out.extend(std::iter::repeat_n(b' ', pad));
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+#[test]
+fn mutated_files_on_disk_never_panic_hang_or_misread() {
+    // The file path (CLI) reads safetensors tensor by tensor and sniffs formats; the same
+    // mutations, plus every header-length low byte and huge claimed sizes, through it.
+    let dir = std::env::temp_dir().join(format!("disa-fuzz-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = std::fs::read(reference_dir().join("model.safetensors")).unwrap();
+    let expected = WeightMap::from_bytes("m", &plain).unwrap();
+    let mut rng = Rng(0x5AFE);
+    let path = dir.join("w.safetensors");
+    let (mut loaded, mut rejected) = (0usize, 0usize);
+    for round in 0..1500 {
+        let low = (round % 256) as u8;
+        let valid = with_low_byte(&plain, low);
+        let bytes = match round % 3 {
+            // Valid, any low byte: must load, with the same tensors.
+            0 => valid.clone(),
+            1 => mutate(&valid, &mut rng),
+            _ => {
+                // A header length or a tensor's size claimed huge.
+                let mut b = valid.clone();
+                let i = 1 + rng.below(7);
+                b[i] = 0xff;
+                b
+            }
+        };
+        std::fs::write(&path, &bytes).unwrap();
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(|| WeightMap::from_path(&path, None));
+        match outcome {
+            Ok(Ok(w)) => {
+                if round % 3 == 0 {
+                    assert_eq!(w.tensors, expected.tensors, "round {round}: misread");
+                }
+                loaded += 1;
+            }
+            Ok(Err(e)) => {
+                assert!(round % 3 != 0, "round {round} (low byte {low:#04x}): {e}");
+                rejected += 1;
+            }
+            Err(_) => panic!("round {round}: the loader panicked"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "round {round}");
+    }
+    eprintln!("1500 files on disk: {loaded} loaded, {rejected} rejected");
+    assert!(rejected > 400, "{rejected} rejected");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,8 @@
 //! Loading a model file from bytes holds at most one extra copy of the weights: the caller's
-//! bytes, while the parsed tensors move into the model one by one. Measured with a counting
-//! allocator (this binary's only test, so nothing else allocates meanwhile).
+//! bytes, while the parsed tensors move into the model one by one; and bad input (compression
+//! bombs, huge claimed tensors, huge files) costs less than twice a valid model of its
+//! claimed configuration. Measured with a counting allocator; the tests run one at a time
+//! (a lock), so nothing else allocates meanwhile.
 
 use disa::model::MarConfig;
 use disa::weights::{Bundle, DecoderSpec, Storage};
@@ -43,6 +45,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Held by every test for its whole run: the tests of this binary run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Peak and final live bytes above the level when `f` starts, and its result.
 fn measure<T>(f: impl FnOnce() -> T) -> (usize, usize, T) {
     let base = LIVE.load(Ordering::SeqCst);
@@ -55,6 +64,7 @@ fn measure<T>(f: impl FnOnce() -> T) -> (usize, usize, T) {
 
 #[test]
 fn loading_from_bytes_holds_at_most_one_extra_copy() {
+    let _serial = serial();
     // About 5.3M parameters (21 MB in f32): large next to fixed allocations.
     let config = MarConfig {
         encoder_embed_dim: 256,
@@ -123,4 +133,162 @@ fn loading_from_bytes_holds_at_most_one_extra_copy() {
         "parsed file, its copy and the model: peak {peak} for {weights}"
     );
     drop(generator);
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("disa-memory-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn reference() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/mar-tiny")
+}
+
+#[test]
+fn a_gzip_bomb_as_data_costs_what_its_header_claims() {
+    let _serial = serial();
+    use std::io::Write;
+    let dir = temp_dir("gzip");
+    // An idx3 header for 1000 images of 28×28 (784 kB), then 200 MB of zeros: 200 kB gzipped.
+    let claimed = 1000 * 28 * 28;
+    let mut header = Vec::new();
+    for v in [0x0000_0803u32, 1000, 28, 28] {
+        header.extend_from_slice(&v.to_be_bytes());
+    }
+    let path = dir.join("train-images-idx3-ubyte.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(&header).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..200 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 2 << 20);
+    let (peak, _, read) = measure(|| disa::data::read_maybe_gz(&path));
+    let read = read.unwrap();
+    assert!(read.len() <= 16 + claimed + 1, "read {} bytes", read.len());
+    assert!(
+        peak < 2 * claimed + (1 << 20),
+        "peak {peak} for {claimed} claimed"
+    );
+    // The parse then refuses the extra data.
+    assert!(disa::data::parse_images("bomb", &read).is_err());
+    // A header that claims more than any dataset is refused before reading.
+    let path = dir.join("huge.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    for v in [0x0000_0803u32, 4_000_000_000, 28, 28] {
+        gz.write_all(&v.to_be_bytes()).unwrap();
+    }
+    gz.finish().unwrap();
+    let (peak, _, r) = measure(|| disa::data::read_maybe_gz(&path));
+    assert!(r.is_err());
+    assert!(peak < 1 << 20, "peak {peak}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Appends a tensor of `values` f32 values to a safetensors file's header, its data left as a
+/// hole of zeros (a sparse file): a file that claims a huge tensor without taking the disk.
+fn with_claimed_tensor(src: &std::path::Path, dst: &std::path::Path, name: &str, values: u64) {
+    use std::io::Write;
+    let bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let end = data.len() as u64;
+    header.insert(
+        name.into(),
+        serde_json::json!({"dtype": "F32", "shape": [values], "data_offsets": [end, end + 4 * values]}),
+    );
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut f = std::fs::File::create(dst).unwrap();
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(&text).unwrap();
+    f.write_all(data).unwrap();
+    f.set_len(8 + text.len() as u64 + end + 4 * values).unwrap();
+}
+
+#[test]
+fn huge_claimed_tensors_and_huge_files_are_not_read() {
+    let _serial = serial();
+    let dir = temp_dir("claims");
+    let model = reference().join("model.safetensors");
+    let model_bytes = std::fs::metadata(&model).unwrap().len() as usize;
+    let files = |weights: std::path::PathBuf| disa::weights::ModelFiles {
+        weights,
+        vae: None,
+        config: Some(reference().join("manifest.json").display().to_string()),
+        state_dict: "model_ema".into(),
+    };
+    // A tensor the model does not use, 256 MB: skipped unread.
+    let unused = dir.join("unused.safetensors");
+    with_claimed_tensor(&model, &unused, "extra.big", 64 << 20);
+    let (peak, _, r) = measure(|| files(unused.clone()).load());
+    r.expect("the model's own tensors load");
+    assert!(
+        peak < 2 * model_bytes,
+        "peak {peak} for a {model_bytes}-byte model"
+    );
+    // The same under a name the model uses: more values than the configuration has.
+    let used = dir.join("used.safetensors");
+    with_claimed_tensor(&model, &used, "encoder_blocks.0.extra", 64 << 20);
+    let (peak, _, r) = measure(|| files(used.clone()).load());
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("values"), "{err}");
+    assert!(peak < 2 * model_bytes, "peak {peak}");
+    // A 30 GB sparse file of zeros, and one with a plausible header: never read whole.
+    let sparse = dir.join("sparse.safetensors");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(30 << 30)
+        .unwrap();
+    let (peak, _, r) = measure(|| files(sparse.clone()).load());
+    assert!(r.is_err());
+    assert!(peak < 1 << 20, "peak {peak}");
+    let claims = dir.join("claims.safetensors");
+    // Tensors of twice this machine's memory (a sparse file that size).
+    let values = disa::weights::limits::memory_budget() / 2;
+    with_claimed_tensor(&model, &claims, "zzz", values);
+    let (peak, _, r) = measure(|| disa::weights::WeightMap::from_path(&claims, None));
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("memory"), "{err}");
+    assert!(peak < 1 << 20, "peak {peak}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_oversized_pickle_is_refused_before_it_is_parsed() {
+    let _serial = serial();
+    let dir = temp_dir("pickle");
+    let path = dir.join("bomb.pth");
+    // A 12 MB pickle of small integers (a list of 3M BININT1), stored in a torch-style zip.
+    let script = r#"
+import sys, zipfile
+body = b"\x80\x02]q\x00(" + b"K\x01" * 6_000_000 + b"e."
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
+    z.writestr("bomb/data.pkl", body)
+    z.writestr("bomb/version", "3\n")
+"#;
+    let ok = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .status()
+        .expect("python3 (scripts/test.sh installs it)");
+    assert!(ok.success());
+    let (peak, _, r) = measure(|| disa::weights::WeightMap::from_path(&path, None));
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("pickle"), "{err}");
+    assert!(peak < 4 << 20, "peak {peak}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

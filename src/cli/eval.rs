@@ -54,15 +54,39 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let cpu = burn::tensor::Device::flex();
+    if args.per_class == 0 || args.batch == 0 {
+        return Err(DisaError::InvalidSetting(
+            "--per-class and --batch must be at least 1".into(),
+        ));
+    }
+    if args.batch > crate::MAX_IMAGES {
+        return Err(DisaError::InvalidSetting(format!(
+            "--batch {} is more than the {} images accepted at once",
+            args.batch,
+            crate::MAX_IMAGES
+        )));
+    }
     let bundle = args.model.bundle()?;
-    let model_name = bundle.info.name.clone();
+    let model_name = crate::printable(&bundle.info.name);
+    // Every image is kept for the Fréchet distance: its count and the batch are checked
+    // against memory before any is generated.
+    let total = args
+        .per_class
+        .checked_mul(bundle.config.class_num)
+        .filter(|&n| n <= crate::MAX_IMAGES)
+        .ok_or_else(|| {
+            DisaError::InvalidSetting(format!(
+                "--per-class {} × {} classes is more than the {} images accepted",
+                args.per_class,
+                bundle.config.class_num,
+                crate::MAX_IMAGES
+            ))
+        })?;
+    crate::check_batch(&bundle.config, args.batch.min(total), args.cfg)?;
     let generator = Arc::new(bundle.into_generator(&cpu)?);
     let classifier = match &args.classifier {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|source| DisaError::Io {
-                path: p.display().to_string(),
-                source,
-            })?;
+            let bytes = disa::weights::atomic::read_regular(p, 1 << 30, "a classifier file")?;
             Classifier::from_bytes(&p.display().to_string(), &bytes, &cpu)?
         }
         None => Classifier::from_bytes("built-in classifier", crate::SHIPPED_CLASSIFIER, &cpu)?,

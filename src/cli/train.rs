@@ -5,7 +5,7 @@ use clap::Args;
 use disa::data::{CLASS_NAMES, DEBIAN_DIR, FashionMnist};
 use disa::eval::classifier;
 use disa::model::MarConfig;
-use disa::train::{TrainSettings, Trainer};
+use disa::train::{CHECKPOINTS, TrainSettings, Trainer};
 use disa::weights::BundleInfo;
 use disa::{DisaError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -69,18 +69,17 @@ fn dataset_sources(dir: &std::path::Path) -> Result<Vec<disa::weights::SourceFil
 }
 
 fn config(text: &str) -> Result<MarConfig> {
-    match MarConfig::preset(text) {
-        Some(c) => Ok(c),
-        None => disa::weights::read_config_json(std::path::Path::new(text)),
-    }
+    disa::weights::config_from_spec(text)
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
+    // The output folder is checked before any work (the first save comes minutes later).
+    disa::weights::atomic::check_output_dir(&args.out, "--out")?;
     let device = burn::tensor::Device::flex().autodiff();
     let mut trainer = if args.resume {
         Trainer::resume(&args.out, &device)?
     } else {
-        if args.out.join("state.json").exists() {
+        if args.out.join("state.json").exists() || args.out.join(CHECKPOINTS).exists() {
             return Err(DisaError::InvalidSetting(format!(
                 "{} already holds a run: pass --resume to continue it, or choose another --out",
                 args.out.display()
@@ -181,6 +180,14 @@ pub struct ClassifierArgs {
 }
 
 pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
+    disa::weights::atomic::check_output_file(&args.out, "--out", &[])?;
+    if args.batch == 0 || args.batch > disa::train::MAX_BATCH {
+        return Err(DisaError::InvalidSetting(format!(
+            "--batch {} must be in 1..={}",
+            args.batch,
+            disa::train::MAX_BATCH
+        )));
+    }
     let data = FashionMnist::load(&args.data)?;
     let device = burn::tensor::Device::flex().autodiff();
     let bar = ProgressBar::new(args.epochs as u64);

@@ -86,9 +86,47 @@ impl TrainSettings {
         if !(self.token_scale > 0.0 && self.token_scale.is_finite()) {
             return bad("token scale must be positive");
         }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight decay must be a finite number ≥ 0");
+        }
+        if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
+            return bad("gradient clip must be positive");
+        }
         Ok(())
     }
+
+    /// [`TrainSettings::validate`], then the sizes a run of `config` with these settings
+    /// needs, against this machine's memory: the one check for settings from the command line
+    /// and from a checkpoint's `state.json` alike.
+    pub fn validate_for(&self, config: &MarConfig) -> Result<()> {
+        self.validate()?;
+        config.validate()?;
+        Trainer::check_layout(config)?;
+        if self.batch_size > MAX_BATCH {
+            return Err(DisaError::InvalidSetting(format!(
+                "batch size {} is more than the {MAX_BATCH} accepted",
+                self.batch_size
+            )));
+        }
+        if self.diffusion_batch_mul > 64 {
+            return Err(DisaError::InvalidSetting(format!(
+                "diffusion batch multiplier {} is more than the 64 accepted",
+                self.diffusion_batch_mul
+            )));
+        }
+        // Weights, gradients, two AdamW moments and the EMA; activations kept for the backward
+        // pass, a few times the forward's.
+        crate::weights::limits::check_config(config, 5.0, "training this model")?;
+        let rows = self.batch_size as f64 * 4.0 * self.diffusion_batch_mul as f64;
+        crate::weights::limits::check_fits(
+            &format!("training with batch size {}", self.batch_size),
+            crate::weights::limits::sampling_bytes(config, rows, false),
+        )
+    }
 }
+
+/// The largest batch size accepted before memory is estimated at all.
+pub const MAX_BATCH: usize = 1 << 16;
 
 /// What one optimizer step reports.
 #[derive(Clone, Copy, Debug)]
@@ -154,20 +192,85 @@ fn io_error(path: &Path, source: std::io::Error) -> DisaError {
     }
 }
 
-/// Writes through a temporary file and a rename, so an interrupted save leaves the old file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| io_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+/// Folder of the checkpoints inside a run's folder.
+pub const CHECKPOINTS: &str = "checkpoints";
+/// The files of one checkpoint; the manifest that names and hashes them is written last.
+const CHECKPOINT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "ema.safetensors",
+    "optimizer.bin",
+    "state.json",
+];
+const MANIFEST: &str = "manifest.json";
+
+/// One file of a checkpoint as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ManifestEntry {
+    file: String,
+    bytes: u64,
+    fnv1a64: String,
+}
+
+/// `manifest.json`: the step and every file with its size and hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    step: usize,
+    files: Vec<ManifestEntry>,
+}
+
+fn fnv1a64(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A checkpoint folder's name: the step, zero-padded so names sort by step.
+fn step_folder(step: usize) -> String {
+    format!("step-{step:09}")
+}
+
+/// Syncs a folder, so the renames in it survive a power cut.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+/// Reads a checkpoint folder's files, checked against its manifest: all present, with the
+/// sizes and hashes it names.
+fn read_checkpoint(dir: &Path) -> Result<std::collections::HashMap<String, Vec<u8>>> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        crate::weights::atomic::read_regular(&p, 1 << 40, "a checkpoint file")
+    };
+    let manifest: Manifest = serde_json::from_slice(&read(MANIFEST)?)
+        .map_err(|e| DisaError::Config(format!("{}: {e}", dir.join(MANIFEST).display())))?;
+    let mut files = std::collections::HashMap::new();
+    for name in CHECKPOINT_FILES {
+        let entry = manifest
+            .files
+            .iter()
+            .find(|e| e.file == name)
+            .ok_or_else(|| DisaError::Config(format!("{}: {name} missing", dir.display())))?;
+        let bytes = read(name)?;
+        if bytes.len() as u64 != entry.bytes || fnv1a64(&bytes) != entry.fnv1a64 {
+            return Err(DisaError::Config(format!(
+                "{}: {name} does not match the manifest (changed or damaged)",
+                dir.display()
+            )));
+        }
+        files.insert(name.to_string(), bytes);
+    }
+    Ok(files)
 }
 
 impl Trainer {
     /// A fresh model initialized from `settings.seed`. `device` must have autodiff enabled
     /// (`Device::flex().autodiff()`).
     pub fn new(config: MarConfig, settings: TrainSettings, device: &Device) -> Result<Self> {
-        config.validate()?;
-        settings.validate()?;
-        Self::check_layout(&config)?;
+        settings.validate_for(&config)?;
         let weights = config.initial_weights(settings.seed);
         Self::from_parts(config, settings, weights.clone(), weights, 0, None, device)
     }
@@ -195,6 +298,8 @@ impl Trainer {
         optim_bytes: Option<Vec<u8>>,
         device: &Device,
     ) -> Result<Self> {
+        // Settings read back from a checkpoint are checked exactly as new ones.
+        settings.validate_for(&config)?;
         let decoder = Some(ImageDecoder::Patch(PatchDecoder {
             scale: settings.token_scale,
         }));
@@ -246,6 +351,19 @@ impl Trainer {
         let count = data.images.count;
         if count == 0 {
             return Err(DisaError::InvalidSetting("no training images".into()));
+        }
+        let side = crate::data::IMAGE_SIDE;
+        if (data.images.rows, data.images.cols) != (side, side) {
+            // Larger images would not fit the token grid, smaller ones would train on padding.
+            return Err(DisaError::InvalidSetting(format!(
+                "training images must be {side}×{side} (Fashion-MNIST); these are {}×{}",
+                data.images.rows, data.images.cols
+            )));
+        }
+        if data.labels.len() < count || data.images.pixels.len() < count * side * side {
+            return Err(DisaError::InvalidSetting(
+                "fewer labels or pixels than images".into(),
+            ));
         }
         let mut rng = SeededNoise::new(s.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9));
         let mut tokens = Vec::with_capacity(b * n * c);
@@ -359,43 +477,144 @@ impl Trainer {
         }
     }
 
-    /// Saves everything needed to resume into `dir`: `model.safetensors` (current weights),
-    /// `ema.safetensors` (EMA weights, the model to ship), `optimizer.bin`, `state.json`.
+    /// Saves everything needed to resume as one atomic unit: the files (`model.safetensors`
+    /// current weights, `ema.safetensors`, `optimizer.bin`, `state.json`) and last a
+    /// `manifest.json` naming and hashing them go into a fresh folder, which is renamed into
+    /// place as `dir/checkpoints/step-N`; then the EMA model is copied to
+    /// `dir/ema.safetensors` (the model to ship) and older checkpoints are removed. A save
+    /// interrupted at any point leaves the previous checkpoint complete.
     pub fn save(&self, dir: &Path, info: &BundleInfo) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let current = self.model().state_dict("training")?;
-        write_atomic(
-            &dir.join("model.safetensors"),
-            &self.bundle(current, info.clone()).to_bytes()?,
-        )?;
-        write_atomic(
-            &dir.join("ema.safetensors"),
-            &self.bundle(self.ema.clone(), info.clone()).to_bytes()?,
-        )?;
-        let optim = self
-            .optim
-            .into_bytes()
-            .map_err(|e| DisaError::Config(format!("serializing optimizer state: {e:?}")))?;
-        write_atomic(&dir.join("optimizer.bin"), &optim)?;
-        let state = SavedState {
-            step: self.step,
-            config: self.config.clone(),
-            settings: self.settings.clone(),
-        };
-        let json = serde_json::to_string_pretty(&state).expect("state serializes");
-        write_atomic(&dir.join("state.json"), json.as_bytes())
+        use crate::weights::atomic::{fault_point, write_atomic};
+        let root = dir.join(CHECKPOINTS);
+        std::fs::create_dir_all(&root).map_err(|e| io_error(&root, e))?;
+        let name = step_folder(self.step);
+        let target = root.join(&name);
+        let ema_bytes = self.bundle(self.ema.clone(), info.clone()).to_bytes()?;
+        if !(target.is_dir() && read_checkpoint(&target).is_ok()) {
+            let current = self.model().state_dict("training")?;
+            let optim = self
+                .optim
+                .into_bytes()
+                .map_err(|e| DisaError::Config(format!("serializing optimizer state: {e:?}")))?;
+            let state = SavedState {
+                step: self.step,
+                config: self.config.clone(),
+                settings: self.settings.clone(),
+            };
+            let files: [(&str, Vec<u8>); 4] = [
+                (
+                    CHECKPOINT_FILES[0],
+                    self.bundle(current, info.clone()).to_bytes()?,
+                ),
+                (CHECKPOINT_FILES[1], ema_bytes.clone()),
+                (CHECKPOINT_FILES[2], optim.to_vec()),
+                (
+                    CHECKPOINT_FILES[3],
+                    serde_json::to_vec_pretty(&state).expect("state serializes"),
+                ),
+            ];
+            let partial = root.join(format!(".partial-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&partial);
+            std::fs::create_dir(&partial).map_err(|e| io_error(&partial, e))?;
+            let mut manifest = Manifest {
+                step: self.step,
+                files: Vec::new(),
+            };
+            for (file, bytes) in &files {
+                write_atomic(&partial.join(file), bytes)?;
+                manifest.files.push(ManifestEntry {
+                    file: file.to_string(),
+                    bytes: bytes.len() as u64,
+                    fnv1a64: fnv1a64(bytes),
+                });
+            }
+            let manifest = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+            write_atomic(&partial.join(MANIFEST), &manifest)?;
+            sync_dir(&partial)?;
+            // An incomplete folder of this step (damaged) makes way; a complete one was kept.
+            if target.exists() {
+                std::fs::remove_dir_all(&target).map_err(|e| io_error(&target, e))?;
+            }
+            fault_point().map_err(|e| io_error(&target, e))?;
+            std::fs::rename(&partial, &target).map_err(|e| io_error(&target, e))?;
+            sync_dir(&root)?;
+        }
+        write_atomic(&dir.join("ema.safetensors"), &ema_bytes)?;
+        fault_point().map_err(|e| io_error(&root, e))?;
+        // Older checkpoints and leftovers of interrupted saves.
+        let entries = std::fs::read_dir(&root).map_err(|e| io_error(&root, e))?;
+        for entry in entries.flatten() {
+            let n = entry.file_name().to_string_lossy().into_owned();
+            if n != name && (n.starts_with("step-") || n.starts_with(".partial-")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
     }
 
-    /// Resumes from a directory written by [`Trainer::save`].
+    /// Resumes from the newest complete checkpoint of a run folder written by
+    /// [`Trainer::save`]. A checkpoint whose files do not match its manifest is skipped (rolled
+    /// back to the one before); settings are validated as from the command line.
     pub fn resume(dir: &Path, device: &Device) -> Result<Self> {
-        let read = |name: &str| {
-            let p = dir.join(name);
-            std::fs::read(&p).map_err(|e| io_error(&p, e))
-        };
-        let state: SavedState = serde_json::from_slice(&read("state.json")?)
-            .map_err(|e| DisaError::Config(format!("{}: {e}", dir.join("state.json").display())))?;
-        let model = Bundle::from_bytes("model.safetensors", &read("model.safetensors")?)?;
-        let ema = Bundle::from_bytes("ema.safetensors", &read("ema.safetensors")?)?;
+        let root = dir.join(CHECKPOINTS);
+        if !root.is_dir() {
+            return Err(DisaError::Config(if dir.join("state.json").exists() {
+                format!(
+                    "{} holds a checkpoint of an older disa (loose files, not an atomic \
+                         checkpoint) whose files cannot be checked to belong together; start a \
+                         new run with another --out",
+                    dir.display()
+                )
+            } else {
+                format!("{} holds no checkpoint to resume", dir.display())
+            }));
+        }
+        let mut steps: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&root)
+            .map_err(|e| io_error(&root, e))?
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let step = n.strip_prefix("step-")?.parse().ok()?;
+                Some((step, e.path()))
+            })
+            .collect();
+        steps.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut problems = Vec::new();
+        for (step, path) in steps {
+            match Self::load_checkpoint(&path, step, device) {
+                Ok(t) => return Ok(t),
+                // Settings that cannot train are final, whichever checkpoint holds them.
+                Err(e @ DisaError::InvalidSetting(_)) => return Err(e),
+                Err(e) => problems.push(format!("step {step}: {e}")),
+            }
+        }
+        Err(DisaError::Config(format!(
+            "{} holds no complete checkpoint{}",
+            dir.display(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
+        )))
+    }
+
+    /// Loads one checkpoint folder, checked against its manifest.
+    fn load_checkpoint(path: &Path, step: usize, device: &Device) -> Result<Self> {
+        let mut files = read_checkpoint(path)?;
+        let mut take = |name: &str| files.remove(name).expect("read_checkpoint has every file");
+        let state: SavedState = serde_json::from_slice(&take("state.json")).map_err(|e| {
+            DisaError::Config(format!("{}: {e}", path.join("state.json").display()))
+        })?;
+        if state.step != step {
+            return Err(DisaError::Config(format!(
+                "{}: state.json says step {}",
+                path.display(),
+                state.step
+            )));
+        }
+        let model = Bundle::from_bytes("model.safetensors", &take("model.safetensors"))?;
+        let ema = Bundle::from_bytes("ema.safetensors", &take("ema.safetensors"))?;
         if model.config != state.config || ema.config != state.config {
             return Err(DisaError::Config(
                 "checkpoint files disagree on the model configuration".into(),
@@ -407,7 +626,7 @@ impl Trainer {
             model.mar,
             ema.mar,
             state.step,
-            Some(read("optimizer.bin")?),
+            Some(take("optimizer.bin")),
             device,
         )
     }

@@ -196,6 +196,8 @@ impl Bundle {
         let config: MarConfig = serde_json::from_str(json("config")?)
             .map_err(|e| meta_error(source_name, format!("metadata `config`: {e}")))?;
         config.validate()?;
+        // Sizes from the file's metadata are checked before anything is built from them.
+        super::limits::check_config(&config, 1.0, &format!("the model of {source_name}"))?;
         let decoder: DecoderSpec = serde_json::from_str(json("decoder")?)
             .map_err(|e| meta_error(source_name, format!("metadata `decoder`: {e}")))?;
         let info: BundleInfo = match meta.get("info") {

@@ -2,6 +2,11 @@
 //! release files (MAR checkpoint, VAE checkpoint, a configuration).
 
 use super::bundle::Fnv1a;
+use super::limits;
+use super::map::{
+    FileFormat, MAX_SAFETENSORS_HEADER, ReadLimits, detect_format, is_mar_tensor,
+    is_vae_decoder_tensor, read_safetensors_streaming, sniff_path, unknown_format,
+};
 use super::{Bundle, BundleInfo, DecoderSpec, SourceFile, WeightMap};
 use crate::error::{DisaError, Result};
 use crate::model::MarConfig;
@@ -23,19 +28,56 @@ pub struct ModelFiles {
 }
 
 /// Reads a JSON configuration: MAR's constructor arguments, possibly under `mar_ctor_kwargs`
-/// (the reference manifests).
+/// (the reference manifests). It is validated like every configuration, and refused when a
+/// model of it would not fit in memory.
 pub fn read_config_json(path: &Path) -> Result<MarConfig> {
-    let text = std::fs::read_to_string(path).map_err(|source| DisaError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let bytes = super::atomic::read_regular(path, 64 << 20, "a configuration file")?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| DisaError::Config(format!("{}: not JSON ({e})", path.display())))?;
     let kwargs = value.get("mar_ctor_kwargs").cloned().unwrap_or(value);
     let config: MarConfig = serde_json::from_value(kwargs)
         .map_err(|e| DisaError::Config(format!("{}: {e}", path.display())))?;
     config.validate()?;
+    limits::check_config(&config, 1.0, &format!("the model of {}", path.display()))?;
     Ok(config)
+}
+
+/// The preset names `--config` takes.
+pub const PRESETS: &str = "mar_base, mar_large, mar_huge, fashion";
+
+/// A `--config` value: a preset name, or a JSON file. A name that is neither says which
+/// presets there are.
+pub fn config_from_spec(spec: &str) -> Result<MarConfig> {
+    if let Some(preset) = MarConfig::preset(spec) {
+        return Ok(preset);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(DisaError::InvalidSetting(format!(
+            "--config {spec}: neither a preset ({PRESETS}) nor an existing JSON file"
+        )));
+    }
+    read_config_json(path)
+}
+
+/// Whether a safetensors file's header carries the disa bundle marker (reads the header only).
+fn is_bundle_file(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let io = |source| DisaError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let (mut file, len) = super::atomic::open_regular(path)?;
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_SAFETENSORS_HEADER || n.saturating_add(8) > len {
+        return Ok(false);
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let value: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
+    Ok(value["__metadata__"]["format"].as_str() == Some(super::bundle::FORMAT))
 }
 
 impl ModelFiles {
@@ -43,20 +85,18 @@ impl ModelFiles {
         self.weights.parent().unwrap_or(Path::new("."))
     }
 
-    fn config_for(&self, weights: &WeightMap) -> Result<MarConfig> {
+    /// The configuration given (`--config`) or found beside the weights, if any.
+    fn given_config(&self) -> Result<Option<MarConfig>> {
         if let Some(spec) = &self.config {
-            return match MarConfig::preset(spec) {
-                Some(preset) => Ok(preset),
-                None => read_config_json(Path::new(spec)),
-            };
+            return config_from_spec(spec).map(Some);
         }
         for name in ["manifest.json", "config.json"] {
             let candidate = self.dir().join(name);
             if candidate.exists() {
-                return read_config_json(&candidate);
+                return read_config_json(&candidate).map(Some);
             }
         }
-        MarConfig::infer(weights, None)
+        Ok(None)
     }
 
     fn vae_path(&self) -> Option<PathBuf> {
@@ -74,43 +114,54 @@ impl ModelFiles {
         self.load_with_progress(&mut |_, _| {})
     }
 
-    /// As [`ModelFiles::load`], reporting `(bytes read, file size)` while a safetensors or
-    /// bundle file is read (in 4 MiB chunks into one buffer, parsed from there).
+    /// As [`ModelFiles::load`], reporting `(bytes read, file size)` while a bundle file is read
+    /// (in 4 MiB chunks into one buffer, parsed from there). Official weights are read tensor
+    /// by tensor, only those the model uses, within what the configuration allows.
     pub fn load_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Bundle> {
-        let io = |source| DisaError::Io {
-            path: self.weights.display().to_string(),
-            source,
-        };
         let name = self.weights.display().to_string();
-        // Sniff the first bytes; a safetensors file is then read once and parsed from memory.
-        let head = {
-            use std::io::Read;
-            let mut buf = [0u8; 8];
-            let n = std::fs::File::open(&self.weights)
-                .and_then(|mut f| f.read(&mut buf))
-                .map_err(io)?;
-            buf[..n].to_vec()
-        };
-        // The weights file is hashed from the bytes already read when it is safetensors.
-        let (mar, weights_source) = if head.len() == 8 && !WeightMap::looks_like_pytorch(&head) {
-            let bytes = read_with_progress(&self.weights, progress)?;
-            if Bundle::is_bundle(&bytes) {
-                return Bundle::from_bytes(&name, &bytes);
+        let (head, len) = sniff_path(&self.weights)?;
+        let format = detect_format(&head, len);
+        if format == FileFormat::Unknown {
+            return Err(unknown_format(&name, &head, len));
+        }
+        if format == FileFormat::Safetensors && is_bundle_file(&self.weights)? {
+            if self.config.is_some() || self.vae.is_some() {
+                return Err(DisaError::InvalidSetting(format!(
+                    "{name} is a disa model file, which carries its own configuration and \
+                     decoder: --config and --vae apply to official weights only; drop them"
+                )));
             }
-            (
-                WeightMap::from_safetensors_bytes(&name, &bytes)?,
-                fingerprint_bytes(&self.weights, &bytes),
-            )
-        } else {
-            (
-                WeightMap::from_path(&self.weights, Some(&self.state_dict))?,
-                fingerprint(&self.weights)?,
-            )
+            // The file and the tensors parsed from it.
+            limits::check_fits(&format!("reading {name}"), len as f64 * 2.0)?;
+            let bytes = read_with_progress(&self.weights, progress)?;
+            return Bundle::from_bytes(&name, &bytes);
+        }
+        let given = self.given_config()?;
+        let read_limits = ReadLimits {
+            keep: is_mar_tensor,
+            max_values: given.as_ref().map(limits::config_params),
         };
-        let config = self.config_for(&mar)?;
+        let mar = match format {
+            FileFormat::Safetensors => read_safetensors_streaming(&self.weights, &read_limits)?,
+            FileFormat::TorchZip | FileFormat::TorchLegacy => {
+                WeightMap::read_path(&self.weights, Some(&self.state_dict), &read_limits)?
+            }
+            FileFormat::Unknown => return Err(unknown_format(&name, &head, len)),
+        };
+        progress(len, len);
+        let weights_source = fingerprint(&self.weights)?;
+        let config = match given {
+            Some(c) => c,
+            None => MarConfig::infer(&mar, None)?,
+        };
+        limits::check_config(&config, 1.0, "the model")?;
+        let vae_limits = ReadLimits {
+            keep: is_vae_decoder_tensor,
+            max_values: None,
+        };
         let vae = self
             .vae_path()
-            .map(|p| WeightMap::from_path(&p, Some("model")))
+            .map(|p| WeightMap::read_path(&p, Some("model"), &vae_limits))
             .transpose()?;
         let decoder = if vae.is_some() {
             DecoderSpec::Vae
@@ -149,15 +200,15 @@ impl ModelFiles {
     }
 }
 
-/// Size and FNV-1a hash of a file, read in 1 MiB chunks.
+/// Size and FNV-1a hash of a file, read in 64 KiB chunks.
 pub fn fingerprint(path: &Path) -> Result<SourceFile> {
     use std::io::Read;
     let io = |source| DisaError::Io {
         path: path.display().to_string(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut buf = vec![0u8; 1 << 20];
+    let (mut file, _) = super::atomic::open_regular(path)?;
+    let mut buf = vec![0u8; 64 << 10];
     let (mut h, mut total) = (Fnv1a::new(), 0u64);
     loop {
         let n = file.read(&mut buf).map_err(io)?;
@@ -168,13 +219,6 @@ pub fn fingerprint(path: &Path) -> Result<SourceFile> {
         total += n as u64;
     }
     Ok(source_file(path, total, h))
-}
-
-/// The fingerprint of a file already in memory.
-fn fingerprint_bytes(path: &Path, bytes: &[u8]) -> SourceFile {
-    let mut h = Fnv1a::new();
-    h.feed(bytes);
-    source_file(path, bytes.len() as u64, h)
 }
 
 fn source_file(path: &Path, bytes: u64, hash: Fnv1a) -> SourceFile {
@@ -195,8 +239,9 @@ pub fn read_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Re
         path: path.display().to_string(),
         source,
     };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let total = file.metadata().map_err(io)?.len();
+    let (file, total) = super::atomic::open_regular(path)?;
+    // Never more than the size seen when opened (a file that grows is cut there).
+    let mut file = file.take(total);
     let mut bytes = Vec::with_capacity(total as usize);
     let mut chunk = vec![0u8; 4 << 20];
     loop {

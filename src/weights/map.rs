@@ -108,7 +108,19 @@ impl WeightMap {
     /// data outside the pickle, so checkpoints are read from a path, never from bytes.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_pytorch_path(path: &std::path::Path, top_level_key: Option<&str>) -> Result<Self> {
+        Self::read_pytorch(path, top_level_key, &ReadLimits::default())
+    }
+
+    /// [`WeightMap::from_pytorch_path`] reading only the tensors `limits` keeps, within its
+    /// budget: tensor data is read after the pickle is parsed and the claimed sizes are checked.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn read_pytorch(
+        path: &std::path::Path,
+        top_level_key: Option<&str>,
+        limits: &ReadLimits,
+    ) -> Result<Self> {
         let source_name = path.display().to_string();
+        check_pickle_size(path)?;
         let open = || match top_level_key {
             Some(k) => pytorch_reader::PytorchReader::with_top_level_key(path, k),
             None => pytorch_reader::PytorchReader::new(path),
@@ -132,7 +144,7 @@ impl WeightMap {
                     format!("not a readable PyTorch checkpoint{hint}: {e}"),
                 )
             })?;
-        let mut tensors = BTreeMap::new();
+        let mut wanted = Vec::new();
         for (name, tensor) in reader.into_tensors() {
             let code = match format!("{:?}", tensor.dtype()).as_str() {
                 "F32" => "F32",
@@ -141,6 +153,18 @@ impl WeightMap {
                 "F64" => "F64",
                 _ => continue,
             };
+            if (limits.keep)(&name) {
+                wanted.push((name, code, tensor));
+            }
+        }
+        // Claimed sizes first, in floating point (a shape's product may overflow).
+        let claimed: f64 = wanted
+            .iter()
+            .map(|(_, _, t)| t.shape().iter().map(|&d| d as f64).product::<f64>())
+            .sum();
+        limits.check(&source_name, claimed)?;
+        let mut tensors = BTreeMap::new();
+        for (name, code, tensor) in wanted {
             let shape = tensor.shape().to_vec();
             let bytes = tensor.read().map_err(|e| {
                 format_error(
@@ -163,9 +187,13 @@ impl WeightMap {
         })
     }
 
-    /// Whether bytes start like a PyTorch checkpoint (zip container or legacy pickle).
+    /// Whether bytes start like a PyTorch checkpoint (zip container or legacy pickle with
+    /// PyTorch's magic number), and not like safetensors. `file_len` is the whole file's size.
     pub fn looks_like_pytorch(bytes: &[u8]) -> bool {
-        bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)
+        matches!(
+            detect_format(bytes, bytes.len() as u64),
+            FileFormat::TorchZip | FileFormat::TorchLegacy
+        )
     }
 
     /// Parses weights held in memory (the browser's path): safetensors. A PyTorch checkpoint is
@@ -187,36 +215,49 @@ impl WeightMap {
         Self::from_safetensors_bytes(source_name, bytes)
     }
 
-    /// Reads a weight file from disk, choosing the format from its first bytes: safetensors or
-    /// a PyTorch checkpoint. For a checkpoint, `top_level_key` picks the state dict; `None`
-    /// tries `model_ema`, then `model`, then the top level.
+    /// Reads a weight file from disk, choosing the format from what only that format can start
+    /// with: safetensors or a PyTorch checkpoint. For a checkpoint, `top_level_key` picks the
+    /// state dict; `None` tries `model_ema`, then `model`, then the top level.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_path(path: &std::path::Path, top_level_key: Option<&str>) -> Result<Self> {
-        use std::io::Read;
-        let io = |source| DisaError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut head = [0u8; 8];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut head))
-            .map_err(io)?;
-        if n < 8 {
-            return Err(format_error(
-                &path.display().to_string(),
-                format!("only {n} bytes: the file is empty or truncated"),
-            ));
-        }
-        if !Self::looks_like_pytorch(&head) {
-            let bytes = std::fs::read(path).map_err(io)?;
-            return Self::from_safetensors_bytes(&path.display().to_string(), &bytes);
-        }
-        match top_level_key {
-            Some(k) => Self::from_pytorch_path(path, Some(k)),
-            None => ["model_ema", "model"]
-                .iter()
-                .find_map(|k| Self::from_pytorch_path(path, Some(k)).ok())
-                .map_or_else(|| Self::from_pytorch_path(path, None), Ok),
+        Self::read_path(path, top_level_key, &ReadLimits::default())
+    }
+
+    /// [`WeightMap::from_path`] reading only the tensors `limits` keeps, within its budget.
+    /// Safetensors files are read tensor by tensor after their header is checked against the
+    /// file's size, never whole.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn read_path(
+        path: &std::path::Path,
+        top_level_key: Option<&str>,
+        limits: &ReadLimits,
+    ) -> Result<Self> {
+        let name = path.display().to_string();
+        let (head, len) = sniff_path(path)?;
+        match detect_format(&head, len) {
+            FileFormat::Safetensors => read_safetensors_streaming(path, limits),
+            FileFormat::TorchZip | FileFormat::TorchLegacy => match top_level_key {
+                Some(k) => Self::read_pytorch(path, Some(k), limits),
+                None => {
+                    let mut first_error = None;
+                    for k in ["model_ema", "model"] {
+                        match Self::read_pytorch(path, Some(k), limits) {
+                            Ok(w) => return Ok(w),
+                            // Sizes over budget are final: another key would not help.
+                            Err(e @ DisaError::InvalidSetting(_)) => return Err(e),
+                            Err(e) => {
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    // The top level, else the first key's error (the likelier intent).
+                    Self::read_pytorch(path, None, limits).map_err(|e| match e {
+                        DisaError::InvalidSetting(_) => e,
+                        _ => first_error.unwrap_or(e),
+                    })
+                }
+            },
+            FileFormat::Unknown => Err(unknown_format(&name, &head, len)),
         }
     }
 
@@ -319,5 +360,352 @@ impl WeightMap {
                     .any(|k| k.starts_with(&format!("{prefix}.{i}.")))
             })
             .count()
+    }
+}
+
+/// What a weight file is, judged only by what can belong to that format alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// An 8-byte little-endian header length whose header starts with `{` and fits the file.
+    Safetensors,
+    /// A `torch.save` zip archive (`PK\x03\x04`).
+    TorchZip,
+    /// A legacy `torch.save` file: a pickle holding PyTorch's magic number.
+    TorchLegacy,
+    /// None of these.
+    Unknown,
+}
+
+/// Bytes [`detect_format`] looks at.
+pub const SNIFF_LEN: usize = 64;
+
+/// PyTorch's legacy magic number 0x1950a86a20f9469cfc6c as a pickled LONG1 (little-endian).
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// The same number as protocol 0 writes it (decimal text).
+const LEGACY_MAGIC_TEXT: &[u8] = b"119547037146038801333356";
+/// The safetensors format's limit on its header.
+pub(crate) const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Detects the format of a file from its first bytes (up to [`SNIFF_LEN`]) and its length.
+/// The first byte alone decides nothing: in safetensors it is the low byte of the header
+/// length, any value at all.
+pub fn detect_format(head: &[u8], file_len: u64) -> FileFormat {
+    if head.len() >= 9 {
+        let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        if (2..=MAX_SAFETENSORS_HEADER).contains(&n)
+            && n <= file_len.saturating_sub(8)
+            && head[8] == b'{'
+        {
+            return FileFormat::Safetensors;
+        }
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return FileFormat::TorchZip;
+    }
+    let window = &head[..head.len().min(SNIFF_LEN)];
+    let pickle_start = matches!(window.first(), Some(0x80 | b'(' | b'L' | b'I' | b'\x8a'));
+    if pickle_start
+        && (window
+            .windows(LEGACY_MAGIC.len())
+            .any(|w| w == LEGACY_MAGIC)
+            || window
+                .windows(LEGACY_MAGIC_TEXT.len())
+                .any(|w| w == LEGACY_MAGIC_TEXT))
+    {
+        return FileFormat::TorchLegacy;
+    }
+    FileFormat::Unknown
+}
+
+/// The error for a file of no known format, saying what was expected.
+pub(crate) fn unknown_format(source_name: &str, head: &[u8], len: u64) -> DisaError {
+    let detail = if len < 8 {
+        format!("only {len} bytes: the file is empty or truncated")
+    } else {
+        let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        if head.get(8) == Some(&b'{') && n.saturating_add(8) > len {
+            format!(
+                "a safetensors header of {n} bytes does not fit the file's {len} bytes \
+                 (truncated?)"
+            )
+        } else {
+            "not safetensors (8-byte header length, then a JSON header), nor a PyTorch \
+             checkpoint (zip, or a legacy pickle with PyTorch's magic number)"
+                .to_string()
+        }
+    };
+    format_error(source_name, detail)
+}
+
+/// The first [`SNIFF_LEN`] bytes of a regular file, and its size.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn sniff_path(path: &std::path::Path) -> Result<(Vec<u8>, u64)> {
+    use std::io::Read;
+    let (file, len) = super::atomic::open_regular(path)?;
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    file.take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|source| DisaError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok((head, len))
+}
+
+/// Which tensors of a file to read, and how many values they may hold.
+#[derive(Clone, Copy)]
+pub(crate) struct ReadLimits {
+    /// Tensors (by name) the model uses; the others are never read.
+    pub keep: fn(&str) -> bool,
+    /// The values a model of the known configuration has (tensors kept must not hold more).
+    pub max_values: Option<f64>,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            keep: |_| true,
+            max_values: None,
+        }
+    }
+}
+
+impl ReadLimits {
+    /// Refuses `claimed` values (what the file's kept tensors declare) over the budget, before
+    /// any is read.
+    pub fn check(&self, source_name: &str, claimed: f64) -> Result<()> {
+        if let Some(max) = self.max_values {
+            // A little slack for extra small buffers a state dict may carry.
+            if claimed > max * 1.01 + 65536.0 {
+                return Err(DisaError::InvalidSetting(format!(
+                    "{source_name}: its tensors declare {claimed:.3e} values, more than the \
+                     {max:.3e} of a model of its configuration; refusing to read them"
+                )));
+            }
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        super::limits::check_fits(
+            &format!("reading the tensors of {source_name}"),
+            claimed * 4.0,
+        )?;
+        Ok(())
+    }
+}
+
+/// Names of a MAR state dict's tensors (the official module names); other tensors a
+/// checkpoint may carry are skipped unread.
+pub fn is_mar_tensor(name: &str) -> bool {
+    const MODULES: [&str; 14] = [
+        "class_emb",
+        "z_proj",
+        "z_proj_ln",
+        "encoder_pos_embed_learned",
+        "encoder_blocks",
+        "encoder_norm",
+        "decoder_embed",
+        "mask_token",
+        "decoder_blocks",
+        "decoder_norm",
+        "decoder_pos_embed_learned",
+        "diffusion_pos_embed_learned",
+        "diffloss",
+        "fake_latent",
+    ];
+    let module = name.split('.').next().unwrap_or(name);
+    MODULES.contains(&module)
+}
+
+/// Names of the VAE tensors the decoder uses (the encoder and loss are skipped unread).
+pub fn is_vae_decoder_tensor(name: &str) -> bool {
+    name.starts_with("decoder.") || name.starts_with("post_quant_conv.")
+}
+
+/// Width in bytes of a safetensors dtype name, `None` for unknown ones.
+fn dtype_width(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Reads a safetensors file tensor by tensor: the header (at most the format's 100 MB) is read
+/// and checked against the file's size first, then only the float tensors `limits` keeps, each
+/// exactly as long as the header says.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn read_safetensors_streaming(
+    path: &std::path::Path,
+    limits: &ReadLimits,
+) -> Result<WeightMap> {
+    use std::io::{Read, Seek, SeekFrom};
+    let source_name = path.display().to_string();
+    let bad = |reason: String| format_error(&source_name, reason);
+    let io = |source| DisaError::Io {
+        path: source_name.clone(),
+        source,
+    };
+    let (mut file, len) = super::atomic::open_regular(path)?;
+    let mut n_bytes = [0u8; 8];
+    file.read_exact(&mut n_bytes)
+        .map_err(|_| bad(format!("only {len} bytes: the file is empty or truncated")))?;
+    let n = u64::from_le_bytes(n_bytes);
+    if n > MAX_SAFETENSORS_HEADER || n.saturating_add(8) > len {
+        return Err(bad(format!(
+            "a safetensors header of {n} bytes does not fit the file's {len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a valid safetensors file (header: {e})")))?;
+    struct Entry {
+        name: String,
+        dtype: String,
+        shape: Vec<usize>,
+        start: u64,
+        end: u64,
+    }
+    let mut entries = Vec::new();
+    for (name, value) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |key: &str| value.get(key).cloned().unwrap_or_default();
+        let dtype = field("dtype").as_str().unwrap_or_default().to_string();
+        let shape: Vec<usize> = serde_json::from_value(field("shape"))
+            .map_err(|e| bad(format!("tensor `{name}`: shape ({e})")))?;
+        let (start, end): (u64, u64) = serde_json::from_value(field("data_offsets"))
+            .map_err(|e| bad(format!("tensor `{name}`: data_offsets ({e})")))?;
+        let width = dtype_width(&dtype)
+            .ok_or_else(|| bad(format!("tensor `{name}`: unknown dtype `{dtype}`")))?;
+        let bytes = shape
+            .iter()
+            .try_fold(width, |acc, &d| acc.checked_mul(d as u64));
+        if end < start || bytes != Some(end - start) {
+            return Err(bad(format!(
+                "tensor `{name}`: data_offsets {start}..{end} do not match its shape {shape:?}"
+            )));
+        }
+        entries.push(Entry {
+            name,
+            dtype,
+            shape,
+            start,
+            end,
+        });
+    }
+    entries.sort_by_key(|e| (e.start, e.end));
+    let mut at = 0u64;
+    for e in &entries {
+        if e.start != at {
+            return Err(bad(format!(
+                "tensor `{}`: data does not follow the previous tensor's (offset {} ≠ {at})",
+                e.name, e.start
+            )));
+        }
+        at = e.end;
+    }
+    if at.checked_add(8 + n) != Some(len) {
+        return Err(bad(format!(
+            "the header describes {at} bytes of data, the file holds {} (truncated or padded)",
+            len - 8 - n
+        )));
+    }
+    let wanted: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| matches!(e.dtype.as_str(), "F32" | "F16" | "BF16" | "F64"))
+        .filter(|e| (limits.keep)(&e.name))
+        .collect();
+    let claimed: f64 = wanted
+        .iter()
+        .map(|e| e.shape.iter().map(|&d| d as f64).product::<f64>())
+        .sum();
+    limits.check(&source_name, claimed)?;
+    let mut tensors = BTreeMap::new();
+    let data_start = 8 + n;
+    for e in wanted {
+        file.seek(SeekFrom::Start(data_start + e.start))
+            .map_err(io)?;
+        let mut bytes = vec![0u8; (e.end - e.start) as usize];
+        file.read_exact(&mut bytes).map_err(io)?;
+        let values = decode_floats(&source_name, &e.name, &e.dtype, &bytes)?;
+        tensors.insert(
+            e.name.clone(),
+            HostTensor {
+                shape: e.shape.clone(),
+                values,
+            },
+        );
+    }
+    Ok(WeightMap {
+        source_name,
+        tensors,
+    })
+}
+
+/// The largest pickle a state dict plausibly has: PyTorch's own checkpoints of MAR-H with the
+/// optimizer state take well under 1 MB. A pickle's objects take many times its size in
+/// memory, so a bigger one is refused before it is parsed.
+#[cfg(not(target_arch = "wasm32"))]
+pub const MAX_PICKLE_BYTES: u64 = 8 << 20;
+
+/// Refuses a zip checkpoint whose pickle is over [`MAX_PICKLE_BYTES`], reading only the
+/// archive's directory. Legacy files are parsed by the reader as they are.
+#[cfg(not(target_arch = "wasm32"))]
+fn check_pickle_size(path: &std::path::Path) -> Result<()> {
+    let (file, _) = super::atomic::open_regular(path)?;
+    let Ok(mut archive) = zip::ZipArchive::new(std::io::BufReader::new(file)) else {
+        // Not a readable zip (legacy, or corrupt): the reader says what is wrong.
+        return Ok(());
+    };
+    for i in 0..archive.len() {
+        let Ok(entry) = archive.by_index_raw(i) else {
+            continue;
+        };
+        let name = entry.name().map(|n| n.into_owned()).unwrap_or_default();
+        if name.ends_with(".pkl") && entry.size() > MAX_PICKLE_BYTES {
+            return Err(format_error(
+                &path.display().to_string(),
+                format!(
+                    "its pickle `{}` is {} bytes; a state dict's is far smaller (at most {} \
+                     accepted)",
+                    name,
+                    entry.size(),
+                    MAX_PICKLE_BYTES
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_keeps_every_tensor_a_model_uses() {
+        let w = crate::model::MarConfig::fashion().initial_weights(0);
+        for k in w.tensors.keys() {
+            assert!(is_mar_tensor(k), "{k}");
+        }
+        assert!(!is_mar_tensor("optimizer.state"));
+    }
+
+    #[test]
+    fn a_first_byte_of_0x80_is_not_a_pickle_when_the_header_parses() {
+        let mut head = vec![0x80, 0, 0, 0, 0, 0, 0, 0, b'{'];
+        head.extend_from_slice(&[b' '; 20]);
+        assert_eq!(detect_format(&head, 1000), FileFormat::Safetensors);
+        let legacy = [
+            0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+            b'.',
+        ];
+        assert_eq!(detect_format(&legacy, 1000), FileFormat::TorchLegacy);
+        assert_eq!(detect_format(b"PK\x03\x04rest", 1000), FileFormat::TorchZip);
+        assert_eq!(detect_format(&[0x80, 2, 0, 0], 1000), FileFormat::Unknown);
+        assert_eq!(detect_format(&[0u8; 64], 1 << 35), FileFormat::Unknown);
     }
 }

@@ -3,19 +3,27 @@
 //! (format, missing keys, shapes, non-finite values) happens here, before any tensor reaches a
 //! module, so bad files give an error and never a panic.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod atomic;
 mod bundle;
 #[cfg(not(target_arch = "wasm32"))]
 mod files;
+pub mod limits;
 mod map;
 pub mod quant;
 #[cfg(not(target_arch = "wasm32"))]
 mod torch_checkpoint;
 
-pub use bundle::{
-    Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage, StoredForm,
+pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage, StoredForm};
+#[cfg(not(target_arch = "wasm32"))]
+pub use files::{
+    ModelFiles, PRESETS, config_from_spec, fingerprint, read_config_json, read_with_progress,
+};
+pub use map::{
+    FileFormat, HostTensor, SNIFF_LEN, WeightMap, detect_format, is_mar_tensor,
+    is_vae_decoder_tensor,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use files::{ModelFiles, fingerprint, read_config_json, read_with_progress};
-pub use map::{HostTensor, WeightMap};
+pub use atomic::{write_atomic, write_atomic_with};
 #[cfg(not(target_arch = "wasm32"))]
 pub use torch_checkpoint::{save_torch_checkpoint, write_torch_checkpoint};

@@ -33,6 +33,8 @@ mod op {
     pub const NEWFALSE: u8 = 0x89;
     pub const REDUCE: u8 = b'R';
     pub const BINPERSID: u8 = b'Q';
+    pub const BINPUT: u8 = b'q';
+    pub const BINGET: u8 = b'h';
     pub const STOP: u8 = b'.';
 }
 
@@ -116,8 +118,15 @@ fn pickle_state_dicts(state_dict: &WeightMap, keys: &[&str]) -> Vec<u8> {
     p.0.push(2);
     p.op(op::EMPTY_DICT);
     p.op(op::MARK);
-    for key in keys {
+    for (i, key) in keys.iter().enumerate() {
         p.string(key);
+        if i > 0 {
+            // The same dict object again, as `torch.save({'model': sd, 'model_ema': sd})`
+            // writes it: a memo reference.
+            p.op(op::BINGET);
+            p.0.push(0);
+            continue;
+        }
         p.empty_ordered_dict();
         p.op(op::MARK);
         for (n, (name, tensor)) in state_dict.tensors.iter().enumerate() {
@@ -125,6 +134,8 @@ fn pickle_state_dicts(state_dict: &WeightMap, keys: &[&str]) -> Vec<u8> {
             p.tensor(&n.to_string(), &tensor.shape);
         }
         p.op(op::SETITEMS);
+        p.op(op::BINPUT);
+        p.0.push(0);
     }
     p.op(op::SETITEMS);
     p.op(op::STOP);
@@ -204,25 +215,12 @@ fn write_values(out: &mut impl Write, tensor: &HostTensor) -> std::io::Result<()
 /// [`write_torch_checkpoint`] to a file. It is written beside the target and renamed into
 /// place, so a failed write leaves an existing file untouched and no partial file behind.
 pub fn save_torch_checkpoint(path: &Path, state_dict: &WeightMap, keys: &[&str]) -> Result<()> {
-    let partial = {
-        let mut name = path.as_os_str().to_owned();
-        name.push(".partial");
-        std::path::PathBuf::from(name)
-    };
-    let io = |source| DisaError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = std::fs::File::create(&partial).map_err(io)?;
     let target = path.display().to_string();
-    let result = write_named(std::io::BufWriter::new(file), state_dict, keys, &target)
-        .and_then(|w| w.into_inner().map_err(|e| io(e.into_error())))
-        .and_then(|f| f.sync_all().map_err(io))
-        .and_then(|()| std::fs::rename(&partial, path).map_err(io));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
+    super::atomic::write_atomic_with(path, |file| {
+        let mut out = std::io::BufWriter::new(file);
+        write_named(&mut out, state_dict, keys, &target).map_err(std::io::Error::other)?;
+        out.flush()
+    })
 }
 
 #[cfg(test)]
