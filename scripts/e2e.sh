@@ -14,4 +14,7 @@ trunk build "${profile_flag[@]}"
 
 say "browser end-to-end test (Chromium, WebGPU on SwiftShader, then the CPU fallback)"
 cd tests/e2e
-DISA_BIN="$CARGO_TARGET_DIR/debug/disa" node --test --test-reporter=spec e2e.test.mjs
+# E2E_TESTS=PATTERN runs only the tests whose name matches (e.g. E2E_TESTS=layout).
+pattern=()
+[ -n "${E2E_TESTS:-}" ] && pattern=(--test-name-pattern="$E2E_TESTS")
+DISA_BIN="$CARGO_TARGET_DIR/debug/disa" node --test --test-reporter=spec "${pattern[@]}" e2e.test.mjs teach.test.mjs

@@ -22,6 +22,9 @@ struct State {
     generator: Option<Arc<Generator>>,
     info: BundleInfo,
     generation: Option<Generation>,
+    /// Bumped by every start and cancel: a step that finishes after either must not put its
+    /// (stale) generation back, or the next run would continue the old one.
+    run_serial: u64,
     run_start_ms: f64,
 }
 
@@ -29,6 +32,8 @@ thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
     /// Set by wgpu's device-lost callback.
     static DEVICE_LOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether a cancel may stop an AR step part-way (see [`set_interruptible`]).
+    static INTERRUPTIBLE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 fn js_err(e: DisaError) -> JsError {
@@ -64,21 +69,27 @@ fn web_sys_log(message: &str) {
 }
 
 /// Picks the backend: WebGPU unless `force_cpu`, else (or when WebGPU fails) the CPU backend.
-/// Returns JSON `{backend, adapter, software, notice?}`. The GPU is initialized once per worker.
+/// Returns JSON `{backend, adapter, software, notice?, reason?, detail?}`: `notice` is a sentence
+/// for people, `reason` one of `forced`, `unavailable`, `failed` (why the CPU is used), and
+/// `detail` the technical error behind it. The GPU is initialized once per worker.
 #[wasm_bindgen(js_name = initBackend)]
 pub async fn init_backend(force_cpu: bool) -> Result<String, JsError> {
     let mut notice = None;
+    let mut reason = None;
+    let mut detail = None;
     let mut adapter = "CPU (Burn flex, WebAssembly)".to_string();
     let mut software = false;
     let device = if force_cpu {
-        notice = Some("CPU backend selected: WebGPU is off for this page.".to_string());
+        notice = Some("The CPU backend was chosen for this page, so WebGPU is off.".to_string());
+        reason = Some("forced");
         Device::flex()
     } else {
         match Device::wgpu_options().init_with_setup_async().await {
             Ok((device, setup)) => {
                 let info = setup.adapter.get_info();
                 software = matches!(info.device_type, burn::tensor::wgpu::wgpu::DeviceType::Cpu)
-                    || info.name.to_ascii_lowercase().contains("swiftshader");
+                    || info.name.to_ascii_lowercase().contains("swiftshader")
+                    || info.name.to_ascii_lowercase().contains("llvmpipe");
                 // Browsers often hide the adapter's name; say what is known.
                 let name = if info.name.trim().is_empty() {
                     "unnamed adapter".to_string()
@@ -105,8 +116,11 @@ pub async fn init_backend(force_cpu: bool) -> Result<String, JsError> {
                     Ok(_) => device,
                     Err(e) => {
                         notice = Some(format!(
-                            "WebGPU failed a test computation ({e:?}); using the CPU backend."
+                            "This browser offers WebGPU, but the GPU “{name}” failed a test \
+                             computation, so the demo runs on the CPU instead (slower)."
                         ));
+                        reason = Some("failed");
+                        detail = Some(format!("{e:?}"));
                         software = false;
                         adapter = "CPU (Burn flex, WebAssembly)".to_string();
                         Device::flex()
@@ -114,25 +128,32 @@ pub async fn init_backend(force_cpu: bool) -> Result<String, JsError> {
                 }
             }
             Err(e) => {
-                notice = Some(format!(
-                    "WebGPU is not available ({e}); using the CPU backend (slower)."
-                ));
+                notice = Some(
+                    "WebGPU is not available in this browser, so the demo runs on the CPU \
+                     instead (slower)."
+                        .to_string(),
+                );
+                reason = Some("unavailable");
+                detail = Some(e.to_string());
                 Device::flex()
             }
         }
     };
-    let backend = if notice.is_none() { "webgpu" } else { "cpu" };
+    let backend = if reason.is_none() { "webgpu" } else { "cpu" };
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.device = Some(device);
         s.backend = backend.to_string();
         s.generation = None;
+        s.run_serial += 1;
     });
     Ok(serde_json::json!({
         "backend": backend,
         "adapter": adapter,
         "software": software,
         "notice": notice,
+        "reason": reason,
+        "detail": detail,
     })
     .to_string())
 }
@@ -153,6 +174,7 @@ pub fn use_cpu_backend() {
         s.backend = "cpu".into();
         s.generator = None;
         s.generation = None;
+        s.run_serial += 1;
     });
 }
 
@@ -194,6 +216,7 @@ pub fn load_model(name: &str, bytes: &[u8]) -> Result<String, JsError> {
         s.generator = Some(Arc::new(generator));
         s.info = info;
         s.generation = None;
+        s.run_serial += 1;
     });
     Ok(json)
 }
@@ -276,6 +299,7 @@ pub fn start_generation(request_json: &str) -> Result<(), JsError> {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.generation = Some(generation);
+        s.run_serial += 1;
         s.run_start_ms = crate::sampler::now_ms();
     });
     Ok(())
@@ -284,7 +308,11 @@ pub fn start_generation(request_json: &str) -> Result<(), JsError> {
 /// Drops the generation in progress.
 #[wasm_bindgen]
 pub fn cancel() {
-    STATE.with(|s| s.borrow_mut().generation = None);
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.generation = None;
+        s.run_serial += 1;
+    });
 }
 
 fn event_json(e: &StepEvent) -> String {
@@ -296,17 +324,33 @@ fn event_json(e: &StepEvent) -> String {
     .to_string()
 }
 
+/// Whether a cancel may stop an AR step between diffusion steps (the default). The end-to-end
+/// test turns it off to measure, in the same build, the cancel latency the page had when a
+/// cancel waited for the whole AR step.
+#[wasm_bindgen(js_name = setInterruptible)]
+pub fn set_interruptible(on: bool) {
+    INTERRUPTIBLE.with(|c| c.set(on));
+}
+
 /// Runs one AR step. Resolves to `{event: JSON string, preview: {width, height, pixels}}`, or
-/// `null` when the generation is finished (or was cancelled).
+/// `null` when the generation is finished or was cancelled (also part-way through the step).
 #[wasm_bindgen]
 pub async fn step() -> Result<JsValue, JsError> {
     // Take the generation out so no borrow is held across the await.
-    let Some(mut generation) = STATE.with(|s| s.borrow_mut().generation.take()) else {
+    let Some((mut generation, serial)) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let serial = s.run_serial;
+        s.generation.take().map(|g| (g, serial))
+    }) else {
         return Ok(JsValue::NULL);
     };
-    let event = match generation.step_async().await {
+    // A cancel or a new start (handled by the worker while this step awaits the GPU) stops the
+    // step between diffusion steps, so a changed setting takes effect within one head call.
+    let interruptible = INTERRUPTIBLE.with(|c| c.get());
+    let stop = || interruptible && STATE.with(|s| s.borrow().run_serial != serial);
+    let event = match generation.step_async_interruptible(&stop).await {
         Ok(Some(e)) => e,
-        Ok(None) => return Ok(JsValue::NULL),
+        Ok(None) | Err(DisaError::Cancelled) => return Ok(JsValue::NULL),
         Err(e) => return Err(device_aware(e)),
     };
     let preview = decode_rgba(&generation).await.map_err(device_aware)?;
@@ -318,10 +362,11 @@ pub async fn step() -> Result<JsValue, JsError> {
         "elapsedMs",
         &(crate::sampler::now_ms() - STATE.with(|s| s.borrow().run_start_ms)).into(),
     );
-    // Put it back unless a cancel or a new start happened meanwhile.
+    // Put it back unless a cancel or a new start happened meanwhile (on WebGPU the worker
+    // handles messages while this step awaits the GPU).
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if s.generation.is_none() {
+        if s.run_serial == serial && s.generation.is_none() {
             s.generation = Some(generation);
         }
     });

@@ -1756,6 +1756,7 @@ window.disaTest = {
   formatMs,
   vis: () => (ui.vis ? { runId: ui.vis.runId, k: ui.vis.k, highlighted: ui.vis.current.length, stopped: ui.vis.stopped || null, done: ui.vis.done } : null),
   crashWorker: () => worker.postMessage({ type: 'simulateCrash' }),
+  setInterruptible: (on) => worker.postMessage({ type: 'setInterruptible', on }),
 };
 
 function main() {

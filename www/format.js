@@ -2,7 +2,7 @@
 // them in Node and check them directly (tests/e2e/e2e.test.mjs).
 
 /**
- * A duration for the page's counters, short enough for a narrow box (at most 6 characters):
+ * A duration for the page's counters, short enough for a narrow box (at most 7 characters):
  * `850 ms`, `9999 ms`, `12.3 s`, `146 s`, `17 min`, `2.5 h`. Below 10 s in whole milliseconds;
  * from 10 s on in seconds, so that long runs (a software GPU) are never cut off.
  */

@@ -176,6 +176,10 @@ self.onmessage = async ({ data }) => {
       case 'teachCancel':
         await teach(disa, data, post);
         break;
+      case 'setInterruptible':
+        // For the end-to-end test: off, a cancel waits for the whole AR step (as it used to).
+        disa.setInterruptible(!!data.on);
+        break;
       case 'simulateCrash':
         // For the end-to-end test only: an uncaught error as a wasm trap would throw one.
         setTimeout(() => { throw new Error('simulated crash (test)'); });
