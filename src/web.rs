@@ -413,3 +413,234 @@ async fn decode_rgba(generation: &Generation) -> Result<JsValue, DisaError> {
     );
     Ok(out.into())
 }
+// ───────────────────────── teaching view (DiSA's evidence, issue 13) ─────────────────────────
+// Runs only when the page's teaching view asks: a recorded generation of the request, then the
+// analysis step by step (`crate::analysis`), then the cached states the page scrubs through.
+
+use crate::analysis::{Analysis, AnalysisOptions, Analyzer, Pca, Recorder, Recording};
+
+enum TeachPhase {
+    Recording(Recorder),
+    Analysing(Analyzer, Arc<Recording>),
+}
+
+struct Teach {
+    generator: Arc<Generator>,
+    phase: Option<TeachPhase>,
+    options: AnalysisOptions,
+    ar_steps: usize,
+}
+
+thread_local! {
+    static TEACH: RefCell<Option<Teach>> = const { RefCell::new(None) };
+}
+
+/// Starts a teaching analysis of `request_json` (the page's request: same seed, same image)
+/// with `samples` re-samples per token for the spread. Cancels any analysis in progress.
+#[wasm_bindgen(js_name = teachStart)]
+pub fn teach_start(request_json: &str, samples: usize) -> Result<(), JsError> {
+    let g = generator()?;
+    let (request, seed) = WebRequest::parse(request_json)?;
+    let ar_steps = request.ar_steps;
+    let options = AnalysisOptions {
+        samples,
+        ..AnalysisOptions::default()
+    };
+    if !(2..=4096).contains(&samples) {
+        return Err(JsError::new(&format!(
+            "re-samples per token must be in 2..=4096, got {samples}"
+        )));
+    }
+    let recorder =
+        Recorder::new(g.clone(), request, Box::new(SeededNoise::new(seed))).map_err(js_err)?;
+    TEACH.with(|t| {
+        *t.borrow_mut() = Some(Teach {
+            generator: g,
+            phase: Some(TeachPhase::Recording(recorder)),
+            options,
+            ar_steps,
+        })
+    });
+    Ok(())
+}
+
+/// Drops the teaching analysis in progress.
+#[wasm_bindgen(js_name = teachCancel)]
+pub fn teach_cancel() {
+    TEACH.with(|t| *t.borrow_mut() = None);
+}
+
+/// Advances the teaching analysis by one AR step. Resolves to `{phase, done, total}` with
+/// `phase` `generate` or `analyze` while it runs, and finally to
+/// `{phase: 'done', result: JSON string, images: [{width, height, pixels}…]}` (see
+/// `teach_result_json`); `null` when nothing runs (cancelled).
+#[wasm_bindgen(js_name = teachStep)]
+pub async fn teach_step() -> Result<JsValue, JsError> {
+    let Some(mut teach) = TEACH.with(|t| t.borrow_mut().take()) else {
+        return Ok(JsValue::NULL);
+    };
+    let out = js_sys::Object::new();
+    let total = teach.ar_steps;
+    match teach.phase.take() {
+        Some(TeachPhase::Recording(mut recorder)) => {
+            let more = recorder.step_async().await.map_err(device_aware)?.is_some();
+            let done = recorder.recording().steps.len();
+            set(&out, "phase", &"generate".into());
+            set(&out, "done", &(done as u32).into());
+            set(&out, "total", &(total as u32).into());
+            teach.phase = Some(if more && done < total {
+                TeachPhase::Recording(recorder)
+            } else {
+                let recording = Arc::new(recorder.finish());
+                let analyzer = Analyzer::new(
+                    teach.generator.clone(),
+                    recording.clone(),
+                    teach.options.clone(),
+                )
+                .map_err(js_err)?;
+                TeachPhase::Analysing(analyzer, recording)
+            });
+        }
+        Some(TeachPhase::Analysing(mut analyzer, recording)) => {
+            let more = analyzer.step_async().await.map_err(device_aware)?.is_some();
+            let (done, total) = analyzer.progress();
+            if more && done < total {
+                set(&out, "phase", &"analyze".into());
+                set(&out, "done", &(done as u32).into());
+                set(&out, "total", &(total as u32).into());
+                teach.phase = Some(TeachPhase::Analysing(analyzer, recording));
+            } else {
+                let analysis = analyzer.finish().map_err(js_err)?;
+                let json = teach_result_json(&teach, &recording, &analysis).map_err(js_err)?;
+                let images = teach_images(&teach.generator, &recording, &analysis)
+                    .await
+                    .map_err(device_aware)?;
+                set(&out, "phase", &"done".into());
+                set(&out, "result", &json.into());
+                set(&out, "images", &images);
+                return Ok(out.into()); // finished: nothing to put back
+            }
+        }
+        None => return Ok(JsValue::NULL),
+    }
+    // Put it back unless a cancel or a new start happened meanwhile.
+    TEACH.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_none() {
+            *t = Some(teach);
+        }
+    });
+    Ok(out.into())
+}
+
+/// The analysis as the page reads it: per-step curves, per-token facts of image 0 (its
+/// generation order, AR step, steps, spread, straightness, one-shot error and its own chain in
+/// 2-D), the shared PCA view and the final tokens.
+fn teach_result_json(
+    teach: &Teach,
+    recording: &Recording,
+    analysis: &Analysis,
+) -> Result<String, DisaError> {
+    let (n, c) = (recording.seq_len, recording.token_dim);
+    let rank: Vec<usize> = {
+        // Tokens at the end of the order are revealed first (MAR keeps the first mask_len masked).
+        let mut r = vec![0; n];
+        for (i, &p) in recording.orders[0].iter().enumerate() {
+            r[p] = n - 1 - i;
+        }
+        r
+    };
+    let mut tokens = Vec::new();
+    for s in &analysis.steps {
+        for (row, &p) in s.positions.first().into_iter().flatten().enumerate() {
+            let path = Pca::fit(&s.chains[row], c)?.project_all(&s.chains[row]);
+            tokens.push(serde_json::json!({
+                "position": p, "k": s.k, "order": rank[p], "steps": s.effective_steps,
+                "variance": s.token_variance[row], "straightness": s.token_straightness[row],
+                "pathLength": s.token_path_length[row], "oneShotError": s.token_one_shot_error[row],
+                "path": path,
+            }));
+        }
+    }
+    let (final_tokens, _) = recording.state_after(recording.steps.len());
+    let replay_error = analysis
+        .steps
+        .iter()
+        .map(|s| s.replay_error)
+        .fold(0.0, f64::max);
+    Ok(serde_json::json!({
+        "arSteps": teach.ar_steps,
+        "samples": teach.options.samples,
+        "seqLen": n,
+        "tokenDim": c,
+        "grid": (n as f64).sqrt().round() as usize,
+        "schedule": recording.request.schedule.to_string(),
+        "steps": analysis.steps,
+        "completedError": analysis.completed_error,
+        "pcaPaths": analysis.pca_paths,
+        "pcaVariances": analysis.pca_variances,
+        "tokens": tokens,
+        "finalTokens": &final_tokens[..n * c],
+        "replayError": replay_error,
+    })
+    .to_string())
+}
+
+/// The cached states the scrubber shows, image 0: for `j = 0..=K` steps done, the image so far
+/// (`2j`) and the completed image from that context (`2j + 1`; the final image at `j = K`).
+async fn teach_images(
+    g: &Generator,
+    recording: &Recording,
+    analysis: &Analysis,
+) -> Result<JsValue, DisaError> {
+    let (n, c) = (recording.seq_len, recording.token_dim);
+    let steps = recording.steps.len();
+    let (final_tokens, _) = recording.state_after(steps);
+    let mut grids: Vec<f32> = Vec::with_capacity(2 * (steps + 1) * n * c);
+    for j in 0..=steps {
+        grids.extend_from_slice(&recording.state_after(j).0[..n * c]);
+        match analysis.steps.get(j) {
+            Some(s) if !s.completed.is_empty() => grids.extend_from_slice(&s.completed[..n * c]),
+            _ => grids.extend_from_slice(&final_tokens[..n * c]),
+        }
+    }
+    let count = 2 * (steps + 1);
+    let out = js_sys::Array::new();
+    const CHUNK: usize = 16; // images per decoder call: bounded memory for VAE models
+    for start in (0..count).step_by(CHUNK) {
+        let m = CHUNK.min(count - start);
+        let tokens = burn::tensor::Tensor::<3>::from_data(
+            burn::tensor::TensorData::new(
+                grids[start * n * c..(start + m) * n * c].to_vec(),
+                [m, n, c],
+            ),
+            &g.device,
+        );
+        let Some(decoded) = g.model.decode_tokens(tokens, &g.config) else {
+            return Ok(JsValue::NULL);
+        };
+        let [_, ch, h, w] = decoded.dims();
+        let values = decoded
+            .into_data_async()
+            .await
+            .map_err(|e| DisaError::Device(format!("{e:?}")))?
+            .try_to_vec::<f32>()
+            .map_err(|e| DisaError::Device(format!("{e:?}")))?;
+        for image in crate::image::images_from_values(&values, [m, ch, h, w])? {
+            let mut rgba = Vec::with_capacity(w * h * 4);
+            for px in image.pixels.chunks_exact(3) {
+                rgba.extend_from_slice(&[px[0], px[1], px[2], 255]);
+            }
+            let o = js_sys::Object::new();
+            set(&o, "width", &(w as u32).into());
+            set(&o, "height", &(h as u32).into());
+            set(
+                &o,
+                "pixels",
+                &js_sys::Uint8ClampedArray::from(rgba.as_slice()).into(),
+            );
+            out.push(&o);
+        }
+    }
+    Ok(out.into())
+}
