@@ -8,13 +8,15 @@
 //   per diffusion step:
 //     ada                 (gemm, MODE_ADA)     every adaLN modulation at once:
 //                                              [shift|scale|gate]ⱼ, [shift|scale]_final
-//                                              = silu(cond + temb[t]) · W_adaᵀ + b
+//                                              = y · W_adaᵀ + b, y = silu(cond + temb[t])
 //     per residual block: (gemm, MODE_MLP_IN)  u = silu(mod(LN(h)) · W_inᵀ + b)
 //                         (gemm, MODE_MLP_OUT) h += gate ⊙ (u · W_outᵀ + b)
 //     final_step          (final_step)         out = mod(LN(h)) · W_flᵀ + b, CFG, p_sample,
-//                                              and the next step's h = x · W_ipᵀ + b
+//                                              and the next step's h = x · W_ipᵀ + b and y
 //
 // so a head call is 2·depth + 2 dispatches, with no host round trip inside an AR step.
+// y = silu(cond + temb[t]) is made once per row and call (at the end of the previous call),
+// not once per output column.
 //
 // Buffers: `mat` holds weight matrices in PyTorch's [out, in] layout in one of four formats
 // (f32; f16 pairs; int8 or int4 with one f32 scale per 32 inputs, Burn's Q8F/Q4F blocks,
@@ -50,15 +52,15 @@ struct Params {
     h_off: u32,       // h [R, W] in `act`
     n_tok: u32,       // tokens n
     cfg_on: u32,      // 1: rows n..2n are the unconditional copies
-    _pad0: u32,
-    _pad1: u32,
+    y_off: u32,       // y = silu(cond + temb[t]) [R, W] in `act`
+    cond_off: u32,    // cond [R, W] in `act`
 }
 
 struct Step {
     t: u32,           // original timestep (row of the time table)
     add_noise: u32,   // 0 at the last step
     noise_off: u32,   // this step's noise [n, C] in `act`
-    _pad: u32,
+    next_t: u32,      // the next step's timestep (y for the next call is made at the end of this one)
     sqrt_recip: f32,  // sqrt(1/ᾱ_t)
     sqrt_recipm1: f32,// sqrt(1/ᾱ_t − 1)
     coef1: f32,       // posterior mean coefficients
@@ -90,13 +92,13 @@ const MODE_MLP_OUT: u32 = 3u; // h += gate ⊙ (a·Wᵀ + b)
 override MODE: u32 = 0u;
 
 const LN_EPS: f32 = 1e-6;
-const LANES: u32 = 32u;   // threads sharing one output column
-const COLS: u32 = 8u;     // output columns per workgroup (256 / LANES)
+const WG: u32 = 64u;      // gemm threads per workgroup: one output column each
 const RT: u32 = 8u;       // activation rows per workgroup
+const CH: u32 = 256u;     // inputs per shared-memory tile of the left operand
 const MAXW: u32 = 1536u;  // widest head the final kernel holds in shared memory (MAR-H)
 
-var<workgroup> scratch: array<f32, 2048>;   // gemm: RT × 256 partial sums
-var<workgroup> red: array<f32, 256>;        // final kernel: one workgroup-wide sum
+var<workgroup> tile: array<f32, 2048>;      // gemm: the left operand's RT × CH tile
+var<workgroup> red: array<vec2<f32>, 256>;  // final kernel: workgroup-wide sums of two rows
 var<workgroup> stats: array<vec2<f32>, 8>;  // per row: mean, 1/sqrt(var + eps)
 var<workgroup> rowbuf: array<f32, 3072>;    // final kernel: 2 modulated rows of ≤ MAXW
 var<workgroup> outs: array<f32, 256>;       // final kernel: [rows][2C]
@@ -106,27 +108,29 @@ fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
 
-// W[o, i..i+4] of a matrix at word `w_off` (i a multiple of 4).
-fn load_w4(fmt: u32, w_off: u32, scale_off: u32, in_dim: u32, o: u32, i: u32) -> vec4<f32> {
-    let e = o * in_dim + i;
+// W[i..i+4, o] (i a multiple of 4) of a matrix at word `w_off`, stored input-major in
+// quads: the 4 (f32), 2 (f16), 1 (int8) or half a (int4) words holding inputs i..i+4 of output
+// o sit at [(i/4)·out + o] (int4: [(i/8)·out + o]), so neighbouring threads (outputs) read
+// neighbouring words; block scales sit at [(i/32)·out + o].
+fn load_quad(fmt: u32, w_off: u32, scale_off: u32, out_dim: u32, i: u32, o: u32) -> vec4<f32> {
     if fmt == FMT_F16 {
-        let b = w_off + e / 2u;
+        let b = w_off + ((i / 4u) * out_dim + o) * 2u;
         return vec4<f32>(unpack2x16float(mat[b]), unpack2x16float(mat[b + 1u]));
     }
     if fmt == FMT_I8 {
-        let word = bitcast<i32>(mat[w_off + e / 4u]);
-        let s = vecs[scale_off + e / 32u];
+        let word = bitcast<i32>(mat[w_off + (i / 4u) * out_dim + o]);
+        let s = vecs[scale_off + (i / 32u) * out_dim + o];
         return vec4<f32>(f32(extractBits(word, 0u, 8u)) * s, f32(extractBits(word, 8u, 8u)) * s,
                          f32(extractBits(word, 16u, 8u)) * s, f32(extractBits(word, 24u, 8u)) * s);
     }
     if fmt == FMT_I4 {
-        let word = bitcast<i32>(mat[w_off + e / 8u]);
-        let sh = (e % 8u) * 4u;
-        let s = vecs[scale_off + e / 32u];
+        let word = bitcast<i32>(mat[w_off + (i / 8u) * out_dim + o]);
+        let sh = (i % 8u) * 4u;
+        let s = vecs[scale_off + (i / 32u) * out_dim + o];
         return vec4<f32>(f32(extractBits(word, sh, 4u)) * s, f32(extractBits(word, sh + 4u, 4u)) * s,
                          f32(extractBits(word, sh + 8u, 4u)) * s, f32(extractBits(word, sh + 12u, 4u)) * s);
     }
-    let b = w_off + e;
+    let b = w_off + ((i / 4u) * out_dim + o) * 4u;
     return vec4<f32>(bitcast<f32>(mat[b]), bitcast<f32>(mat[b + 1u]),
                      bitcast<f32>(mat[b + 2u]), bitcast<f32>(mat[b + 3u]));
 }
@@ -139,38 +143,21 @@ fn vecs4(b: u32) -> vec4<f32> {
     return vec4<f32>(vecs[b], vecs[b + 1u], vecs[b + 2u], vecs[b + 3u]);
 }
 
-// The matrix product's left operand a[r, i..i+4], with this MODE's prologue.
-fn load_a4(r: u32, local_r: u32, i: u32) -> vec4<f32> {
-    let raw = act4(p.a_off + r * p.in_dim + i);
-    if MODE == MODE_ADA {
-        let x = raw + vecs4(p.temb_off + st.t * p.in_dim + i);
-        return x / (vec4<f32>(1.0) + exp(-x));
-    }
+// The matrix product's left operand a[r, i], with this MODE's prologue (`y` is precomputed
+// for MODE_ADA, so it reads like MODE_PLAIN).
+fn a_value(r: u32, local_r: u32, i: u32) -> f32 {
+    let raw = act[p.a_off + r * p.in_dim + i];
     if MODE == MODE_MLP_IN {
         let s = stats[local_r];
         let m = p.mod_off + r * p.mod_stride + i;
-        let ln = (raw - vec4<f32>(s.x)) * s.y * vecs4(p.ln_w + i) + vecs4(p.ln_b + i);
-        return ln * (act4(m + p.width) + vec4<f32>(1.0)) + act4(m);
+        let ln = (raw - s.x) * s.y * vecs[p.ln_w + i] + vecs[p.ln_b + i];
+        return ln * (act[m + p.width] + 1.0) + act[m];
     }
     return raw;
 }
 
-// Sums `v` over each group of LANES threads; every thread gets its group's sum.
-fn lane_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
-        if lid % LANES < s {
-            scratch[lid] += scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return scratch[lid - lid % LANES];
-}
-
-// Sums `v` over the whole workgroup (256 threads).
-fn block_sum(lid: u32, v: f32) -> f32 {
+// Sums two values over the whole workgroup (256 threads).
+fn block_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
     workgroupBarrier();
     red[lid] = v;
     workgroupBarrier();
@@ -183,76 +170,98 @@ fn block_sum(lid: u32, v: f32) -> f32 {
     return red[0];
 }
 
-// out[r, col_base + o] for rows r0..r0+RT and columns o of this workgroup: LANES threads
-// split each column's dot product over the inputs, then reduce in shared memory.
-@compute @workgroup_size(256)
+fn tile4(r: u32, i: u32) -> vec4<f32> {
+    let t = r * CH + i;
+    return vec4<f32>(tile[t], tile[t + 1u], tile[t + 2u], tile[t + 3u]);
+}
+
+// Writes out[row, col_base + o] = epilogue(v + b[o]).
+fn emit(row: u32, o: u32, acc: f32) {
+    let v = acc + vecs[p.bias_off + o];
+    let dst = p.out_off + row * p.out_stride + p.col_base + o;
+    if MODE == MODE_MLP_IN {
+        act[dst] = silu(v);
+    } else if MODE == MODE_MLP_OUT {
+        let gate = act[p.mod_off + row * p.mod_stride + 2u * p.width + o];
+        act[dst] = act[dst] + gate * v;
+    } else {
+        act[dst] = v;
+    }
+}
+
+// out[r, col_base + o] for rows r0..r0+RT: one thread per output column o runs its whole dot
+// product for all RT rows (no cross-thread reduction). The left operand is staged in shared
+// memory one tile of CH inputs at a time, its prologue computed once per workgroup, and read
+// at the same address by every thread; the weights are read input-major, so neighbouring
+// threads read neighbouring words.
+@compute @workgroup_size(64)
 fn gemm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let lane = lid % LANES;
-    let c = lid / LANES;
-    let o = wg.x * COLS + c;
+    let o = wg.x * WG + lid;
     let r0 = wg.y * RT;
     let nrows = min(RT, p.rows - r0);
 
     if MODE == MODE_MLP_IN {
-        // LayerNorm statistics, two passes as PyTorch: group c handles row r0 + c.
-        var sum = 0.0;
-        if c < nrows {
-            for (var i = lane; i < p.in_dim; i += LANES) {
-                sum += act[p.a_off + (r0 + c) * p.in_dim + i];
+        // LayerNorm statistics, two passes as PyTorch: thread r handles row r0 + r.
+        if lid < nrows {
+            let b = p.a_off + (r0 + lid) * p.in_dim;
+            var sum = 0.0;
+            for (var i = 0u; i < p.in_dim; i++) {
+                sum += act[b + i];
             }
-        }
-        let mean = lane_sum(lid, sum) / f32(p.in_dim);
-        var sq = 0.0;
-        if c < nrows {
-            for (var i = lane; i < p.in_dim; i += LANES) {
-                let d = act[p.a_off + (r0 + c) * p.in_dim + i] - mean;
+            let mean = sum / f32(p.in_dim);
+            var sq = 0.0;
+            for (var i = 0u; i < p.in_dim; i++) {
+                let d = act[b + i] - mean;
                 sq += d * d;
             }
+            stats[lid] = vec2<f32>(mean, 1.0 / sqrt(sq / f32(p.in_dim) + LN_EPS));
         }
-        let var_ = lane_sum(lid, sq) / f32(p.in_dim);
-        if lane == 0u {
-            stats[c] = vec2<f32>(mean, 1.0 / sqrt(var_ + LN_EPS));
-        }
-        workgroupBarrier();
     }
 
-    var acc: array<f32, 8>;
-    if o < p.out_dim {
-        for (var i = lane * 4u; i < p.in_dim; i += LANES * 4u) {
-            let w = load_w4(WFMT, p.w_off, p.scale_off, p.in_dim, o, i);
-            for (var r = 0u; r < RT; r++) {
-                if r < nrows {
-                    acc[r] += dot(load_a4(r0 + r, r, i), w);
-                }
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    var a4 = 0.0;
+    var a5 = 0.0;
+    var a6 = 0.0;
+    var a7 = 0.0;
+    for (var base = 0u; base < p.in_dim; base += CH) {
+        let len = min(CH, p.in_dim - base);
+        workgroupBarrier();
+        for (var k = lid; k < RT * len; k += WG) {
+            let r = k / len;
+            let i = k % len;
+            var a = 0.0;
+            if r < nrows {
+                a = a_value(r0 + r, r, base + i);
             }
-        }
-    }
-    workgroupBarrier();
-    for (var r = 0u; r < RT; r++) {
-        scratch[r * 256u + lid] = acc[r];
-    }
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
-        if lane < s {
-            for (var r = 0u; r < RT; r++) {
-                scratch[r * 256u + lid] += scratch[r * 256u + lid + s];
-            }
+            tile[r * CH + i] = a;
         }
         workgroupBarrier();
-    }
-    // Lane r writes row r0 + r of this column.
-    if o < p.out_dim && lane < nrows {
-        let r = r0 + lane;
-        let v = scratch[lane * 256u + c * LANES] + vecs[p.bias_off + o];
-        let dst = p.out_off + r * p.out_stride + p.col_base + o;
-        if MODE == MODE_MLP_IN {
-            act[dst] = silu(v);
-        } else if MODE == MODE_MLP_OUT {
-            let gate = act[p.mod_off + r * p.mod_stride + 2u * p.width + o];
-            act[dst] = act[dst] + gate * v;
-        } else {
-            act[dst] = v;
+        if o < p.out_dim {
+            for (var i = 0u; i < len; i += 4u) {
+                let w = load_quad(WFMT, p.w_off, p.scale_off, p.out_dim, base + i, o);
+                a0 += dot(tile4(0u, i), w);
+                a1 += dot(tile4(1u, i), w);
+                a2 += dot(tile4(2u, i), w);
+                a3 += dot(tile4(3u, i), w);
+                a4 += dot(tile4(4u, i), w);
+                a5 += dot(tile4(5u, i), w);
+                a6 += dot(tile4(6u, i), w);
+                a7 += dot(tile4(7u, i), w);
+            }
         }
+    }
+    if o < p.out_dim {
+        emit(r0, o, a0);
+        if nrows > 1u { emit(r0 + 1u, o, a1); }
+        if nrows > 2u { emit(r0 + 2u, o, a2); }
+        if nrows > 3u { emit(r0 + 3u, o, a3); }
+        if nrows > 4u { emit(r0 + 4u, o, a4); }
+        if nrows > 5u { emit(r0 + 5u, o, a5); }
+        if nrows > 6u { emit(r0 + 6u, o, a6); }
+        if nrows > 7u { emit(r0 + 7u, o, a7); }
     }
 }
 
@@ -273,7 +282,20 @@ fn input_projection(lid: u32, tok: u32) {
     }
 }
 
-// Start of an AR step: h from the initial noise x_T. One workgroup per token.
+// y = silu(cond + temb[t]) for the token's rows: the adaLN input of the head call at `t`.
+fn time_condition(lid: u32, tok: u32, t: u32) {
+    let w = p.width;
+    let nr = select(1u, 2u, p.cfg_on == 1u);
+    for (var j = 0u; j < nr; j++) {
+        let r = tok + j * p.n_tok;
+        for (var i = lid; i < w; i += 256u) {
+            act[p.y_off + r * w + i] = silu(act[p.cond_off + r * w + i] + vecs[p.temb_off + t * w + i]);
+        }
+    }
+}
+
+// Start of an AR step: h from the initial noise x_T, and y for the first head call. One
+// workgroup per token.
 @compute @workgroup_size(256)
 fn input_init(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let tok = wg.x;
@@ -282,6 +304,7 @@ fn input_init(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
     workgroupBarrier();
     input_projection(lid, tok);
+    time_condition(lid, tok, st.t);
 }
 
 // End of a diffusion step, one workgroup per token: the final adaLN layer and linear for the
@@ -293,31 +316,34 @@ fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let cdim = p.tok_dim;
     let nr = select(1u, 2u, p.cfg_on == 1u);
 
-    // Modulated LayerNorm (no affine) of the token's rows into shared memory.
-    for (var j = 0u; j < 2u; j++) {
+    // Modulated LayerNorm (no affine) of the token's rows into shared memory; both rows'
+    // statistics in one pass of sums each.
+    let r0 = tok;
+    let r1 = tok + p.n_tok;
+    var sum = vec2<f32>(0.0);
+    for (var i = lid; i < w; i += 256u) {
+        sum.x += act[p.h_off + r0 * w + i];
+        if nr == 2u {
+            sum.y += act[p.h_off + r1 * w + i];
+        }
+    }
+    let mean = block_sum2(lid, sum) / f32(w);
+    var sq = vec2<f32>(0.0);
+    for (var i = lid; i < w; i += 256u) {
+        let d0 = act[p.h_off + r0 * w + i] - mean.x;
+        sq.x += d0 * d0;
+        if nr == 2u {
+            let d1 = act[p.h_off + r1 * w + i] - mean.y;
+            sq.y += d1 * d1;
+        }
+    }
+    let rstd = vec2<f32>(1.0) / sqrt(block_sum2(lid, sq) / f32(w) + vec2<f32>(LN_EPS));
+    for (var j = 0u; j < nr; j++) {
         let r = tok + j * p.n_tok;
-        let live = j < nr;
-        var sum = 0.0;
-        if live {
-            for (var i = lid; i < w; i += 256u) {
-                sum += act[p.h_off + r * w + i];
-            }
-        }
-        let mean = block_sum(lid, sum) / f32(w);
-        var sq = 0.0;
-        if live {
-            for (var i = lid; i < w; i += 256u) {
-                let d = act[p.h_off + r * w + i] - mean;
-                sq += d * d;
-            }
-        }
-        let rstd = 1.0 / sqrt(block_sum(lid, sq) / f32(w) + LN_EPS);
-        if live {
-            for (var i = lid; i < w; i += 256u) {
-                let m = p.mod_off + r * p.mod_stride + i;
-                let ln = (act[p.h_off + r * w + i] - mean) * rstd;
-                rowbuf[j * w + i] = ln * (act[m + w] + 1.0) + act[m];
-            }
+        for (var i = lid; i < w; i += 256u) {
+            let m = p.mod_off + r * p.mod_stride + i;
+            let ln = (act[p.h_off + r * w + i] - mean[j]) * rstd[j];
+            rowbuf[j * w + i] = ln * (act[m + w] + 1.0) + act[m];
         }
     }
     workgroupBarrier();
@@ -331,7 +357,7 @@ fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         for (var i = 0u; i < w; i += 4u) {
             let a = vec4<f32>(rowbuf[j * w + i], rowbuf[j * w + i + 1u], rowbuf[j * w + i + 2u],
                               rowbuf[j * w + i + 3u]);
-            acc += dot(a, load_w4(WFMT, p.fl_w_off, p.fl_scale_off, w, o, i));
+            acc += dot(a, load_quad(WFMT, p.fl_w_off, p.fl_scale_off, nout, i, o));
         }
         outs[k] = acc + vecs[p.fl_bias + o];
     }
@@ -358,4 +384,5 @@ fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
     workgroupBarrier();
     input_projection(lid, tok);
+    time_condition(lid, tok, st.next_t);
 }

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const SHADER: &str = include_str!("../../shaders/head.wgsl");
-/// Output columns and activation rows per `gemm` workgroup (`COLS`, `RT` in the shader).
-const COLS: u32 = 8;
+/// Activation rows per `gemm` workgroup (`RT` in the shader).
 const ROWS_PER_GROUP: u32 = 8;
+/// Threads (output columns) per `gemm` workgroup (`WG` in the shader).
+const GEMM_THREADS: u32 = 64;
 /// Widest head and largest token the final kernel's shared memory holds.
 const MAX_WIDTH: usize = 1536;
 const MAX_TOKEN_DIM: usize = 64;
@@ -114,6 +115,43 @@ impl HostMatrix {
     fn bytes(&self) -> u64 {
         4 * (self.words.len() + self.scales.len()) as u64
     }
+
+    /// The words and scales input-major, as the kernels read them (`load_quad` in the shader):
+    /// the words holding a unit of consecutive inputs of one output (4 inputs: 4 f32 words,
+    /// 2 f16 words or 1 int8 word; 8 inputs: 1 int4 word) at `[(unit·out + o)·g + k]`, and the
+    /// block scales at `[(i/32)·out + o]`. Exact: only the order changes.
+    fn input_major(&self) -> (Vec<u32>, Vec<f32>) {
+        let (out, inp) = (self.out, self.inp);
+        let per_word = match self.format {
+            Format::F32 => 1,
+            Format::F16 => 2,
+            Format::Int8 => 4,
+            Format::Int4 => 8,
+        };
+        let words_per_row = inp / per_word;
+        let group = match self.format {
+            Format::F32 => 4,
+            Format::F16 => 2,
+            Format::Int8 | Format::Int4 => 1,
+        };
+        let units = words_per_row / group;
+        let mut words = vec![0u32; self.words.len()];
+        for o in 0..out {
+            for u in 0..units {
+                for k in 0..group {
+                    words[(u * out + o) * group + k] = self.words[o * words_per_row + u * group + k];
+                }
+            }
+        }
+        let blocks = if self.scales.is_empty() { 0 } else { inp / BLOCK };
+        let mut scales = vec![0f32; self.scales.len()];
+        for o in 0..out {
+            for b in 0..blocks {
+                scales[b * out + o] = self.scales[o * blocks + b];
+            }
+        }
+        (words, scales)
+    }
 }
 
 fn f32_words(values: &[f32]) -> Vec<u32> {
@@ -172,6 +210,8 @@ struct Params {
     h_off: u32,
     n_tok: u32,
     cfg_on: u32,
+    y_off: u32,
+    cond_off: u32,
 }
 
 impl Params {
@@ -203,8 +243,8 @@ impl Params {
             self.h_off,
             self.n_tok,
             self.cfg_on,
-            0,
-            0,
+            self.y_off,
+            self.cond_off,
         ];
         let mut out = [0u8; PARAMS_BYTES as usize];
         for (chunk, v) in out.chunks_exact_mut(4).zip(f) {
@@ -226,6 +266,7 @@ impl Params {
 /// The `Step` uniform block of the shader.
 fn step_bytes(
     s: &StepCoefficients,
+    next_t: usize,
     noise_off: u32,
     cfg: f32,
     temperature: f32,
@@ -234,7 +275,7 @@ fn step_bytes(
         s.timestep as u32,
         u32::from(s.add_noise),
         noise_off,
-        0,
+        next_t as u32,
         s.sqrt_recip.to_bits(),
         s.sqrt_recipm1.to_bits(),
         s.coef1.to_bits(),
@@ -328,6 +369,7 @@ pub struct FusedHead {
     blocks: Vec<BlockLayers>,
     final_linear: Matrix,
     input_proj: Matrix,
+    /// Pipelines by kernel and weight format.
     pipelines: BTreeMap<(Kernel, Format), wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
     workspace: Mutex<Option<Workspace>>,
@@ -427,7 +469,14 @@ impl FusedHead {
         // `vecs`: the time table, then every bias, block scale and LayerNorm vector.
         let mut vecs: Vec<f32> = vec![0.0; NUM_BASE_TIMESTEPS * width];
         let mut mat_words: Vec<Vec<u32>> = Vec::new();
-        let mut place = |m: &HostMatrix, vecs: &mut Vec<f32>| -> Result<Matrix> {
+        // Every matrix but the input projection is read input-major (`gemm`, `final_step`);
+        // the input projection is read per output row and stays as it is.
+        let mut place = |m: &HostMatrix, vecs: &mut Vec<f32>, input_major: bool| -> Result<Matrix> {
+            let (words, scales) = if input_major {
+                m.input_major()
+            } else {
+                (m.words.clone(), m.scales.clone())
+            };
             let bytes = 4 * m.words.len() as u64;
             if bytes > max_binding {
                 return Err(gpu_error(
@@ -442,11 +491,11 @@ impl FusedHead {
                 mat_words.push(Vec::new());
             }
             let buffer = mat_words.len() - 1;
-            let words = mat_words.last_mut().expect("pushed");
-            let w_off = words.len() as u32;
-            words.extend_from_slice(&m.words);
+            let buffer_words = mat_words.last_mut().expect("pushed");
+            let w_off = buffer_words.len() as u32;
+            buffer_words.extend_from_slice(&words);
             let scale_off = vecs.len() as u32;
-            vecs.extend_from_slice(&m.scales);
+            vecs.extend_from_slice(&scales);
             let bias_off = vecs.len() as u32;
             vecs.extend_from_slice(&m.bias);
             Ok(Matrix {
@@ -459,12 +508,15 @@ impl FusedHead {
                 inp: m.inp as u32,
             })
         };
-        let ada: Vec<Matrix> = ada_host.iter().map(|m| place(m, &mut vecs)).collect::<Result<_>>()?;
-        let cond = place(&cond_host, &mut vecs)?;
+        let ada: Vec<Matrix> = ada_host
+            .iter()
+            .map(|m| place(m, &mut vecs, true))
+            .collect::<Result<_>>()?;
+        let cond = place(&cond_host, &mut vecs, true)?;
         let mut blocks = Vec::new();
         for (mlp_in, mlp_out, ln_w, ln_b) in &block_host {
-            let mlp_in = place(mlp_in, &mut vecs)?;
-            let mlp_out = place(mlp_out, &mut vecs)?;
+            let mlp_in = place(mlp_in, &mut vecs, true)?;
+            let mlp_out = place(mlp_out, &mut vecs, true)?;
             let ln_w_off = vecs.len() as u32;
             vecs.extend_from_slice(ln_w);
             let ln_b_off = vecs.len() as u32;
@@ -476,8 +528,8 @@ impl FusedHead {
                 ln_b: ln_b_off,
             });
         }
-        let final_linear = place(&final_host, &mut vecs)?;
-        let input_proj = place(&input_host, &mut vecs)?;
+        let final_linear = place(&final_host, &mut vecs, true)?;
+        let input_proj = place(&input_host, &mut vecs, false)?;
         if 4 * vecs.len() as u64 > max_binding {
             return Err(gpu_error(
                 "the head's vectors are too large",
@@ -553,19 +605,20 @@ impl FusedHead {
             label: Some("shaders/head.wgsl"),
             source: wgpu::ShaderSource::Wgsl(SHADER.into()),
         });
-        let mut wanted: Vec<(Kernel, Format)> = vec![
-            (Kernel::Gemm(GemmMode::Plain), cond.format),
-            (Kernel::InputInit, Format::F32),
-            (Kernel::FinalStep, final_linear.format),
+        let mut wanted = vec![
+            pipeline_key(Kernel::Gemm(GemmMode::Plain), &cond),
+            pipeline_key(Kernel::InputInit, &input_proj),
+            pipeline_key(Kernel::FinalStep, &final_linear),
         ];
-        wanted.extend(ada.iter().map(|m| (Kernel::Gemm(GemmMode::Ada), m.format)));
+        wanted.extend(ada.iter().map(|m| pipeline_key(Kernel::Gemm(GemmMode::Ada), m)));
         for b in &blocks {
-            wanted.push((Kernel::Gemm(GemmMode::MlpIn), b.mlp_in.format));
-            wanted.push((Kernel::Gemm(GemmMode::MlpOut), b.mlp_out.format));
+            wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpIn), &b.mlp_in));
+            wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpOut), &b.mlp_out));
         }
         let mut pipelines = BTreeMap::new();
-        for (kernel, format) in wanted {
-            pipelines.entry((kernel, format)).or_insert_with(|| {
+        for key in wanted {
+            let (kernel, format) = key;
+            pipelines.entry(key).or_insert_with(|| {
                 let (entry, mode) = match kernel {
                     Kernel::Gemm(m) => ("gemm", m as u32),
                     Kernel::InputInit => ("input_init", 0),
@@ -677,7 +730,8 @@ impl FusedHead {
         let ada_cols = (3 * d + 2) * w;
         let z_off = 0;
         let cond_off = z_off + rows * self.cond_dim;
-        let ada_off = cond_off + rows * w;
+        let y_off = cond_off + rows * w;
+        let ada_off = y_off + rows * w;
         let h_off = ada_off + rows * ada_cols;
         let u_off = h_off + rows * w;
         let x_off = u_off + rows * w;
@@ -722,8 +776,9 @@ impl FusedHead {
         for (i, s) in job.steps.iter().enumerate() {
             let at = i * self.uniform_stride as usize;
             let noise = (noise_off + i * n * c) as u32;
+            let next_t = job.steps.get(i + 1).unwrap_or(s).timestep;
             step_data[at..at + STEP_BYTES as usize]
-                .copy_from_slice(&step_bytes(s, noise, cfg_scale, job.temperature));
+                .copy_from_slice(&step_bytes(s, next_t, noise, cfg_scale, job.temperature));
         }
         queue.write_buffer(&ws.steps, 0, &step_data);
 
@@ -737,11 +792,18 @@ impl FusedHead {
             n_tok: n as u32,
             cfg_on: u32::from(job.cfg.is_some()),
             mod_stride: ada_cols as u32,
+            y_off: y_off as u32,
+            cond_off: cond_off as u32,
             ..Params::default()
         };
         // One parameter block per dispatch kind, in a fixed order.
         let mut params: Vec<(Kernel, Matrix, Params, [u32; 2])> = Vec::new();
-        let groups = |out: u32| [out.div_ceil(COLS), (rows as u32).div_ceil(ROWS_PER_GROUP)];
+        let groups = |m: &Matrix| {
+            [
+                m.out.div_ceil(GEMM_THREADS),
+                (rows as u32).div_ceil(ROWS_PER_GROUP),
+            ]
+        };
         params.push((
             Kernel::Gemm(GemmMode::Plain),
             self.cond,
@@ -752,7 +814,7 @@ impl FusedHead {
                 ..base
             }
             .with_matrix(&self.cond),
-            groups(self.cond.out),
+            groups(&self.cond),
         ));
         params.push((
             Kernel::InputInit,
@@ -769,14 +831,14 @@ impl FusedHead {
                 Kernel::Gemm(GemmMode::Ada),
                 *m,
                 Params {
-                    a_off: cond_off as u32,
+                    a_off: y_off as u32,
                     out_off: ada_off as u32,
                     out_stride: ada_cols as u32,
                     col_base: *col,
                     ..base
                 }
                 .with_matrix(m),
-                groups(m.out),
+                groups(m),
             ));
         }
         for (j, b) in self.blocks.iter().enumerate() {
@@ -794,7 +856,7 @@ impl FusedHead {
                     ..base
                 }
                 .with_matrix(&b.mlp_in),
-                groups(b.mlp_in.out),
+                groups(&b.mlp_in),
             ));
             params.push((
                 Kernel::Gemm(GemmMode::MlpOut),
@@ -807,7 +869,7 @@ impl FusedHead {
                     ..base
                 }
                 .with_matrix(&b.mlp_out),
-                groups(b.mlp_out.out),
+                groups(&b.mlp_out),
             ));
         }
         params.push((
@@ -855,7 +917,7 @@ impl FusedHead {
             let stride = self.uniform_stride as u32;
             let mut run = |index: usize, step: usize, pass: &mut wgpu::ComputePass<'_>| {
                 let (kernel, m, _, [gx, gy]) = &params[index];
-                let pipeline = &self.pipelines[&(*kernel, m.format)];
+                let pipeline = &self.pipelines[&pipeline_key(*kernel, m)];
                 pass.set_pipeline(pipeline);
                 let bind_group = match kernel {
                     Kernel::InputInit => &ws.bind_groups[self.input_proj.buffer],
@@ -1003,6 +1065,11 @@ impl FusedHead {
         submitted.staging.unmap();
         Ok(values)
     }
+}
+
+/// The pipeline a dispatch of `kernel` over matrix `m` runs.
+fn pipeline_key(kernel: Kernel, m: &Matrix) -> (Kernel, Format) {
+    (kernel, m.format)
 }
 
 fn words_bytes(words: &[u32]) -> Vec<u8> {
