@@ -342,11 +342,7 @@ fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
     }
     // Encoded in memory (images are small), then written atomically.
     let mut png_bytes = Vec::new();
-    let mut encoder = png::Encoder::new(
-        &mut png_bytes,
-        img.width as u32,
-        img.height as u32,
-    );
+    let mut encoder = png::Encoder::new(&mut png_bytes, img.width as u32, img.height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder
@@ -355,9 +351,7 @@ fn write_image(path: &Path, img: &RgbImage) -> Result<()> {
     writer
         .write_image_data(&img.pixels)
         .map_err(|e| io(std::io::Error::other(e)))?;
-    writer
-        .finish()
-        .map_err(|e| io(std::io::Error::other(e)))?;
+    writer.finish().map_err(|e| io(std::io::Error::other(e)))?;
     write_file(path, &png_bytes)
 }
 
@@ -556,7 +550,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     println!(
         "{:<18}{:>8}{:>12}{:>12}{:>12}{:>12}{:>10}{:>12}",
-        "schedule", "head", "ms/image", "head ms", "head calls", "launches", "speed-up",
+        "schedule",
+        "head",
+        "ms/image",
+        "head ms",
+        "head calls",
+        "launches",
+        "speed-up",
         "head-call ×"
     );
     let mut baseline: Option<(f64, usize)> = None;
@@ -595,10 +595,9 @@ fn bench(args: BenchArgs) -> Result<()> {
             }
             // Fused launches are counted exactly; Burn's are not visible from here.
             let launches = match generator.fused_head() {
-                Some(f) if fused => format!(
-                    "{}",
-                    (f.dispatches() - before) / (args.repeats as u64 + 1)
-                ),
+                Some(f) if fused => {
+                    format!("{}", (f.dispatches() - before) / (args.repeats as u64 + 1))
+                }
                 _ => "-".to_string(),
             };
             let median = |v: &mut Vec<f64>| {

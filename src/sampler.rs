@@ -4,9 +4,9 @@
 //! the CLI turns into a progress bar and the page into pixels.
 
 use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, TimestepClip};
-pub use crate::gpu::Kernels;
-use crate::gpu::FusedHead;
 use crate::error::{DisaError, Result, invalid};
+use crate::gpu::FusedHead;
+pub use crate::gpu::Kernels;
 use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
 use crate::schedule::{self, CfgSchedule, Plan, StepSchedule};
@@ -671,7 +671,14 @@ impl Generation {
         let mut drawn = self.noise.normal(DrawKind::StepNoise, draw_rows, c)?;
         drawn.truncate(rows_n * c); // with CFG only the kept half matters
         let step_noise = Tensor::<2>::from_data(TensorData::new(drawn, [rows_n, c]), &g.device);
-        Ok(p_sample(x, eps, v, &coeffs, step_noise, self.request.temperature))
+        Ok(p_sample(
+            x,
+            eps,
+            v,
+            &coeffs,
+            step_noise,
+            self.request.temperature,
+        ))
     }
 
     /// Writes the sampled tokens back and advances.

@@ -128,10 +128,7 @@ fn one_head_call_matches_the_tensor_path() {
                     .forward_cfg_embedded(t2(&x, n, c), temb, cond, s),
                 None => {
                     let out = g.model.head.forward_embedded(t2(&x, n, c), temb, cond);
-                    (
-                        out.clone().slice([0..n, 0..c]),
-                        out.slice([0..n, c..2 * c]),
-                    )
+                    (out.clone().slice([0..n, 0..c]), out.slice([0..n, c..2 * c]))
                 }
             };
             let want: Vec<f32> = p_sample(t2(&x, n, c), eps, v, &coeffs, t2(&noise, n, c), 0.9)
@@ -205,8 +202,8 @@ fn generations_match_the_tensor_path_for_every_storage() {
 /// under 0.35× the f32 file's bytes on the GPU; f16 about half.
 #[test]
 fn launches_and_weight_memory() {
-    let bundle = Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors"))
-        .unwrap();
+    let bundle =
+        Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors")).unwrap();
     let g = bundle.clone().into_generator(&device()).unwrap();
     let fused = g.fused_head().expect("fused head for the built-in model");
     assert!(
@@ -228,7 +225,9 @@ fn launches_and_weight_memory() {
         bytes(Storage::Int8) / f32,
         bytes(Storage::Int4) / f32,
     );
-    eprintln!("head weights on the GPU: f32 {f32} B; f16 {f16:.3}, int8 {int8:.3}, int4 {int4:.3} of f32");
+    eprintln!(
+        "head weights on the GPU: f32 {f32} B; f16 {f16:.3}, int8 {int8:.3}, int4 {int4:.3} of f32"
+    );
     assert!(f16 < 0.55, "f16: {f16:.3}");
     assert!(int8 <= 0.35, "int8: {int8:.3}");
     assert!(int4 < int8, "int4: {int4:.3}");
@@ -253,5 +252,8 @@ fn fused_on_the_cpu_is_a_clear_error() {
     .unwrap()
     .kernels(Kernels::Fused);
     let err = generation.step().unwrap_err().to_string();
-    assert!(err.contains("fused head kernels are not available"), "{err}");
+    assert!(
+        err.contains("fused head kernels are not available"),
+        "{err}"
+    );
 }

@@ -139,11 +139,16 @@ impl HostMatrix {
         for o in 0..out {
             for u in 0..units {
                 for k in 0..group {
-                    words[(u * out + o) * group + k] = self.words[o * words_per_row + u * group + k];
+                    words[(u * out + o) * group + k] =
+                        self.words[o * words_per_row + u * group + k];
                 }
             }
         }
-        let blocks = if self.scales.is_empty() { 0 } else { inp / BLOCK };
+        let blocks = if self.scales.is_empty() {
+            0
+        } else {
+            inp / BLOCK
+        };
         let mut scales = vec![0f32; self.scales.len()];
         for o in 0..out {
             for b in 0..blocks {
@@ -432,18 +437,32 @@ impl FusedHead {
             )
         };
         let limits = ctx.device.limits();
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_binding =
+            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
 
         // The adaLN modulations of every block and of the final layer, stacked so one dispatch
         // computes them all (split where a stack would outgrow one binding).
         let mut ada_parts: Vec<HostMatrix> = (0..depth)
-            .map(|j| read(&format!("res_blocks.{j}.adaLN_modulation.1"), 3 * width, width, false))
+            .map(|j| {
+                read(
+                    &format!("res_blocks.{j}.adaLN_modulation.1"),
+                    3 * width,
+                    width,
+                    false,
+                )
+            })
             .collect::<Result<_>>()?;
-        ada_parts.push(read("final_layer.adaLN_modulation.1", 2 * width, width, false)?);
+        ada_parts.push(read(
+            "final_layer.adaLN_modulation.1",
+            2 * width,
+            width,
+            false,
+        )?);
         let mut ada_stacks: Vec<Vec<HostMatrix>> = Vec::new();
         for m in ada_parts {
             let fits = ada_stacks.last().is_some_and(|s: &Vec<HostMatrix>| {
-                s[0].format == m.format && s.iter().map(HostMatrix::bytes).sum::<u64>() + m.bytes() <= max_binding
+                s[0].format == m.format
+                    && s.iter().map(HostMatrix::bytes).sum::<u64>() + m.bytes() <= max_binding
             });
             if fits {
                 ada_stacks.last_mut().expect("checked").push(m);
@@ -458,8 +477,14 @@ impl FusedHead {
             block_host.push((
                 read(&format!("res_blocks.{j}.mlp.0"), width, width, false)?,
                 read(&format!("res_blocks.{j}.mlp.2"), width, width, false)?,
-                weights.get(&format!("{PREFIX}.res_blocks.{j}.in_ln.weight"), &[width])?.values.clone(),
-                weights.get(&format!("{PREFIX}.res_blocks.{j}.in_ln.bias"), &[width])?.values.clone(),
+                weights
+                    .get(&format!("{PREFIX}.res_blocks.{j}.in_ln.weight"), &[width])?
+                    .values
+                    .clone(),
+                weights
+                    .get(&format!("{PREFIX}.res_blocks.{j}.in_ln.bias"), &[width])?
+                    .values
+                    .clone(),
             ));
         }
         let final_host = read("final_layer.linear", 2 * token_dim, width, false)?;
@@ -471,43 +496,44 @@ impl FusedHead {
         let mut mat_words: Vec<Vec<u32>> = Vec::new();
         // Every matrix but the input projection is read input-major (`gemm`, `final_step`);
         // the input projection is read per output row and stays as it is.
-        let mut place = |m: &HostMatrix, vecs: &mut Vec<f32>, input_major: bool| -> Result<Matrix> {
-            let (words, scales) = if input_major {
-                m.input_major()
-            } else {
-                (m.words.clone(), m.scales.clone())
+        let mut place =
+            |m: &HostMatrix, vecs: &mut Vec<f32>, input_major: bool| -> Result<Matrix> {
+                let (words, scales) = if input_major {
+                    m.input_major()
+                } else {
+                    (m.words.clone(), m.scales.clone())
+                };
+                let bytes = 4 * m.words.len() as u64;
+                if bytes > max_binding {
+                    return Err(gpu_error(
+                        "a weight matrix is too large",
+                        format!("{bytes} bytes; this GPU binds at most {max_binding}"),
+                    ));
+                }
+                let fits = mat_words
+                    .last()
+                    .is_some_and(|w| 4 * (w.len() as u64) + bytes <= max_binding);
+                if !fits {
+                    mat_words.push(Vec::new());
+                }
+                let buffer = mat_words.len() - 1;
+                let buffer_words = mat_words.last_mut().expect("pushed");
+                let w_off = buffer_words.len() as u32;
+                buffer_words.extend_from_slice(&words);
+                let scale_off = vecs.len() as u32;
+                vecs.extend_from_slice(&scales);
+                let bias_off = vecs.len() as u32;
+                vecs.extend_from_slice(&m.bias);
+                Ok(Matrix {
+                    buffer,
+                    format: m.format,
+                    w_off,
+                    scale_off,
+                    bias_off,
+                    out: m.out as u32,
+                    inp: m.inp as u32,
+                })
             };
-            let bytes = 4 * m.words.len() as u64;
-            if bytes > max_binding {
-                return Err(gpu_error(
-                    "a weight matrix is too large",
-                    format!("{bytes} bytes; this GPU binds at most {max_binding}"),
-                ));
-            }
-            let fits = mat_words
-                .last()
-                .is_some_and(|w| 4 * (w.len() as u64) + bytes <= max_binding);
-            if !fits {
-                mat_words.push(Vec::new());
-            }
-            let buffer = mat_words.len() - 1;
-            let buffer_words = mat_words.last_mut().expect("pushed");
-            let w_off = buffer_words.len() as u32;
-            buffer_words.extend_from_slice(&words);
-            let scale_off = vecs.len() as u32;
-            vecs.extend_from_slice(&scales);
-            let bias_off = vecs.len() as u32;
-            vecs.extend_from_slice(&m.bias);
-            Ok(Matrix {
-                buffer,
-                format: m.format,
-                w_off,
-                scale_off,
-                bias_off,
-                out: m.out as u32,
-                inp: m.inp as u32,
-            })
-        };
         let ada: Vec<Matrix> = ada_host
             .iter()
             .map(|m| place(m, &mut vecs, true))
@@ -533,7 +559,10 @@ impl FusedHead {
         if 4 * vecs.len() as u64 > max_binding {
             return Err(gpu_error(
                 "the head's vectors are too large",
-                format!("{} bytes; this GPU binds at most {max_binding}", 4 * vecs.len()),
+                format!(
+                    "{} bytes; this GPU binds at most {max_binding}",
+                    4 * vecs.len()
+                ),
             ));
         }
         let mut ada_cols = Vec::new();
@@ -560,7 +589,10 @@ impl FusedHead {
             .collect();
         let vecs_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("disa head vectors"),
-            contents: &vecs.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+            contents: &vecs
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
             usage: storage,
         });
         let weight_bytes = mat_words.iter().map(|w| 4 * w.len() as u64).sum::<u64>()
@@ -610,7 +642,10 @@ impl FusedHead {
             pipeline_key(Kernel::InputInit, &input_proj),
             pipeline_key(Kernel::FinalStep, &final_linear),
         ];
-        wanted.extend(ada.iter().map(|m| pipeline_key(Kernel::Gemm(GemmMode::Ada), m)));
+        wanted.extend(
+            ada.iter()
+                .map(|m| pipeline_key(Kernel::Gemm(GemmMode::Ada), m)),
+        );
         for b in &blocks {
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpIn), &b.mlp_in));
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpOut), &b.mlp_out));
@@ -700,7 +735,11 @@ impl FusedHead {
         if table.len() != NUM_BASE_TIMESTEPS * self.width {
             return Err(gpu_error(
                 "time table",
-                format!("{} values, expected {}", table.len(), NUM_BASE_TIMESTEPS * self.width),
+                format!(
+                    "{} values, expected {}",
+                    table.len(),
+                    NUM_BASE_TIMESTEPS * self.width
+                ),
             ));
         }
         let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -724,7 +763,10 @@ impl FusedHead {
             || job.init_noise.len() != n * c
             || job.step_noise.len() != steps * n * c
         {
-            return Err(gpu_error("job shapes", "z, noise and token counts disagree"));
+            return Err(gpu_error(
+                "job shapes",
+                "z, noise and token counts disagree",
+            ));
         }
         // Activation layout, in floats.
         let ada_cols = (3 * d + 2) * w;
@@ -738,8 +780,11 @@ impl FusedHead {
         let noise_off = x_off + n * c;
         let total = noise_off + steps * n * c;
         let limits = self.ctx.device.limits();
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
-        if 4 * total as u64 > max_binding || n > limits.max_compute_workgroups_per_dimension as usize {
+        let max_binding =
+            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        if 4 * total as u64 > max_binding
+            || n > limits.max_compute_workgroups_per_dimension as usize
+        {
             return Err(gpu_error(
                 "too many tokens at once",
                 format!(
@@ -777,8 +822,13 @@ impl FusedHead {
             let at = i * self.uniform_stride as usize;
             let noise = (noise_off + i * n * c) as u32;
             let next_t = job.steps.get(i + 1).unwrap_or(s).timestep;
-            step_data[at..at + STEP_BYTES as usize]
-                .copy_from_slice(&step_bytes(s, next_t, noise, cfg_scale, job.temperature));
+            step_data[at..at + STEP_BYTES as usize].copy_from_slice(&step_bytes(
+                s,
+                next_t,
+                noise,
+                cfg_scale,
+                job.temperature,
+            ));
         }
         queue.write_buffer(&ws.steps, 0, &step_data);
 
@@ -923,7 +973,11 @@ impl FusedHead {
                     Kernel::InputInit => &ws.bind_groups[self.input_proj.buffer],
                     _ => &ws.bind_groups[m.buffer],
                 };
-                pass.set_bind_group(0, bind_group, &[index as u32 * stride, step as u32 * stride]);
+                pass.set_bind_group(
+                    0,
+                    bind_group,
+                    &[index as u32 * stride, step as u32 * stride],
+                );
                 pass.dispatch_workgroups(*gx, *gy, 1);
                 launched += 1;
             };
@@ -1027,7 +1081,10 @@ impl FusedHead {
     /// Synchronous read-backs are impossible in the browser: use [`Self::read_async`].
     #[cfg(target_arch = "wasm32")]
     pub fn read(&self, _submitted: Submitted) -> Result<Vec<f32>> {
-        Err(gpu_error("reading results back", "use the async read in the browser"))
+        Err(gpu_error(
+            "reading results back",
+            "use the async read in the browser",
+        ))
     }
 
     /// Waits for a submitted step and reads `x_0` (`[n, C]`).

@@ -14,7 +14,11 @@ pub mod quant;
 #[cfg(not(target_arch = "wasm32"))]
 mod torch_checkpoint;
 
-pub use bundle::{Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage, StoredForm};
+#[cfg(not(target_arch = "wasm32"))]
+pub use atomic::{write_atomic, write_atomic_with};
+pub use bundle::{
+    Bundle, BundleInfo, DecoderSpec, FORMAT_VERSION, SourceFile, Storage, StoredForm,
+};
 #[cfg(not(target_arch = "wasm32"))]
 pub use files::{
     ModelFiles, PRESETS, config_from_spec, fingerprint, read_config_json, read_with_progress,
@@ -23,7 +27,5 @@ pub use map::{
     FileFormat, HostTensor, SNIFF_LEN, WeightMap, detect_format, is_mar_tensor,
     is_vae_decoder_tensor,
 };
-#[cfg(not(target_arch = "wasm32"))]
-pub use atomic::{write_atomic, write_atomic_with};
 #[cfg(not(target_arch = "wasm32"))]
 pub use torch_checkpoint::{save_torch_checkpoint, write_torch_checkpoint};
