@@ -142,7 +142,20 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     })?;
     let file = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
     if magic[..n] == [0x1f, 0x8b] {
-        read_idx(&source, flate2::read::GzDecoder::new(file))
+        // Say that the gzip layer is where it went wrong: a damaged download reads as a
+        // truncated or garbled idx file otherwise.
+        read_idx(&source, flate2::read::GzDecoder::new(file)).map_err(|e| match e {
+            DisaError::Dataset {
+                source_name,
+                reason,
+            } => DisaError::Dataset {
+                source_name,
+                reason: format!(
+                    "{reason} after gzip decompression (a corrupt or cut-off .gz file?)"
+                ),
+            },
+            other => other,
+        })
     } else {
         read_idx(&source, file)
     }

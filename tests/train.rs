@@ -129,12 +129,20 @@ fn a_resumed_run_continues_exactly() {
     let ema = max_abs_difference(straight.ema_weights(), resumed.ema_weights()).unwrap();
     assert!(ema < 1e-6, "resumed EMA differs by {ema}");
 
-    // A damaged checkpoint is an error, not a panic.
-    std::fs::write(dir.join("optimizer.bin"), b"garbage").unwrap();
-    assert!(Trainer::resume(&dir, &device).is_err());
-    std::fs::remove_file(dir.join("state.json")).unwrap();
+    // A damaged checkpoint (the only one) is an error naming what is wrong, not a panic.
+    let checkpoint = dir
+        .join(disa::train::CHECKPOINTS)
+        .join(format!("step-{:09}", 2));
+    assert!(checkpoint.is_dir(), "{}", checkpoint.display());
+    let state = std::fs::read(checkpoint.join("state.json")).unwrap();
+    std::fs::remove_file(checkpoint.join("state.json")).unwrap();
     let err = Trainer::resume(&dir, &device).err().unwrap();
     assert!(err.to_string().contains("state.json"), "{err}");
+    std::fs::write(checkpoint.join("state.json"), state).unwrap();
+    assert!(Trainer::resume(&dir, &device).is_ok(), "restored");
+    std::fs::write(checkpoint.join("optimizer.bin"), b"garbage").unwrap();
+    let err = Trainer::resume(&dir, &device).err().unwrap();
+    assert!(err.to_string().contains("optimizer.bin"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
