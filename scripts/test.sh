@@ -26,4 +26,10 @@ cargo build --lib --target wasm32-unknown-unknown --no-default-features
 
 bash scripts/e2e.sh
 
+# Not a pass/fail check (timings flake on shared machines): the fused head kernels against
+# Burn's tensor ops on this machine's wgpu device (lavapipe on CI), in one run, for the log.
+say "disa bench: fused vs tensor head on wgpu (informational)"
+"$CARGO_TARGET_DIR/debug/disa" bench --backend wgpu --ar-steps 16 --cfg 3 \
+  --schedules linear:50:5 --kernels tensor,fused --repeats 1 || say "bench failed (not fatal)"
+
 say "all tests passed"
