@@ -90,7 +90,7 @@ fn one_head_call_matches_the_tensor_path() {
             .head
             .time_embedding_table(disa::diffusion::NUM_BASE_TIMESTEPS, &g.device)
             .into_data()
-            .to_vec()
+            .try_to_vec::<f32>()
             .unwrap();
         fused.set_time_table(&time_table).unwrap();
         let (c, dec) = (g.config.token_dim(), g.config.decoder_embed_dim);
@@ -133,7 +133,7 @@ fn one_head_call_matches_the_tensor_path() {
             };
             let want: Vec<f32> = p_sample(t2(&x, n, c), eps, v, &coeffs, t2(&noise, n, c), 0.9)
                 .into_data()
-                .to_vec()
+                .try_to_vec::<f32>()
                 .unwrap();
             let err = scaled(&got, &want);
             eprintln!(

@@ -437,8 +437,9 @@ impl FusedHead {
             )
         };
         let limits = ctx.device.limits();
-        let max_binding =
-            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
 
         // The adaLN modulations of every block and of the final layer, stacked so one dispatch
         // computes them all (split where a stack would outgrow one binding).
@@ -780,8 +781,9 @@ impl FusedHead {
         let noise_off = x_off + n * c;
         let total = noise_off + steps * n * c;
         let limits = self.ctx.device.limits();
-        let max_binding =
-            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         if 4 * total as u64 > max_binding
             || n > limits.max_compute_workgroups_per_dimension as usize
         {
