@@ -452,7 +452,10 @@ impl Generation {
         match self.kernels {
             Kernels::Tensor => Ok(None),
             _ if prep.rows_n == 0 => Ok(None),
-            Kernels::Auto => Ok(available),
+            // Steps too large for the GPU's bindings fall back to the tensor path.
+            Kernels::Auto => {
+                Ok(available.filter(|f| f.fits(prep.rows_n, prep.use_cfg, prep.diffusion.len())))
+            }
             Kernels::Fused => match available {
                 Some(f) => Ok(Some(f)),
                 None => Err(DisaError::Device(format!(

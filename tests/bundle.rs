@@ -8,18 +8,8 @@ use disa::DisaError;
 use disa::noise::SeededNoise;
 use disa::sampler::{Generation, Request};
 use disa::schedule::StepSchedule;
-use disa::weights::{Bundle, DecoderSpec, ModelFiles, Storage};
+use disa::weights::{Bundle, DecoderSpec, Storage};
 use std::sync::Arc;
-
-fn official() -> Bundle {
-    ModelFiles {
-        weights: reference_dir().join("checkpoint-last.pth"),
-        state_dict: "model_ema".into(),
-        ..ModelFiles::default()
-    }
-    .load()
-    .expect("official files load")
-}
 
 #[test]
 fn round_trip_keeps_every_tensor_and_the_config() {

@@ -14,7 +14,7 @@ use disa::gpu::{HeadJob, Kernels};
 use disa::noise::SeededNoise;
 use disa::sampler::{Generation, Generator, Request, p_sample};
 use disa::schedule::{CfgSchedule, StepSchedule};
-use disa::weights::{Bundle, ModelFiles, Storage};
+use disa::weights::{Bundle, Storage};
 use std::sync::Arc;
 
 /// Scaled tolerance for the fused path against the tensor path with the same weights: both
@@ -25,17 +25,6 @@ fn device() -> Device {
     disa::backend::Backend::Wgpu
         .device()
         .expect("a wgpu adapter (lavapipe on CI)")
-}
-
-/// The reference set's official files.
-fn official() -> Bundle {
-    ModelFiles {
-        weights: reference_dir().join("checkpoint-last.pth"),
-        state_dict: "model_ema".into(),
-        ..ModelFiles::default()
-    }
-    .load()
-    .expect("official files load")
 }
 
 /// The reference model stored as `storage`, built on the GPU with its fused head.

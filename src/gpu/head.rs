@@ -749,6 +749,25 @@ impl FusedHead {
         Ok(())
     }
 
+    /// Floats of activations an AR step of `n` tokens (`rows` head rows) and `steps` diffusion
+    /// steps needs (the layout `submit` lays out).
+    fn activation_floats(&self, n: usize, rows: usize, steps: usize) -> usize {
+        let (w, c) = (self.width, self.token_dim);
+        rows * (self.cond_dim + w * (4 + 3 * self.depth + 2)) + n * c * (1 + steps)
+    }
+
+    /// Whether an AR step of `tokens` tokens (doubled with CFG) and `steps` diffusion steps fits
+    /// this GPU's binding and dispatch limits; where not, `Kernels::Auto` takes the tensor path.
+    pub fn fits(&self, tokens: usize, cfg: bool, steps: usize) -> bool {
+        let rows = if cfg { 2 * tokens } else { tokens };
+        let limits = self.ctx.device.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        4 * self.activation_floats(tokens, rows, steps) as u64 <= max_binding
+            && tokens <= limits.max_compute_workgroups_per_dimension as usize
+    }
+
     /// Records and submits one AR step's sampling loop.
     pub fn submit(&self, job: &HeadJob<'_>) -> Result<Submitted> {
         if !self.has_time_table() {
@@ -780,13 +799,12 @@ impl FusedHead {
         let x_off = u_off + rows * w;
         let noise_off = x_off + n * c;
         let total = noise_off + steps * n * c;
+        debug_assert_eq!(total, self.activation_floats(n, rows, steps));
         let limits = self.ctx.device.limits();
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
-        if 4 * total as u64 > max_binding
-            || n > limits.max_compute_workgroups_per_dimension as usize
-        {
+        if !self.fits(n, job.cfg.is_some(), steps) {
             return Err(gpu_error(
                 "too many tokens at once",
                 format!(

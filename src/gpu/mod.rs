@@ -92,6 +92,9 @@ impl FusedHead {
     pub fn has_time_table(&self) -> bool {
         match *self {}
     }
+    pub fn fits(&self, _: usize, _: bool, _: usize) -> bool {
+        match *self {}
+    }
     pub fn set_time_table(&self, _: &[f32]) -> crate::Result<()> {
         match *self {}
     }

@@ -124,6 +124,17 @@ pub fn mar_weights() -> WeightMap {
     .expect("checkpoint loads")
 }
 
+/// The set's official files (checkpoint, VAE and manifest beside it) as a bundle.
+pub fn official() -> disa::weights::Bundle {
+    disa::weights::ModelFiles {
+        weights: reference_dir().join("checkpoint-last.pth"),
+        state_dict: "model_ema".into(),
+        ..Default::default()
+    }
+    .load()
+    .expect("official files load")
+}
+
 /// The set's VAE weights.
 pub fn vae_weights() -> WeightMap {
     WeightMap::from_path(&reference_dir().join("vae.ckpt"), Some("model")).expect("vae.ckpt loads")
