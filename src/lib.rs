@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod data;
+pub mod defaults;
 pub mod diffusion;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
