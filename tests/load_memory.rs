@@ -209,7 +209,7 @@ fn with_claimed_tensor(src: &std::path::Path, dst: &std::path::Path, name: &str,
         serde_json::json!({"dtype": "F32", "shape": [values], "data_offsets": [end, end + 4 * values]}),
     );
     let mut text = serde_json::to_vec(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut f = std::fs::File::create(dst).unwrap();
@@ -290,5 +290,136 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
     let err = r.unwrap_err().to_string();
     assert!(err.contains("pickle"), "{err}");
     assert!(peak < 4 << 20, "peak {peak}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes a PyTorch zip checkpoint of the reference model (`tests/make_torch_checkpoint.py`),
+/// with `extra` tensors of zeros (`NAME=VALUES`) that deflate to almost nothing.
+fn torch_checkpoint(path: &std::path::Path, extra: &[&str]) {
+    let ok = std::process::Command::new("python3")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_torch_checkpoint.py"),
+        )
+        .arg(path)
+        .arg(reference().join("model.safetensors"))
+        .args(extra)
+        .status()
+        .expect("python3 (scripts/test.sh installs it)");
+    assert!(ok.success());
+}
+
+#[test]
+fn a_deflated_huge_tensor_in_a_pth_is_never_inflated() {
+    let _serial = serial();
+    let dir = temp_dir("deflated");
+    let model_bytes = std::fs::metadata(reference().join("model.safetensors"))
+        .unwrap()
+        .len() as usize;
+    // 150M zeros (600 MB of f32) deflate to under 1 MB.
+    let huge = "150000000";
+    let files = |weights: std::path::PathBuf, config: bool| disa::weights::ModelFiles {
+        weights,
+        vae: None,
+        config: config.then(|| reference().join("manifest.json").display().to_string()),
+        state_dict: "model_ema".into(),
+    };
+    // A tensor the model does not use: skipped unread, and the model loads.
+    let unused = dir.join("unused.pth");
+    torch_checkpoint(&unused, &[&format!("extra.big={huge}")]);
+    assert!(std::fs::metadata(&unused).unwrap().len() < 8 << 20);
+    let (peak, _, r) = measure(|| files(unused.clone(), true).load());
+    r.expect("the model's own tensors load");
+    assert!(peak < 2 * model_bytes, "peak {peak}, model {model_bytes}");
+    // The same size under a name the model uses: more values than the model has, refused
+    // before reading, with the configuration given and inferred from the claimed shapes.
+    let used = dir.join("used.pth");
+    torch_checkpoint(
+        &used,
+        &[&format!("encoder_blocks.0.attn.qkv.weight={huge}")],
+    );
+    for config in [true, false] {
+        let (peak, _, r) = measure(|| files(used.clone(), config).load());
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("values"), "config given: {config}: {err}");
+        assert!(
+            peak < 2 * model_bytes,
+            "config given: {config}: peak {peak}"
+        );
+    }
+    // Only the huge tensor: not a MAR model, refused from its outline, nothing read.
+    let alone = dir.join("alone.pth");
+    torch_checkpoint(&alone, &["--drop-all", &format!("class_emb.weight={huge}")]);
+    for config in [true, false] {
+        let (peak, _, r) = measure(|| files(alone.clone(), config).load());
+        let err = r.unwrap_err().to_string();
+        assert!(
+            err.contains("lacks tensor"),
+            "config given: {config}: {err}"
+        );
+        assert!(peak < 1 << 20, "config given: {config}: peak {peak}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_oversized_legacy_pickle_is_refused_before_it_is_parsed() {
+    let _serial = serial();
+    let dir = temp_dir("legacy");
+    // A legacy (non-zip) torch.save file: the magic number, protocol and sys_info pickles as
+    // PyTorch writes them, then a 12 MB pickle of small integers as the "state dict". The
+    // same list, within the limit, is parsed (and refused for what it is, not for its size).
+    let script = r#"
+import pickle, sys
+with open(sys.argv[1], "wb") as f:
+    pickle.dump(0x1950a86a20f9469cfc6c, f, protocol=2)
+    pickle.dump(1001, f, protocol=2)
+    pickle.dump({"protocol_version": 1001, "little_endian": True,
+                 "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
+    f.write(b"\x80\x02]q\x00(" + b"K\x01" * int(sys.argv[2]) + b"e.")
+    pickle.dump([], f, protocol=2)
+"#;
+    for (items, oversized) in [(6_000_000, true), (1000, false)] {
+        let path = dir.join(format!("legacy-{items}.pth"));
+        let ok = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .arg(items.to_string())
+            .status()
+            .expect("python3 (scripts/test.sh installs it)");
+        assert!(ok.success());
+        let head = std::fs::read(&path).unwrap();
+        assert_eq!(
+            disa::weights::detect_format(&head[..64], head.len() as u64),
+            disa::weights::FileFormat::TorchLegacy
+        );
+        drop(head);
+        let (peak, _, r) = measure(|| disa::weights::WeightMap::from_path(&path, None));
+        let err = r.unwrap_err().to_string();
+        assert_eq!(err.contains("pickles run past"), oversized, "{err}");
+        assert!(peak < 4 << 20, "peak {peak}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn one_state_dict_saved_under_two_keys_loads_under_either() {
+    // `torch.save({"model": sd, "model_ema": sd})` pickles the second as a memo reference to
+    // the first OrderedDict; `--distinct` writes two dicts sharing the tensors.
+    let _serial = serial();
+    let dir = temp_dir("alias");
+    let reference_map =
+        disa::weights::WeightMap::from_path(&reference().join("model.safetensors"), None).unwrap();
+    for distinct in [false, true] {
+        let path = dir.join(format!("c-{distinct}.pth"));
+        torch_checkpoint(&path, if distinct { &["--distinct"] } else { &[] });
+        for key in ["model_ema", "model"] {
+            let map = disa::weights::WeightMap::from_path(&path, Some(key))
+                .unwrap_or_else(|e| panic!("distinct {distinct}, {key}: {e}"));
+            assert_eq!(
+                map.tensors, reference_map.tensors,
+                "distinct {distinct}, {key}"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

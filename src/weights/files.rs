@@ -140,6 +140,7 @@ impl ModelFiles {
         let read_limits = ReadLimits {
             keep: is_mar_tensor,
             max_values: given.as_ref().map(limits::config_params),
+            outline_model: true,
         };
         let mar = match format {
             FileFormat::Safetensors => read_safetensors_streaming(&self.weights, &read_limits)?,
@@ -158,6 +159,7 @@ impl ModelFiles {
         let vae_limits = ReadLimits {
             keep: is_vae_decoder_tensor,
             max_values: None,
+            outline_model: false,
         };
         let vae = self
             .vae_path()

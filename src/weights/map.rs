@@ -121,6 +121,9 @@ impl WeightMap {
     ) -> Result<Self> {
         let source_name = path.display().to_string();
         check_pickle_size(path)?;
+        // A key whose state dict is the same object as another's is read as that one.
+        let aliased = top_level_key.and_then(|k| pickle_aliases(path).remove(k));
+        let top_level_key = aliased.as_deref().or(top_level_key);
         let open = || match top_level_key {
             Some(k) => pytorch_reader::PytorchReader::with_top_level_key(path, k),
             None => pytorch_reader::PytorchReader::new(path),
@@ -157,12 +160,11 @@ impl WeightMap {
                 wanted.push((name, code, tensor));
             }
         }
-        // Claimed sizes first, in floating point (a shape's product may overflow).
-        let claimed: f64 = wanted
-            .iter()
-            .map(|(_, _, t)| t.shape().iter().map(|&d| d as f64).product::<f64>())
-            .sum();
-        limits.check(&source_name, claimed)?;
+        // Claimed sizes first.
+        limits.check(
+            &source_name,
+            wanted.iter().map(|(name, _, t)| (name.as_str(), t.shape())),
+        )?;
         let mut tensors = BTreeMap::new();
         for (name, code, tensor) in wanted {
             let shape = tensor.shape().to_vec();
@@ -459,6 +461,10 @@ pub(crate) struct ReadLimits {
     pub keep: fn(&str) -> bool,
     /// The values a model of the known configuration has (tensors kept must not hold more).
     pub max_values: Option<f64>,
+    /// The kept tensors must outline a MAR model: a configuration is inferred from the claimed
+    /// shapes before any data is read, so a file that cannot be one is refused unread, and with
+    /// no `max_values` given the tensors are held to the inferred model's size.
+    pub outline_model: bool,
 }
 
 impl Default for ReadLimits {
@@ -466,15 +472,43 @@ impl Default for ReadLimits {
         Self {
             keep: |_| true,
             max_values: None,
+            outline_model: false,
         }
     }
 }
 
 impl ReadLimits {
-    /// Refuses `claimed` values (what the file's kept tensors declare) over the budget, before
-    /// any is read.
-    pub fn check(&self, source_name: &str, claimed: f64) -> Result<()> {
-        if let Some(max) = self.max_values {
+    /// Refuses the kept tensors' claimed shapes (`(name, shape)` as the file declares them)
+    /// over the budget, before any is read.
+    pub fn check<'a>(
+        &self,
+        source_name: &str,
+        shapes: impl Iterator<Item = (&'a str, &'a [usize])> + Clone,
+    ) -> Result<()> {
+        // In floating point: a shape's product may overflow.
+        let claimed: f64 = shapes
+            .clone()
+            .map(|(_, s)| s.iter().map(|&d| d as f64).product::<f64>())
+            .sum();
+        let mut max_values = self.max_values;
+        if self.outline_model {
+            let outline = WeightMap {
+                source_name: source_name.to_string(),
+                tensors: shapes
+                    .map(|(name, shape)| {
+                        let tensor = HostTensor {
+                            shape: shape.to_vec(),
+                            values: Vec::new(),
+                        };
+                        (name.to_string(), tensor)
+                    })
+                    .collect(),
+            };
+            // Head counts do not change the size; one head always divides the width.
+            let inferred = crate::model::MarConfig::infer(&outline, Some((1, 1)))?;
+            max_values = max_values.or(Some(super::limits::config_params(&inferred)));
+        }
+        if let Some(max) = max_values {
             // A little slack for extra small buffers a state dict may carry.
             if claimed > max * 1.01 + 65536.0 {
                 return Err(DisaError::InvalidSetting(format!(
@@ -618,11 +652,10 @@ pub(crate) fn read_safetensors_streaming(
         .filter(|e| matches!(e.dtype.as_str(), "F32" | "F16" | "BF16" | "F64"))
         .filter(|e| (limits.keep)(&e.name))
         .collect();
-    let claimed: f64 = wanted
-        .iter()
-        .map(|e| e.shape.iter().map(|&d| d as f64).product::<f64>())
-        .sum();
-    limits.check(&source_name, claimed)?;
+    limits.check(
+        &source_name,
+        wanted.iter().map(|e| (e.name.as_str(), e.shape.as_slice())),
+    )?;
     let mut tensors = BTreeMap::new();
     let data_start = 8 + n;
     for e in wanted {
@@ -651,14 +684,30 @@ pub(crate) fn read_safetensors_streaming(
 #[cfg(not(target_arch = "wasm32"))]
 pub const MAX_PICKLE_BYTES: u64 = 8 << 20;
 
-/// Refuses a zip checkpoint whose pickle is over [`MAX_PICKLE_BYTES`], reading only the
-/// archive's directory. Legacy files are parsed by the reader as they are.
+/// Refuses a checkpoint whose pickle is over [`MAX_PICKLE_BYTES`]: in a zip, reading only the
+/// archive's directory; in a legacy file, walking the opcodes of its leading pickles (no
+/// object is built) up to that many bytes.
 #[cfg(not(target_arch = "wasm32"))]
 fn check_pickle_size(path: &std::path::Path) -> Result<()> {
+    use super::pickle_scan::{LEGACY_PICKLES, PickleExtent, pickles_extent};
     let (file, _) = super::atomic::open_regular(path)?;
     let Ok(mut archive) = zip::ZipArchive::new(std::io::BufReader::new(file)) else {
-        // Not a readable zip (legacy, or corrupt): the reader says what is wrong.
-        return Ok(());
+        let (file, _) = super::atomic::open_regular(path)?;
+        return match pickles_extent(
+            std::io::BufReader::new(file),
+            LEGACY_PICKLES,
+            MAX_PICKLE_BYTES,
+        ) {
+            PickleExtent::Exceeds(limit) => Err(format_error(
+                &path.display().to_string(),
+                format!(
+                    "its pickles run past {limit} bytes; a state dict's are far smaller \
+                     (refusing to parse them)"
+                ),
+            )),
+            // Within bounds, or not a well-formed legacy file: the reader says what is wrong.
+            PickleExtent::Ends(_) | PickleExtent::Malformed => Ok(()),
+        };
     };
     for i in 0..archive.len() {
         let Ok(entry) = archive.by_index_raw(i) else {
@@ -679,6 +728,65 @@ fn check_pickle_size(path: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The checkpoint's top-level keys that are memo references to another key's value
+/// ([`super::pickle_scan::top_level_aliases`]), read from its pickle (which
+/// [`check_pickle_size`] has bounded). Unreadable files have none: the reader reports them.
+#[cfg(not(target_arch = "wasm32"))]
+fn pickle_aliases(path: &std::path::Path) -> BTreeMap<String, String> {
+    use super::pickle_scan::{PickleExtent, pickles_extent, top_level_aliases};
+    use std::io::Read;
+    let Ok((file, _)) = super::atomic::open_regular(path) else {
+        return BTreeMap::new();
+    };
+    let mut pickle = Vec::new();
+    match zip::ZipArchive::new(std::io::BufReader::new(file)) {
+        Ok(mut archive) => {
+            let Some(name) = archive
+                .file_names()
+                .filter_map(|n| n.ok())
+                .find(|n| n.ends_with("data.pkl"))
+                .map(|n| n.into_owned())
+            else {
+                return BTreeMap::new();
+            };
+            let Ok(entry) = archive.by_name(&name) else {
+                return BTreeMap::new();
+            };
+            if entry
+                .take(MAX_PICKLE_BYTES)
+                .read_to_end(&mut pickle)
+                .is_err()
+            {
+                return BTreeMap::new();
+            }
+        }
+        Err(_) => {
+            // Legacy: the state dict is the fourth pickle.
+            let Ok((file, _)) = super::atomic::open_regular(path) else {
+                return BTreeMap::new();
+            };
+            let mut bytes = Vec::new();
+            let extent = |n| {
+                let Ok((f, _)) = super::atomic::open_regular(path) else {
+                    return None;
+                };
+                match pickles_extent(std::io::BufReader::new(f), n, MAX_PICKLE_BYTES) {
+                    PickleExtent::Ends(at) => Some(at),
+                    _ => None,
+                }
+            };
+            let (Some(start), Some(end)) = (extent(3), extent(4)) else {
+                return BTreeMap::new();
+            };
+            if file.take(end).read_to_end(&mut bytes).is_err() {
+                return BTreeMap::new();
+            }
+            pickle = bytes.split_off(start as usize);
+        }
+    }
+    top_level_aliases(&pickle)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod bundle;
 mod files;
 pub mod limits;
 mod map;
+#[cfg(not(target_arch = "wasm32"))]
+mod pickle_scan;
 pub mod quant;
 #[cfg(not(target_arch = "wasm32"))]
 mod torch_checkpoint;
