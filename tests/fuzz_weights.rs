@@ -1,6 +1,7 @@
 //! Property test of the weight loaders: thousands of mutated files (bit flips, byte
 //! overwrites, truncations, header edits) must each load or fail with an error — never panic,
-//! never hang. Deterministic (seeded), so a failure reproduces.
+//! never hang. Safetensors, disa bundles and PyTorch zip checkpoints. Deterministic (seeded),
+//! so a failure reproduces.
 
 mod common;
 
@@ -190,5 +191,80 @@ fn mutated_files_on_disk_never_panic_hang_or_misread() {
     }
     eprintln!("1500 files on disk: {loaded} loaded, {rejected} rejected");
     assert!(rejected > 400, "{rejected} rejected");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A torch zip checkpoint of `entries` (stored, as `torch.save` writes them), with the pickle
+/// replaced by `pickle` when given.
+fn torch_zip(entries: &[(String, Vec<u8>)], pickle: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in entries {
+        out.start_file(name.as_str(), options).unwrap();
+        let data = match pickle {
+            Some(p) if name.ends_with("data.pkl") => p,
+            _ => data.as_slice(),
+        };
+        out.write_all(data).unwrap();
+    }
+    out.finish().unwrap().into_inner()
+}
+
+#[test]
+fn mutated_torch_checkpoints_never_panic_hang_or_misread() {
+    // The official checkpoint layout: the pickle mutated inside a well-formed zip (what the
+    // PyTorch reader parses), or the zip's own bytes mutated.
+    let dir = std::env::temp_dir().join(format!("disa-fuzz-pth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = reference_dir().join("checkpoint-last.pth");
+    let original = std::fs::read(&source).unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&original)).unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..archive.len())
+        .map(|i| {
+            use std::io::Read;
+            let mut entry = archive.by_index(i).unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            (entry.name().unwrap().into_owned(), data)
+        })
+        .collect();
+    let pickle = entries
+        .iter()
+        .find(|(n, _)| n.ends_with("data.pkl"))
+        .map(|(_, d)| d.clone())
+        .unwrap();
+    let expected = WeightMap::from_path(&source, Some("model_ema")).unwrap();
+    let mut rng = Rng(0x7041);
+    let path = dir.join("c.pth");
+    let (mut loaded, mut rejected) = (0usize, 0usize);
+    for round in 0..900 {
+        let bytes = match round % 3 {
+            0 => torch_zip(&entries, None),
+            1 => torch_zip(&entries, Some(&mutate(&pickle, &mut rng))),
+            _ => mutate(&original, &mut rng),
+        };
+        std::fs::write(&path, &bytes).unwrap();
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(|| WeightMap::from_path(&path, Some("model_ema")));
+        match outcome {
+            Ok(Ok(w)) => {
+                if round % 3 == 0 {
+                    assert_eq!(w.tensors, expected.tensors, "round {round}: misread");
+                }
+                loaded += 1;
+            }
+            Ok(Err(e)) => {
+                assert!(round % 3 != 0, "round {round}: a valid file refused: {e}");
+                assert!(!e.to_string().is_empty());
+                rejected += 1;
+            }
+            Err(_) => panic!("round {round}: the loader panicked"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "round {round}");
+    }
+    eprintln!("900 torch checkpoints: {loaded} loaded, {rejected} rejected");
+    assert!(rejected > 200, "{rejected} rejected");
     let _ = std::fs::remove_dir_all(&dir);
 }
