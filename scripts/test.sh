@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (only what is missing), then runs every test:
-# parity with the official code on the CPU backend and on wgpu (Mesa's lavapipe when no GPU
-# exists), bad input, the CLI, the model file format, the wasm build of the library, and the
-# browser end-to-end test in Debian's Chromium (WebGPU on SwiftShader, then the CPU fallback).
+# The test command: installs what the tests need (only what is missing), checks formatting,
+# clippy (warnings are errors) and the JavaScript's syntax, then runs every test: parity with
+# the official code on the CPU backend and on wgpu (Mesa's lavapipe when no GPU exists), bad
+# input, the CLI, the model file format, the wasm build of the library, and the browser
+# end-to-end test in Debian's Chromium (WebGPU on SwiftShader, then the CPU fallback).
 source "$(dirname "${BASH_SOURCE[0]}")/setup-web.sh"
 cd "$ROOT"
 
@@ -17,6 +18,17 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
+
+say "cargo clippy (warnings are errors)"
+cargo clippy --all-targets -- -D warnings
+
+# The page's scripts and the browser tests have no build step: a syntax error would only show
+# in a browser, so every file is parsed here first (ES modules included).
+say "node --check (www/ and tests/e2e/ scripts)"
+while IFS= read -r -d '' js; do
+  node --check "$js"
+done < <(find www tests/e2e -maxdepth 3 \( -name '*.js' -o -name '*.mjs' \) \
+  -not -path '*/node_modules/*' -not -path 'www/assets/*' -print0 | sort -z)
 
 say "cargo test (CPU + wgpu backends)"
 cargo test --all-targets -- --test-threads=1

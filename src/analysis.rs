@@ -1,6 +1,8 @@
 //! DiSA's evidence, measured on a generation: why late tokens need fewer diffusion steps.
 //!
-//! The DiSA paper (SPEC §1.7) argues with three measurements, all plotted against the AR step:
+//! The DiSA paper (arXiv 2505.20297; its repository Qinyu-Allen-Zhao/DiSA ships no analysis code,
+//! only the figure `assets/evidence1.png`) argues with three measurements, all plotted against the
+//! AR step; the exact metrics below are this module's choice:
 //! 1. **spread** of the next-token distribution: re-sample the head `M` times from the same
 //!    condition rows and average the per-channel variance;
 //! 2. **straightness** of each token's DDPM chain `x_T … x_0`:

@@ -376,7 +376,8 @@ mod tests {
 
     #[test]
     fn mask_schedule_k16_matches_spec() {
-        // SPEC §2.5: K=16, N=256 -> tokens per step.
+        // MAR's cosine mask schedule (LTH14/mar `models/mar.py`, `MAR.sample_tokens`, with
+        // `mask_by_order`): K=16, N=256 -> tokens per step.
         let p = plan(
             16,
             256,

@@ -171,13 +171,16 @@ fn invalid_settings_are_rejected_with_a_message() {
         schedule: StepSchedule::Linear { start: 50, end: 5 },
         ..Request::default()
     };
-    let cases: Vec<(&str, Request)> = vec![
+    let classes = g.config.class_num;
+    // Each case with what its message must say: the offending value and the rule it breaks.
+    let cases: Vec<(&str, Request, Vec<String>)> = vec![
         (
             "K = 0",
             Request {
                 ar_steps: 0,
                 ..base.clone()
             },
+            vec!["AR steps must be at least 1".into()],
         ),
         (
             "K > tokens",
@@ -185,6 +188,10 @@ fn invalid_settings_are_rejected_with_a_message() {
                 ar_steps: n + 1,
                 ..base.clone()
             },
+            vec![
+                format!("{} AR steps for {n} tokens", n + 1),
+                format!("K ≤ {n}"),
+            ],
         ),
         (
             "end > start",
@@ -192,6 +199,7 @@ fn invalid_settings_are_rejected_with_a_message() {
                 schedule: StepSchedule::Linear { start: 5, end: 50 },
                 ..base.clone()
             },
+            vec!["end steps (50) must not exceed start steps (5)".into()],
         ),
         (
             "0 steps",
@@ -199,6 +207,7 @@ fn invalid_settings_are_rejected_with_a_message() {
                 schedule: StepSchedule::Constant(0),
                 ..base.clone()
             },
+            vec!["0 diffusion steps".into(), "at least 2".into()],
         ),
         (
             "too many steps",
@@ -206,6 +215,7 @@ fn invalid_settings_are_rejected_with_a_message() {
                 schedule: StepSchedule::Constant(1001),
                 ..base.clone()
             },
+            vec!["1001 diffusion steps".into(), "only 1000 timesteps".into()],
         ),
         (
             "custom list length",
@@ -213,13 +223,18 @@ fn invalid_settings_are_rejected_with_a_message() {
                 schedule: StepSchedule::Custom(vec![10, 5]),
                 ..base.clone()
             },
+            vec!["lists 2 step counts but there are 4 AR steps".into()],
         ),
         (
             "class out of range",
             Request {
-                labels: vec![Some(g.config.class_num)],
+                labels: vec![Some(classes)],
                 ..base.clone()
             },
+            vec![
+                format!("class {classes} out of range"),
+                format!("{classes} classes"),
+            ],
         ),
         (
             "empty batch",
@@ -227,6 +242,7 @@ fn invalid_settings_are_rejected_with_a_message() {
                 labels: vec![],
                 ..base.clone()
             },
+            vec!["batch size must be at least 1".into()],
         ),
         (
             "cfg < 1",
@@ -234,6 +250,7 @@ fn invalid_settings_are_rejected_with_a_message() {
                 cfg: 0.5,
                 ..base.clone()
             },
+            vec!["cfg 0.5".into(), "≥ 1".into()],
         ),
         (
             "cfg NaN",
@@ -241,6 +258,7 @@ fn invalid_settings_are_rejected_with_a_message() {
                 cfg: f32::NAN,
                 ..base.clone()
             },
+            vec!["cfg NaN".into(), "finite".into()],
         ),
         (
             "negative temperature",
@@ -248,14 +266,21 @@ fn invalid_settings_are_rejected_with_a_message() {
                 temperature: -1.0,
                 ..base.clone()
             },
+            vec!["temperature -1".into(), "≥ 0".into()],
         ),
     ];
-    for (what, request) in cases {
+    for (what, request, needles) in cases {
         let err = Generation::new(g.clone(), request, Box::new(SeededNoise::new(0)))
             .err()
             .unwrap_or_else(|| panic!("{what} accepted"));
         assert!(matches!(err, DisaError::InvalidSetting(_)), "{what}: {err}");
-        assert!(!err.to_string().is_empty());
+        let message = err.to_string();
+        for needle in &needles {
+            assert!(
+                message.contains(needle.as_str()),
+                "{what}: `{needle}` not in: {message}"
+            );
+        }
     }
     Generation::new(g.clone(), base, Box::new(SeededNoise::new(0))).expect("valid request");
 }

@@ -13,8 +13,11 @@ fn disa() -> Command {
 }
 
 #[test]
-fn schedule_totals_match_the_spec() {
-    // SPEC §1.5: K = 64, 256 tokens.
+fn schedule_totals_match_the_official_code() {
+    // DiSA's defaults, K = 64 and 256 tokens: step counts from Qinyu-Allen-Zhao/DiSA
+    // `MAR_DiSA/models/diffloss.py`, `DiffLoss.sample`, with the 950 clip of
+    // `MAR_DiSA/diffusion/__init__.py`, `create_diffusion`; tokens per step from LTH14/mar
+    // `models/mar.py`, `MAR.sample_tokens`. The totals are that code's.
     for (schedule, calls, token_steps) in [
         ("linear:50:5", 1681, 5246),
         ("cosine:50:5", 1674, 4891),
@@ -51,19 +54,197 @@ fn schedule_totals_match_the_spec() {
 
 #[test]
 fn bad_settings_exit_with_a_message() {
-    for args in [
-        vec!["schedule", "--schedule", "linear:5:50"],
-        vec!["schedule", "--ar-steps", "0"],
-        vec!["schedule", "--ar-steps", "300", "--tokens", "256"],
-        vec!["schedule", "--schedule", "constant:0"],
-        vec!["generate", "--weights", "/nonexistent/model.safetensors"],
+    // Each with what the message must say: the value and the rule, or the accepted choices.
+    for (args, needles) in [
+        (
+            vec!["schedule", "--schedule", "linear:5:50"],
+            vec![
+                "linear:5:50",
+                "end steps (50) must not exceed start steps (5)",
+            ],
+        ),
+        (
+            vec!["schedule", "--ar-steps", "0"],
+            vec!["AR steps must be at least 1"],
+        ),
+        (
+            vec!["schedule", "--ar-steps", "300", "--tokens", "256"],
+            vec!["300 AR steps for 256 tokens", "K ≤ 256"],
+        ),
+        (
+            vec!["schedule", "--schedule", "constant:0"],
+            vec!["0 diffusion steps", "at least 2"],
+        ),
+        (
+            vec!["schedule", "--schedule", "fast"],
+            vec!["unknown schedule `fast`", "linear:START:END"],
+        ),
+        (
+            vec!["schedule", "--clip", "soon"],
+            vec!["clip `soon`", "none or default"],
+        ),
+        (
+            vec!["schedule", "--cfg-schedule", "cubic"],
+            vec!["cubic", "linear", "constant"],
+        ),
+        (
+            vec!["generate", "--backend", "tpu"],
+            vec!["tpu", "cpu", "wgpu"],
+        ),
+        (
+            vec!["convert", "--storage", "int2", "--out", "x.safetensors"],
+            vec!["int2", "f32", "f16", "int8", "int4"],
+        ),
+        (
+            vec!["convert", "--to", "onnx", "--out", "x.safetensors"],
+            vec!["onnx", "disa", "official"],
+        ),
+        (
+            vec!["generate", "--weights", "/nonexistent/model.safetensors"],
+            vec!["/nonexistent/model.safetensors"],
+        ),
     ] {
         let out = disa().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
+        }
     }
+}
+
+#[test]
+fn help_lists_the_choices_of_fixed_value_options() {
+    for (command, needles) in [
+        (
+            "generate",
+            &[
+                "cpu", "wgpu", "auto", "fused", "tensor", "linear", "constant",
+            ][..],
+        ),
+        (
+            "convert",
+            &["f32", "f16", "int8", "int4", "disa", "official"],
+        ),
+        (
+            "bench",
+            &["mar_base", "mar_large", "mar_huge", "fashion", "--json"],
+        ),
+    ] {
+        let out = disa().args([command, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("Possible values") || text.contains("possible values"),
+            "{command}:\n{text}"
+        );
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "{command} --help lacks {needle}:\n{text}"
+            );
+        }
+    }
+}
+
+/// Runs `disa generate` with the built-in model (or `weights`) and returns its summary line.
+fn summary_line(weights: Option<&std::path::Path>, flags: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!("disa-cli-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = disa();
+    cmd.args(["generate", "--class", "1", "--out"])
+        .arg(dir.join("x.ppm"))
+        .args(flags);
+    if let Some(w) = weights {
+        cmd.arg("--weights").arg(w);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("schedule "))
+        .unwrap_or_else(|| panic!("no summary line:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn model_defaults_apply_unless_a_flag_overrides_them() {
+    // The built-in model suggests K = 16, linear 50→5, cfg 3 (linear), temperature 1.
+    let line = summary_line(None, &["--ar-steps", "2"]);
+    assert!(
+        line.contains("schedule linear:50:5 · K=2 · cfg 3 (linear) · temperature 1 ·"),
+        "{line}"
+    );
+    // A model that suggests every field: each is used, and each flag wins over it.
+    let shipped = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("www/assets/model.safetensors"),
+    )
+    .unwrap();
+    let mut bundle = disa::weights::Bundle::from_bytes("shipped", &shipped).unwrap();
+    let dir = std::env::temp_dir().join(format!("disa-cli-suggest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut write = |defaults: serde_json::Value, name: &str| {
+        bundle.info.defaults = defaults;
+        let path = dir.join(name);
+        std::fs::write(&path, bundle.to_bytes().unwrap()).unwrap();
+        path
+    };
+    let suggesting = write(
+        serde_json::json!({"arSteps": 3, "schedule": "cosine:20:4", "cfg": 2.5,
+                           "cfgSchedule": "constant", "temperature": 0.75}),
+        "suggesting.safetensors",
+    );
+    let line = summary_line(Some(&suggesting), &[]);
+    assert!(
+        line.contains("schedule cosine:20:4 · K=3 · cfg 2.5 (constant) · temperature 0.75 ·"),
+        "{line}"
+    );
+    let line = summary_line(
+        Some(&suggesting),
+        &[
+            "--ar-steps",
+            "2",
+            "--schedule",
+            "constant:8",
+            "--cfg",
+            "1.5",
+            "--cfg-schedule",
+            "linear",
+            "--temperature",
+            "1.25",
+        ],
+    );
+    assert!(
+        line.contains("schedule constant:8 · K=2 · cfg 1.5 (linear) · temperature 1.25 ·"),
+        "{line}"
+    );
+    // A misspelt or invalid suggestion is an error naming it, not silently ignored.
+    for (defaults, needle) in [
+        (serde_json::json!({"ar_steps": 3}), "ar_steps"),
+        (serde_json::json!({"cfg": 0.5}), "cfg"),
+    ] {
+        let bad = write(defaults, "bad.safetensors");
+        let out = disa()
+            .args(["generate", "--out"])
+            .arg(dir.join("never.ppm"))
+            .arg("--weights")
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("defaults") && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -113,8 +294,73 @@ fn generate_writes_a_png() {
     );
 }
 
-/// What the README promises for the same seed across backends: the same tokens within float
-/// tolerance, and decoded 8-bit pixels at most 1 level apart.
+/// What the README promises for the same seed across backends, as a user sees it: `disa
+/// generate --backend cpu` and `--backend wgpu` write images whose 8-bit values are at most 1
+/// level apart, in at most 1% of the values.
+#[cfg(feature = "wgpu")]
+#[test]
+fn same_seed_same_image_on_cpu_and_wgpu() {
+    let dir = std::env::temp_dir().join(format!("disa-cli-backends-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = reference_dir().join("checkpoint-last.pth");
+    let run = |backend: &str| {
+        let out = dir.join(format!("{backend}.ppm"));
+        let o = disa()
+            .args(["generate", "--backend", backend, "--weights"])
+            .arg(&weights)
+            .args(["--class", "3,7", "--seed", "11", "--ar-steps", "4"])
+            .args([
+                "--schedule",
+                "linear:30:5",
+                "--cfg",
+                "2",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        (o, out)
+    };
+    let (cpu, cpu_path) = run("cpu");
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    let (gpu, gpu_path) = run("wgpu");
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    if !gpu.status.success() && err.contains("no usable GPU adapter") {
+        eprintln!("no wgpu adapter on this machine: nothing to compare ({err})");
+        return;
+    }
+    assert!(gpu.status.success(), "{err}");
+    let (a, b) = (
+        std::fs::read(&cpu_path).unwrap(),
+        std::fs::read(&gpu_path).unwrap(),
+    );
+    let header = b"P6\n".len() + a[3..].iter().position(|&c| c == b'\n').unwrap() + 1;
+    let header = header + a[header..].iter().position(|&c| c == b'\n').unwrap() + 1;
+    assert_eq!(a.len(), b.len(), "same image size");
+    assert_eq!(a[..header], b[..header], "same PPM header");
+    let (a, b) = (&a[header..], &b[header..]);
+    let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    let differing = a.iter().zip(b).filter(|(x, y)| x != y).count();
+    eprintln!(
+        "{differing} of {} 8-bit values differ, by at most {worst}",
+        a.len()
+    );
+    assert!(worst <= 1, "values {worst} levels apart");
+    assert!(
+        differing * 100 <= a.len(),
+        "{differing} of {} values differ",
+        a.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same promise in the library: the same tokens within float tolerance, and decoded 8-bit
+/// pixels at most 1 level apart.
 #[cfg(feature = "wgpu")]
 #[test]
 fn same_seed_same_tokens_and_pixels_within_one_level_on_cpu_and_wgpu() {
@@ -169,18 +415,12 @@ fn same_seed_same_tokens_and_pixels_within_one_level_on_cpu_and_wgpu() {
     );
 }
 
-#[test]
-fn bench_reports_ratios_against_the_first_schedule() {
-    let weights = reference_dir().join("checkpoint-last.pth");
+/// `disa bench --json`'s document.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = disa()
-        .args([
-            "bench",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--schedules",
-            "constant:20;linear:20:5",
-        ])
-        .args(["--ar-steps", "4", "--repeats", "1"])
+        .arg("bench")
+        .arg("--json")
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -188,29 +428,57 @@ fn bench_reports_ratios_against_the_first_schedule() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("constant:") || l.starts_with("linear:"))
-        .collect();
-    assert_eq!(rows.len(), 2, "{text}");
-    // The baseline row compares with itself; K=4 linear 20→5 runs 20+15+10+5 = 50 calls vs 80.
-    assert!(
-        rows[0].contains("1.00×") && rows[0].contains(" 80 "),
-        "{}",
-        rows[0]
-    );
-    assert!(
-        rows[1].contains(" 50 ") && rows[1].contains("1.60×"),
-        "{}",
-        rows[1]
-    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn bench_reports_ratios_against_the_first_schedule() {
+    let weights = reference_dir().join("checkpoint-last.pth");
+    let report = bench_json(&[
+        "--weights",
+        weights.to_str().unwrap(),
+        "--schedules",
+        "constant:20;linear:20:5",
+        "--ar-steps",
+        "4",
+        "--repeats",
+        "1",
+    ]);
+    assert_eq!(report["arSteps"], 4);
+    assert_eq!(report["backend"], "cpu");
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{report:#}");
+    assert_eq!(rows[0]["schedule"], "constant:20");
+    assert_eq!(rows[1]["schedule"], "linear:20:5");
+    // The baseline compares with itself; K=4 linear 20→5 runs 20+15+10+5 = 50 calls vs 80
+    // (constant schedules keep all 20 timesteps: no clip by default).
+    assert_eq!(rows[0]["headCalls"], 80);
+    assert_eq!(rows[0]["speedUp"], 1.0);
+    assert_eq!(rows[0]["headCallRatio"], 1.0);
+    assert_eq!(rows[1]["headCalls"], 50);
+    assert_eq!(rows[1]["headCallRatio"], 1.6);
+    for row in rows {
+        assert_eq!(row["head"], "tensor", "no fused head on the CPU");
+        assert!(row["launches"].is_null(), "{row}");
+        let seconds = row["secondsPerImage"].as_f64().unwrap();
+        let head = row["headSecondsPerImage"].as_f64().unwrap();
+        assert!(seconds > 0.0 && head > 0.0 && head <= seconds, "{row}");
+        let speed_up = row["speedUp"].as_f64().unwrap();
+        let base = rows[0]["secondsPerImage"].as_f64().unwrap();
+        assert!((speed_up - base / seconds).abs() < 1e-9, "{row}");
+    }
+    assert!(report["moduleWeightBytes"].as_u64().unwrap() > 0);
+    assert!(report["fusedHeadWeightBytes"].is_null());
 }
 
 #[test]
 fn bench_times_preset_shapes_and_takes_a_clip() {
-    let run = |args: &[&str]| disa().arg("bench").args(args).output().unwrap();
-    let out = run(&[
+    let report = bench_json(&[
         "--shapes",
         "fashion",
         "--clip",
@@ -222,23 +490,33 @@ fn bench_times_preset_shapes_and_takes_a_clip() {
         "--repeats",
         "1",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(report["model"], "fashion (random weights)");
+    assert_eq!(report["clip"], "950");
+    // 50 respaced steps keep 48 distinct timesteps under the 950 clip: 4 × 48 head calls.
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{report:#}");
+    assert_eq!(rows[0]["headCalls"], 192);
+    // The table is the same run's numbers, for people.
+    let out = disa()
+        .args(["bench", "--shapes", "fashion", "--schedules", "constant:4"])
+        .args(["--ar-steps", "2", "--repeats", "1"])
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("fashion (random weights)"), "{text}");
-    // 50 respaced steps keep 48 distinct timesteps under the 950 clip: 4 × 48 head calls.
-    let row = text.lines().find(|l| l.starts_with("constant:50")).unwrap();
-    assert!(row.contains(" 192 "), "{row}");
-    for bad in [
-        vec!["--shapes", "mar_tiny"],
-        vec!["--shapes", "fashion", "--weights", "x.safetensors"],
-        vec!["--clip", "soon"],
+    assert!(text.contains("head calls"), "{text}");
+    for (bad, needle) in [
+        (vec!["--shapes", "mar_tiny"], "mar_tiny"),
+        (
+            vec!["--shapes", "fashion", "--weights", "x.safetensors"],
+            "--weights",
+        ),
+        (vec!["--clip", "soon"], "soon"),
     ] {
-        let o = run(&bad);
+        let o = disa().arg("bench").args(&bad).output().unwrap();
         assert!(!o.status.success(), "{bad:?} accepted");
-        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(needle), "{bad:?}: {err}");
     }
 }

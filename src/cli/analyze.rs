@@ -1,14 +1,13 @@
 //! `disa analyze`: DiSA's three measurements (spread, straightness, predictability) per AR step
 //! of one generation, as a CSV table and an SVG plot for slides.
 
+use super::args::{BackendArg, ModelArgs, SamplingArgs, suggested};
+use super::common::{progress_bar, write_file};
 use clap::Args;
 use disa::Result;
 use disa::analysis::{Analysis, AnalysisOptions, Analyzer, Recorder};
 use disa::backend::Backend;
 use disa::noise::SeededNoise;
-use disa::sampler::Request;
-use disa::schedule::{CfgSchedule, StepSchedule};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use std::sync::Arc;
 #[derive(Args)]
 pub struct AnalyzeArgs {
     #[command(flatten)]
-    pub model: crate::ModelArgs,
+    pub model: ModelArgs,
     /// Class label(s), comma-separated; omit for unconditional generation.
     #[arg(long = "class", value_delimiter = ',')]
     pub classes: Vec<usize>,
@@ -27,29 +26,17 @@ pub struct AnalyzeArgs {
     /// analyses the same image.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// AR steps K [default: the model's suggestion, else 64].
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Noise temperature [default: the model's suggestion, else 1].
     #[arg(long)]
-    pub ar_steps: Option<usize>,
-    /// Diffusion steps per AR step: constant:N, linear:START:END, cosine:START:END,
-    /// two-stage:START:END or custom:N,N,...
-    #[arg(long, default_value = "linear:50:5")]
-    pub schedule: String,
-    /// Timestep clip: 950 (DiSA), none (MAR), or default (950 for DiSA schedules, none for constant).
-    #[arg(long, default_value = "default")]
-    pub clip: String,
-    /// Classifier-free guidance scale, 1 = off [default: the model's suggestion, else 1].
-    #[arg(long)]
-    pub cfg: Option<f32>,
-    #[arg(long, default_value = "linear")]
-    pub cfg_schedule: String,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
+    pub temperature: Option<f32>,
     /// Re-samples of the head per token for the spread (M).
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
-    /// Compute backend: cpu or wgpu.
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    /// Compute backend.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
     /// Output prefix: writes PREFIX.csv (one row per AR step), PREFIX-tokens.csv (one row per
     /// token) and PREFIX.svg (the curves).
     #[arg(long, default_value = "analysis")]
@@ -304,10 +291,11 @@ fn first_last(values: &[f64]) -> (f64, f64) {
 }
 
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
-    let backend: Backend = args.backend.parse()?;
-    let device = backend.device()?;
+    let device = Backend::from(args.backend).device()?;
     let bundle = args.model.bundle()?;
-    let suggested = crate::Suggested::from(&bundle.info.defaults);
+    let sampling = args
+        .sampling
+        .resolve(&suggested(&bundle)?, args.temperature);
     let model_name = bundle.info.name.clone();
     let generator = Arc::new(bundle.into_generator(&device)?);
     if args.batch == 0 {
@@ -320,35 +308,20 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     } else {
         args.classes.iter().map(|&c| Some(c)).collect()
     };
-    let request = Request {
-        labels: classes
-            .iter()
-            .flat_map(|c| std::iter::repeat_n(*c, args.batch))
-            .collect(),
-        ar_steps: args
-            .ar_steps
-            .or(suggested.ar_steps)
-            .unwrap_or(crate::DEFAULT_AR_STEPS),
-        schedule: StepSchedule::parse(&args.schedule)?,
-        clip: crate::parse_clip(&args.clip)?,
-        cfg: args.cfg.or(suggested.cfg).unwrap_or(1.0),
-        cfg_schedule: CfgSchedule::parse(&args.cfg_schedule)?,
-        temperature: args.temperature,
-    };
+    let labels = classes
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(*c, args.batch))
+        .collect();
+    let request = sampling.request(labels, args.sampling.clip.to_request());
     let options = AnalysisOptions {
         samples: args.samples,
         ..AnalysisOptions::default()
     };
     let k = request.ar_steps as u64;
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(2 * k)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let bar = progress_bar(
+        2 * k,
+        "{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed})",
+        args.quiet,
     );
     bar.set_message("generating (recording)");
     let mut recorder = Recorder::new(
@@ -396,9 +369,9 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     let csv_path = with_suffix(&args.out, ".csv");
     let tokens_path = with_suffix(&args.out, "-tokens.csv");
     let svg_path = with_suffix(&args.out, ".svg");
-    crate::write_file(&csv_path, steps_csv(&analysis).as_bytes())?;
-    crate::write_file(&tokens_path, tokens_csv(&analysis).as_bytes())?;
-    crate::write_file(&svg_path, curves_svg(&analysis, &title).as_bytes())?;
+    write_file(&csv_path, steps_csv(&analysis).as_bytes())?;
+    write_file(&tokens_path, tokens_csv(&analysis).as_bytes())?;
+    write_file(&svg_path, curves_svg(&analysis, &title).as_bytes())?;
     if !args.quiet {
         println!("{title}");
         println!(

@@ -1,14 +1,16 @@
 //! `disa train` and `disa train-classifier`: thin shells over `disa::train` and
 //! `disa::eval::classifier`.
 
+use super::common::progress_bar;
 use clap::Args;
 use disa::data::{CLASS_NAMES, DEBIAN_DIR, FashionMnist};
+use disa::defaults::SamplingDefaults;
 use disa::eval::classifier;
 use disa::model::MarConfig;
+use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::train::{CHECKPOINTS, TrainSettings, Trainer};
 use disa::weights::BundleInfo;
 use disa::{DisaError, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -48,11 +50,15 @@ fn info() -> BundleInfo {
     BundleInfo {
         name: "MAR Fashion-MNIST (disa)".into(),
         class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-        // Read by the page and by `disa generate` when no flag is given.
-        defaults: serde_json::json!({
-            "arSteps": 16, "schedule": "linear:50:5", "cfg": 3.0, "cfgSchedule": "linear",
-            "temperature": 1.0
-        }),
+        // Read by the page and by the CLI's commands where no flag is given.
+        defaults: SamplingDefaults {
+            ar_steps: Some(16),
+            schedule: Some(StepSchedule::Linear { start: 50, end: 5 }),
+            cfg: Some(3.0),
+            cfg_schedule: Some(CfgSchedule::Linear),
+            temperature: Some(1.0),
+        }
+        .to_info(),
         ..BundleInfo::default()
     }
 }
@@ -108,13 +114,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         s.seed,
         trainer.step
     );
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "step {pos}/{len} [{bar:30}] {msg} · {per_sec} · {elapsed} (eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+    let bar = progress_bar(
+        args.steps as u64,
+        "step {pos}/{len} [{bar:30}] {msg} · {per_sec} · {elapsed} (eta {eta})",
+        false,
     );
     bar.set_position(trainer.step as u64);
     let info = BundleInfo {
@@ -190,11 +193,10 @@ pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
     }
     let data = FashionMnist::load(&args.data)?;
     let device = burn::tensor::Device::flex().autodiff();
-    let bar = ProgressBar::new(args.epochs as u64);
-    bar.set_style(
-        ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {msg} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let bar = progress_bar(
+        args.epochs as u64,
+        "epoch {pos}/{len} [{bar:30}] {msg} ({elapsed})",
+        false,
     );
     let model = classifier::train(
         &data.train.images.pixels,
@@ -215,7 +217,7 @@ pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
     let test = model.accuracy(&data.test.images.pixels, &data.test.labels, &cpu)?;
     let train = model.accuracy(&data.train.images.pixels, &data.train.labels, &cpu)?;
     let bytes = model.to_bytes()?;
-    crate::write_file(&args.out, &bytes)?;
+    super::common::write_file(&args.out, &bytes)?;
     println!(
         "test accuracy {:.2}% · train accuracy {:.2}% · wrote {} ({:.2} MB)",
         100.0 * test,

@@ -1,4 +1,5 @@
-//! Training a MAR with the official objective (`MAR.forward`, SPEC §2.10) on the project's own
+//! Training a MAR with the official objective (LTH14/mar `models/mar.py`, `MAR.forward` and
+//! `MAR.random_masking`; `engine_mar.py`, `train_one_epoch`) on the project's own
 //! model code: random generation orders, a mask ratio from the truncated normal on
 //! [`mask_ratio_min`, 1], the diffusion loss on the masked tokens with each token repeated
 //! `diffusion_batch_mul` times, label drop for CFG, AdamW with warm-up, and EMA weights.

@@ -1,0 +1,293 @@
+//! `disa bench`: schedules (and head implementations) timed against a baseline in one run, as
+//! a table or, with `--json`, one JSON document.
+
+use super::args::{BackendArg, CfgScheduleArg, Clip, KernelsArg, ModelArgs, parse_clip, suggested};
+use super::common::printable;
+use clap::Args;
+use disa::backend::Backend;
+use disa::defaults::SamplingDefaults;
+use disa::noise::SeededNoise;
+use disa::sampler::Generation;
+use disa::schedule::StepSchedule;
+use disa::{DisaError, Result};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Time a preset's shapes with freshly initialized weights instead of a model file: speed
+    /// does not depend on the weights' values.
+    #[arg(long, conflicts_with = "weights", value_parser = ["mar_base", "mar_large", "mar_huge", "fashion"])]
+    pub shapes: Option<String>,
+    /// Schedules to time, separated by `;`; the first is the baseline the ratios refer to.
+    #[arg(
+        long,
+        value_delimiter = ';',
+        value_parser = super::args::parse_schedule,
+        default_value = "constant:100;constant:50;linear:50:5;cosine:50:5;two-stage:50:5"
+    )]
+    pub schedules: Vec<StepSchedule>,
+    /// AR steps K [default: the model's suggestion, else 64].
+    #[arg(long)]
+    pub ar_steps: Option<usize>,
+    /// Classifier-free guidance scale, 1 = off [default: the model's suggestion, else 1].
+    #[arg(long)]
+    pub cfg: Option<f32>,
+    /// How the CFG scale grows over the AR steps [default: the model's suggestion, else
+    /// linear].
+    #[arg(long, value_enum, ignore_case = true)]
+    pub cfg_schedule: Option<CfgScheduleArg>,
+    /// Noise temperature [default: the model's suggestion, else 1].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Images per generation.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed repetitions per schedule (after one untimed warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+    /// Head implementations to time, comma-separated: each schedule runs with each, in one run.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_delimiter = ',',
+        default_value = "auto"
+    )]
+    pub kernels: Vec<KernelsArg>,
+    /// Timestep clip for every schedule: default (950 for DiSA schedules, none for constant
+    /// ones, as their reference code), none (MAR), or a timestep (950 gives every schedule
+    /// DiSA's clip).
+    #[arg(long, default_value = "default", value_parser = parse_clip)]
+    pub clip: Clip,
+    /// Print one JSON document (settings, weight bytes, one object per schedule and head)
+    /// instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `disa bench --json`: the whole run.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    model: String,
+    backend: String,
+    ar_steps: usize,
+    cfg: f32,
+    cfg_schedule: String,
+    temperature: f32,
+    /// `default`, `none` or a timestep.
+    clip: String,
+    batch: usize,
+    repeats: usize,
+    /// Bytes of the weights Burn's modules hold (f32).
+    module_weight_bytes: u64,
+    /// Bytes of the fused head's weights as stored on the GPU; absent without a fused head.
+    fused_head_weight_bytes: Option<u64>,
+    /// Why there is no fused head on a wgpu device.
+    fused_unavailable: Option<String>,
+    rows: Vec<Row>,
+}
+
+/// One schedule with one head implementation.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row {
+    schedule: String,
+    /// `fused` or `tensor`: what ran (auto resolves to one of them).
+    head: &'static str,
+    /// Median wall time per image of sampling (transformer + head; decoding is not timed).
+    seconds_per_image: f64,
+    /// Median head time per image.
+    head_seconds_per_image: f64,
+    /// Sequential head calls per image (the plan's).
+    head_calls: usize,
+    /// Token·steps per image (the plan's).
+    token_steps: usize,
+    /// GPU dispatches per generation of the fused head (counted exactly); absent for Burn's
+    /// tensor ops, whose launches are not visible from here.
+    launches: Option<u64>,
+    /// Baseline seconds per image over this row's.
+    speed_up: f64,
+    /// Baseline head calls over this row's.
+    head_call_ratio: f64,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let backend = Backend::from(args.backend);
+    if args.repeats == 0 || args.batch == 0 {
+        return Err(DisaError::InvalidSetting(
+            "repeats and batch must be at least 1".into(),
+        ));
+    }
+    let device = backend.device()?;
+    let bundle = match &args.shapes {
+        Some(name) => {
+            let config = disa::model::MarConfig::preset(name).ok_or_else(|| {
+                DisaError::InvalidSetting(format!(
+                    "--shapes {name}: use mar_base, mar_large, mar_huge or fashion"
+                ))
+            })?;
+            eprintln!(
+                "initializing {name} ({:.0}M parameters) with random weights…",
+                config.num_params() as f64 / 1e6
+            );
+            let mut bundle = disa::weights::Bundle::initialized(config, 0);
+            bundle.info.name = format!("{name} (random weights)");
+            bundle
+        }
+        None => args.model.bundle()?,
+    };
+    let flags = SamplingDefaults {
+        ar_steps: args.ar_steps,
+        schedule: None,
+        cfg: args.cfg,
+        cfg_schedule: args.cfg_schedule.map(Into::into),
+        temperature: args.temperature,
+    };
+    // Every row's schedule comes from --schedules; the other settings as in `generate`.
+    let sampling = suggested(&bundle)?.overridden_by(&flags).resolve();
+    let model = printable(&bundle.info.name);
+    let generator = Arc::new(bundle.into_generator(&device)?);
+    let classes = generator.config.class_num;
+    let module_weight_bytes = 4 * generator.config.num_params() as u64;
+    let mut report = Report {
+        model,
+        backend: backend.to_string(),
+        ar_steps: sampling.ar_steps,
+        cfg: sampling.cfg,
+        cfg_schedule: sampling.cfg_schedule.to_string(),
+        temperature: sampling.temperature,
+        clip: args.clip.to_string(),
+        batch: args.batch,
+        repeats: args.repeats,
+        module_weight_bytes,
+        fused_head_weight_bytes: generator.fused_head().map(|f| f.weight_bytes()),
+        fused_unavailable: (backend == Backend::Wgpu && generator.fused_head().is_none())
+            .then(|| generator.fused_unavailable().to_string()),
+        rows: Vec::new(),
+    };
+    if !args.json {
+        print_header(&report, &generator);
+    }
+    let labels: Vec<Option<usize>> = (0..args.batch).map(|i| Some(i % classes)).collect();
+    let mut baseline: Option<(f64, usize)> = None;
+    for schedule in &args.schedules {
+        let request = disa::defaults::Sampling {
+            schedule: schedule.clone(),
+            ..sampling.clone()
+        }
+        .request(labels.clone(), args.clip.to_request());
+        let plan = request.plan(&generator.config)?;
+        let head_calls = plan.head_calls();
+        for &kernels in &args.kernels {
+            let mut times = Vec::new();
+            let mut head_times = Vec::new();
+            let mut fused = false;
+            let before = generator.fused_head().map_or(0, |f| f.dispatches());
+            for rep in 0..=args.repeats {
+                let start = disa::sampler::now_ms();
+                let mut generation = Generation::new(
+                    generator.clone(),
+                    request.clone(),
+                    Box::new(SeededNoise::new(rep as u64)),
+                )?
+                .kernels(kernels.into());
+                fused = generation.uses_fused_kernels();
+                let events = generation.run_to_end()?;
+                if rep > 0 {
+                    times.push((disa::sampler::now_ms() - start) / args.batch as f64);
+                    head_times.push(
+                        events.iter().map(|e| e.timings.head_ms).sum::<f64>() / args.batch as f64,
+                    );
+                }
+            }
+            // Fused launches are counted exactly; Burn's are not visible from here.
+            let launches = match generator.fused_head() {
+                Some(f) if fused => Some((f.dispatches() - before) / (args.repeats as u64 + 1)),
+                _ => None,
+            };
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (ms, head_ms) = (median(&mut times), median(&mut head_times));
+            let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
+            let row = Row {
+                schedule: schedule.to_string(),
+                head: if fused { "fused" } else { "tensor" },
+                seconds_per_image: ms / 1e3,
+                head_seconds_per_image: head_ms / 1e3,
+                head_calls,
+                token_steps: plan.token_steps(),
+                launches,
+                speed_up: base_ms / ms,
+                head_call_ratio: base_calls as f64 / head_calls as f64,
+            };
+            if !args.json {
+                print_row(&row);
+            }
+            report.rows.push(row);
+        }
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+        super::common::print_out(&(text + "\n"))?;
+    } else {
+        println!("(sampling only: transformer + diffusion head; decoding is not timed)");
+    }
+    Ok(())
+}
+
+fn print_header(r: &Report, generator: &disa::Generator) {
+    println!("model {}", r.model);
+    println!(
+        "backend {} · K={} · cfg {} ({}) · temperature {} · clip {} · batch {} · median of {} \
+         (after a warm-up)",
+        r.backend, r.ar_steps, r.cfg, r.cfg_schedule, r.temperature, r.clip, r.batch, r.repeats
+    );
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    match (generator.fused_head(), &r.fused_unavailable) {
+        (Some(fused), _) => println!(
+            "GPU weights: {:.2} MB for Burn's modules (f32) + {:.2} MB for the fused head \
+             (as stored; {} dispatches per head call)",
+            mb(r.module_weight_bytes),
+            mb(fused.weight_bytes()),
+            fused.dispatches_per_head_call()
+        ),
+        (None, Some(why)) => println!(
+            "GPU weights: {:.2} MB (f32) · no fused head: {why}",
+            mb(r.module_weight_bytes)
+        ),
+        (None, None) => {}
+    }
+    println!(
+        "{:<18}{:>8}{:>12}{:>12}{:>12}{:>12}{:>10}{:>12}",
+        "schedule",
+        "head",
+        "ms/image",
+        "head ms",
+        "head calls",
+        "launches",
+        "speed-up",
+        "head-call ×"
+    );
+}
+
+fn print_row(r: &Row) {
+    let launches = r.launches.map_or("-".to_string(), |n| n.to_string());
+    println!(
+        "{:<18}{:>8}{:>12.1}{:>12.1}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
+        r.schedule,
+        r.head,
+        r.seconds_per_image * 1e3,
+        r.head_seconds_per_image * 1e3,
+        r.head_calls,
+        r.speed_up,
+        r.head_call_ratio
+    );
+}

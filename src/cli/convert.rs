@@ -1,0 +1,179 @@
+//! `disa convert`: official weights (MAR checkpoint + VAE + config) to one disa model file, or a
+//! model back to the official layout.
+
+use super::args::ModelArgs;
+use super::common::write_file;
+use clap::{Args, ValueEnum};
+use disa::weights::{Bundle, DecoderSpec, Storage};
+use disa::{DisaError, Result};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A name shown by the page and the CLI.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output file: safetensors with disa metadata; with `--to official`, a PyTorch checkpoint
+    /// (`.pth`, `.pt`, `.ckpt`) or safetensors (`.safetensors`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tensor storage of a disa model file.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = StorageArg::F32)]
+    pub storage: StorageArg,
+    /// Output layout.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Layout::Disa)]
+    pub to: Layout,
+    /// Write a model without an image decoder (tokens only) when no VAE is given or found:
+    /// without this, converting official weights with no VAE is an error.
+    #[arg(long)]
+    pub no_decoder: bool,
+}
+
+/// `--storage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageArg {
+    /// Every tensor in f32 (lossless).
+    F32,
+    /// Matrices in f16, vectors in f32: about half the size.
+    F16,
+    /// Linear weights in Burn's int8 per-block quantization, other matrices f16.
+    #[value(alias = "q8")]
+    Int8,
+    /// As int8 with int4 Linear weights.
+    #[value(alias = "q4")]
+    Int4,
+}
+
+impl From<StorageArg> for Storage {
+    fn from(s: StorageArg) -> Self {
+        match s {
+            StorageArg::F32 => Self::F32,
+            StorageArg::F16 => Self::F16,
+            StorageArg::Int8 => Self::Int8,
+            StorageArg::Int4 => Self::Int4,
+        }
+    }
+}
+
+/// `--to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// One self-describing disa model file (what the CLI and the page load).
+    Disa,
+    /// The MAR state dict under the official key names: a torch.load-able checkpoint with
+    /// `model` and `model_ema` (like checkpoint-last.pth), or safetensors for load_state_dict,
+    /// chosen by --out's extension.
+    Official,
+}
+
+/// What `disa convert` writes.
+enum ConvertOutput {
+    /// A disa model file with this storage.
+    Disa(Storage),
+    /// The official layout as a PyTorch checkpoint (`model`, `model_ema`).
+    TorchCheckpoint,
+    /// The official layout as safetensors.
+    OfficialSafetensors,
+}
+
+impl ConvertOutput {
+    /// Checks `--to`, `--storage` and `--out`'s extension together, before any loading.
+    fn of(args: &ConvertArgs) -> Result<Self> {
+        match args.to {
+            Layout::Disa => Ok(Self::Disa(args.storage.into())),
+            Layout::Official if args.storage != StorageArg::F32 => Err(DisaError::InvalidSetting(
+                "--to official writes f32 (the official checkpoints' dtype)".into(),
+            )),
+            Layout::Official => {
+                let extension = args
+                    .out
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_ascii_lowercase());
+                match extension.as_deref() {
+                    Some("pth" | "pt" | "ckpt") => Ok(Self::TorchCheckpoint),
+                    Some("safetensors") => Ok(Self::OfficialSafetensors),
+                    _ => Err(DisaError::InvalidSetting(format!(
+                        "--to official --out {}: name the file .pth (a PyTorch checkpoint) or \
+                         .safetensors",
+                        args.out.display()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let output = ConvertOutput::of(&args)?;
+    disa::weights::atomic::check_output_file(&args.out, "--out", &[])?;
+    let mut bundle = args.model.bundle()?;
+    if let Some(name) = args.name {
+        bundle.info.name = name;
+    }
+    if matches!(output, ConvertOutput::Disa(_))
+        && bundle.decoder == DecoderSpec::None
+        && !args.no_decoder
+    {
+        return Err(DisaError::InvalidSetting(
+            "no VAE was given or found beside the weights, so the model could not make images: \
+             give --vae FILE, or --no-decoder to write a tokens-only model on purpose"
+                .into(),
+        ));
+    }
+    // Build once on the CPU so a file that cannot run is never written.
+    bundle.build(&burn::tensor::Device::flex())?;
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let out = args.out.display();
+    match output {
+        ConvertOutput::Disa(storage) => {
+            let bytes = bundle.to_bytes_as(storage)?;
+            write_file(&args.out, &bytes)?;
+            println!(
+                "wrote {out} ({:.2} MB, {} tensors, decoder {:?})",
+                mb(bytes.len() as u64),
+                bundle.mar.tensors.len() + bundle.vae.as_ref().map_or(0, |v| v.tensors.len()),
+                bundle.decoder
+            );
+        }
+        ConvertOutput::TorchCheckpoint => {
+            // The official checkpoint's layout; a disa file holds the weights sampling uses,
+            // so both keys name them (one copy on disk).
+            disa::weights::save_torch_checkpoint(&args.out, &bundle.mar, &["model", "model_ema"])?;
+            let bytes = std::fs::metadata(&args.out).map_or(0, |m| m.len());
+            println!(
+                "wrote {out} ({:.2} MB, PyTorch checkpoint: 'model' and 'model_ema', {} tensors each{})",
+                mb(bytes),
+                bundle.mar.tensors.len(),
+                vae_note(&bundle)
+            );
+        }
+        ConvertOutput::OfficialSafetensors => {
+            let config = serde_json::to_string(&bundle.config).expect("config serializes");
+            let bytes = bundle
+                .mar
+                .to_safetensors_bytes(std::collections::HashMap::from([
+                    ("format".to_string(), "pt".to_string()),
+                    ("mar_ctor_kwargs".to_string(), config),
+                ]))?;
+            write_file(&args.out, &bytes)?;
+            println!(
+                "wrote {out} ({:.2} MB, the MAR state dict: {} tensors{})",
+                mb(bytes.len() as u64),
+                bundle.mar.tensors.len(),
+                vae_note(&bundle)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Said after an official export of a model that has a VAE.
+fn vae_note(bundle: &Bundle) -> &'static str {
+    if bundle.vae.is_some() {
+        "; the VAE is not part of MAR's checkpoint and keeps its own file"
+    } else {
+        ""
+    }
+}
