@@ -34,9 +34,19 @@ pub enum DisaError {
     #[error("tensor `{key}` contains non-finite values (NaN or Inf): the file is corrupt")]
     NonFinite { key: String },
 
-    /// The configuration cannot be derived from, or does not fit, the weights.
+    /// A model configuration is inconsistent (sizes that do not divide, an empty grid), cannot
+    /// be derived from or does not fit the weights, or does not fit the use (no decoder).
     #[error("model configuration: {0}")]
     Config(String),
+
+    /// A file other than a weight file cannot be decoded: a configuration JSON, a training
+    /// checkpoint's state or manifest, quantized tensor bytes.
+    #[error("malformed data: {0}")]
+    Format(String),
+
+    /// An invariant of disa itself broke: a bug, never the user's input.
+    #[error("internal error (a bug in disa; please report it): {0}")]
+    Internal(String),
 
     /// Recorded random draws do not match what the sampler asks for (replay only).
     #[error("replayed random draws out of step: {0}")]

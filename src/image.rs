@@ -29,7 +29,7 @@ pub fn images_from_values(values: &[f32], shape: [usize; 4]) -> Result<Vec<RgbIm
         )));
     }
     if Some(values.len()) != b.checked_mul(ch * h * w) {
-        return Err(DisaError::Config(format!(
+        return Err(DisaError::Internal(format!(
             "{} decoded values for images of shape {shape:?}",
             values.len()
         )));

@@ -6,13 +6,16 @@
 //! - [`model`]: the MAR transformer, the diffusion head, the VAE / patch decoders;
 //! - [`diffusion`] and [`schedule`]: the DDPM tables and the DiSA / mask / CFG schedules;
 //! - [`noise`]: seeded or replayed random streams;
-//! - [`weights`]: reading official checkpoints and safetensors;
+//! - [`weights`]: reading official checkpoints and safetensors (a `Bundle` becomes a
+//!   [`Generator`] in `src/load.rs`, above both);
+//! - [`base`]: what every layer shares: host tensors, the weight map, the clock;
 //! - [`image`]: turning decoded tensors into RGB pixels;
 //! - `train` and `eval`: training the small Fashion-MNIST MAR and measuring sample quality
 //!   (native only).
 
 pub mod analysis;
 pub mod backend;
+pub mod base;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod data;
 pub mod defaults;
@@ -22,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod gpu;
 pub mod image;
+mod load;
 pub mod model;
 pub mod noise;
 pub mod sampler;

@@ -200,20 +200,8 @@ impl StepEvent {
     }
 }
 
-/// Monotonic clock in milliseconds that works natively and in the browser.
-pub fn now_ms() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now()
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        use std::time::Instant;
-        static START: OnceLock<Instant> = OnceLock::new();
-        START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
-    }
-}
+/// The clock lives in the base module; re-exported where callers have always found it.
+pub use crate::base::now_ms;
 
 /// The head's work for one AR step, before its result is read back.
 struct PendingStep {
@@ -516,7 +504,7 @@ impl Generation {
             .collect();
         let per_image = to_pred[0].len();
         if to_pred.iter().any(|p| p.len() != per_image) {
-            return Err(DisaError::Config(
+            return Err(DisaError::Internal(
                 "images revealed different token counts".into(),
             ));
         }

@@ -1,8 +1,8 @@
 //! Model configurations: the official constructor arguments of `models/mar.py`, presets for the
 //! published MAR-B/L/H, and the shape checks that tie a configuration to a weight file.
 
+use crate::base::WeightMap;
 use crate::error::{DisaError, Result};
-use crate::weights::WeightMap;
 use serde::{Deserialize, Serialize};
 
 /// MAR's constructor arguments, named as in the official code so a `mar_ctor_kwargs` JSON
@@ -176,6 +176,8 @@ impl MarConfig {
     /// weights: they come from `heads` if given, else from a published preset of the same width
     /// (head width 64 for MAR-B/L, 80 for MAR-H), else this is an error that says what to pass.
     pub fn infer(weights: &WeightMap, heads: Option<(usize, usize)>) -> Result<Self> {
+        // Anchor keys, read by name rather than by the builders' walk: the walk needs a
+        // configuration (depths, widths) to know what to ask for, and this derives one.
         let shape = |key: &str| -> Result<Vec<usize>> {
             weights
                 .shape(key)

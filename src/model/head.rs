@@ -3,9 +3,9 @@
 //! It predicts ε (first `C` channels) and the variance interpolation `v` (last `C`).
 
 use super::config::MarConfig;
-use super::layers::{LayerNorm, linear};
+use super::layers::LayerNorm;
+use super::params::{Init, ParamBuilder};
 use crate::error::Result;
-use crate::weights::WeightMap;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::silu;
@@ -68,48 +68,59 @@ pub struct DiffusionHead {
 }
 
 impl DiffusionHead {
-    /// Loads the `diffloss.net.*` tensors.
-    pub fn load(w: &mut WeightMap, c: &MarConfig, device: &Device) -> Result<Self> {
-        let p = "diffloss.net";
+    /// Builds the `diffloss.net.*` tensors (`SimpleMLPAdaLN.initialize_weights`: linears
+    /// Xavier, the time MLP ~ N(0, 0.02²), every adaLN modulation and the final linear zero, so
+    /// a fresh head starts as the identity residual). Built in the official initialization's
+    /// order, which fixes the seeded draws.
+    pub fn build(p: &mut ParamBuilder, c: &MarConfig) -> Result<Self> {
+        let net = "diffloss.net";
         let (width, t, dec) = (c.diffloss_w, c.token_dim(), c.decoder_embed_dim);
+        let time = Init::Normal(0.02);
+        let time_mlp_in = p.linear(
+            &format!("{net}.time_embed.mlp.0"),
+            TIME_FREQ_DIM,
+            width,
+            time,
+        )?;
+        let time_mlp_out = p.linear(&format!("{net}.time_embed.mlp.2"), width, width, time)?;
+        let cond_embed = p.linear(&format!("{net}.cond_embed"), dec, width, Init::Xavier)?;
+        let input_proj = p.linear(&format!("{net}.input_proj"), t, width, Init::Xavier)?;
         let res_blocks = (0..c.diffloss_d)
             .map(|j| {
-                let b = format!("{p}.res_blocks.{j}");
+                let b = format!("{net}.res_blocks.{j}");
                 Ok(ResBlock {
-                    in_ln: LayerNorm::load(w, &format!("{b}.in_ln"), width, device)?,
-                    mlp_in: linear(w, &format!("{b}.mlp.0"), width, width, device)?,
-                    mlp_out: linear(w, &format!("{b}.mlp.2"), width, width, device)?,
-                    ada_ln: linear(
-                        w,
+                    in_ln: LayerNorm::build(p, &format!("{b}.in_ln"), width)?,
+                    mlp_in: p.linear(&format!("{b}.mlp.0"), width, width, Init::Xavier)?,
+                    mlp_out: p.linear(&format!("{b}.mlp.2"), width, width, Init::Xavier)?,
+                    ada_ln: p.linear(
                         &format!("{b}.adaLN_modulation.1"),
                         width,
                         3 * width,
-                        device,
+                        Init::Zeros,
                     )?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            time_mlp_in: linear(
-                w,
-                &format!("{p}.time_embed.mlp.0"),
-                TIME_FREQ_DIM,
-                width,
-                device,
-            )?,
-            time_mlp_out: linear(w, &format!("{p}.time_embed.mlp.2"), width, width, device)?,
-            cond_embed: linear(w, &format!("{p}.cond_embed"), dec, width, device)?,
-            input_proj: linear(w, &format!("{p}.input_proj"), t, width, device)?,
+            time_mlp_in,
+            time_mlp_out,
+            cond_embed,
+            input_proj,
             res_blocks,
-            final_norm: LayerNorm::plain(width, device),
-            final_ada_ln: linear(
-                w,
-                &format!("{p}.final_layer.adaLN_modulation.1"),
+            // `final_layer.norm_final` has no affine parameters.
+            final_norm: LayerNorm::plain(p, width),
+            final_ada_ln: p.linear(
+                &format!("{net}.final_layer.adaLN_modulation.1"),
                 width,
                 2 * width,
-                device,
+                Init::Zeros,
             )?,
-            final_linear: linear(w, &format!("{p}.final_layer.linear"), width, 2 * t, device)?,
+            final_linear: p.linear(
+                &format!("{net}.final_layer.linear"),
+                width,
+                2 * t,
+                Init::Zeros,
+            )?,
             token_dim: t,
         })
     }

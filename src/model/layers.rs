@@ -1,8 +1,8 @@
 //! Small building blocks shared by the MAR transformer, the diffusion head and the VAE, each
-//! built from a [`WeightMap`] with its PyTorch key names.
+//! built through a [`ParamBuilder`] under its PyTorch key names.
 
+use super::params::{Init, ParamBuilder};
 use crate::error::Result;
-use crate::weights::{HostTensor, WeightMap};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{gelu, softmax};
@@ -13,45 +13,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 /// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
 
-/// Uploads a host tensor with its own shape (its buffer moves into the tensor data).
-pub fn upload<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.values, t.shape), device)
-}
-
-/// The parameter tensor `key` of exactly `shape`, taken out of `w`.
-pub fn param<const D: usize>(
-    w: &mut WeightMap,
-    key: &str,
-    shape: [usize; D],
-    device: &Device,
-) -> Result<Param<Tensor<D>>> {
-    Ok(Param::from_tensor(upload(w.take(key, &shape)?, device)))
-}
-
-/// A PyTorch `nn.Linear` (`weight [out, in]`, `bias [out]`) as Burn's `Linear`
-/// (`weight [in, out]`), taken out of `w`.
-pub fn linear(
-    w: &mut WeightMap,
-    prefix: &str,
-    d_in: usize,
-    d_out: usize,
-    device: &Device,
-) -> Result<Linear> {
-    let weight = w.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-    let mut transposed = vec![0.0f32; d_in * d_out];
-    for o in 0..d_out {
-        for i in 0..d_in {
-            transposed[i * d_out + o] = weight.values[o * d_in + i];
-        }
-    }
-    let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
-    let bias = param::<1>(w, &format!("{prefix}.bias"), [d_out], device)?;
-    Ok(Linear {
-        weight: Param::from_tensor(weight),
-        bias: Some(bias),
-    })
-}
-
 /// LayerNorm with optional affine parameters, eps 1e-6.
 #[derive(Module, Debug)]
 pub struct LayerNorm {
@@ -60,19 +21,19 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// An affine LayerNorm from `prefix.weight` and `prefix.bias`.
-    pub fn load(w: &mut WeightMap, prefix: &str, dim: usize, device: &Device) -> Result<Self> {
+    /// An affine LayerNorm, `prefix.weight` (ones when initialized) and `prefix.bias` (zeros).
+    pub fn build(p: &mut ParamBuilder, prefix: &str, dim: usize) -> Result<Self> {
         Ok(Self {
-            weight: param(w, &format!("{prefix}.weight"), [dim], device)?,
-            bias: Some(param(w, &format!("{prefix}.bias"), [dim], device)?),
+            weight: p.tensor(&format!("{prefix}.weight"), [dim], Init::Ones)?,
+            bias: Some(p.tensor(&format!("{prefix}.bias"), [dim], Init::Zeros)?),
         })
     }
 
     /// A LayerNorm without affine parameters (`elementwise_affine=False`).
-    pub fn plain(dim: usize, device: &Device) -> Self {
+    pub fn plain(p: &mut ParamBuilder, dim: usize) -> Self {
         Self {
             // A constant, not a parameter: training must not move it.
-            weight: Param::from_tensor(Tensor::ones([dim], device)).set_require_grad(false),
+            weight: p.constant_ones([dim]),
             bias: None,
         }
     }
@@ -102,22 +63,21 @@ pub struct Block {
 }
 
 impl Block {
-    /// Loads `prefix.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`.
-    pub fn load(
-        w: &mut WeightMap,
+    /// `prefix.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`; linears Xavier-initialized.
+    pub fn build(
+        p: &mut ParamBuilder,
         prefix: &str,
         dim: usize,
         heads: usize,
         hidden: usize,
-        device: &Device,
     ) -> Result<Self> {
         Ok(Self {
-            norm1: LayerNorm::load(w, &format!("{prefix}.norm1"), dim, device)?,
-            qkv: linear(w, &format!("{prefix}.attn.qkv"), dim, 3 * dim, device)?,
-            proj: linear(w, &format!("{prefix}.attn.proj"), dim, dim, device)?,
-            norm2: LayerNorm::load(w, &format!("{prefix}.norm2"), dim, device)?,
-            fc1: linear(w, &format!("{prefix}.mlp.fc1"), dim, hidden, device)?,
-            fc2: linear(w, &format!("{prefix}.mlp.fc2"), hidden, dim, device)?,
+            norm1: LayerNorm::build(p, &format!("{prefix}.norm1"), dim)?,
+            qkv: p.linear(&format!("{prefix}.attn.qkv"), dim, 3 * dim, Init::Xavier)?,
+            proj: p.linear(&format!("{prefix}.attn.proj"), dim, dim, Init::Xavier)?,
+            norm2: LayerNorm::build(p, &format!("{prefix}.norm2"), dim)?,
+            fc1: p.linear(&format!("{prefix}.mlp.fc1"), dim, hidden, Init::Xavier)?,
+            fc2: p.linear(&format!("{prefix}.mlp.fc2"), hidden, dim, Init::Xavier)?,
             num_heads: heads,
         })
     }
@@ -230,7 +190,7 @@ mod tests {
             (0.5, 0.520_499_9),
             (1.0, 0.842_700_8),
             (2.0, 0.995_322_3),
-            (3.5, 0.999_999_26),
+            (3.5, 0.999_999_3),
         ] {
             assert!((erf(x) - e).abs() < 3e-7, "erf({x}) = {} vs {e}", erf(x));
             assert!((erf(-x) + e).abs() < 3e-7);

@@ -3,10 +3,10 @@
 //! outputs, plus a diffusion position embedding, condition the diffusion head.
 
 use super::config::MarConfig;
-use super::layers::{Block, LayerNorm, linear, param};
+use super::layers::{Block, LayerNorm};
+use super::params::{Init, ParamBuilder};
 use super::threads::with_threads_for;
 use crate::error::Result;
-use crate::weights::WeightMap;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -79,8 +79,10 @@ fn index_1d(idx: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 }
 
 impl MarTransformer {
-    /// Loads every backbone tensor of the official checkpoint layout.
-    pub fn load(w: &mut WeightMap, c: &MarConfig, device: &Device) -> Result<Self> {
+    /// Builds every backbone tensor of the official checkpoint layout (`MAR.initialize_weights`:
+    /// embeddings, mask token and position embeddings ~ N(0, 0.02²), linears Xavier, LayerNorms
+    /// (1, 0)).
+    pub fn build(p: &mut ParamBuilder, c: &MarConfig) -> Result<Self> {
         let (e, d, n, b, t) = (
             c.encoder_embed_dim,
             c.decoder_embed_dim,
@@ -88,29 +90,30 @@ impl MarTransformer {
             c.buffer_size,
             c.token_dim(),
         );
+        let normal = Init::Normal(0.02);
         // `prefix.{0..depth}` blocks of width `dim`.
-        let blocks = |w: &mut WeightMap, prefix: &str, depth: usize, dim: usize, heads: usize| {
-            (0..depth)
-                .map(|i| {
-                    let hidden = c.mlp_hidden(dim);
-                    Block::load(w, &format!("{prefix}.{i}"), dim, heads, hidden, device)
-                })
-                .collect::<Result<Vec<Block>>>()
-        };
+        let blocks =
+            |p: &mut ParamBuilder, prefix: &str, depth: usize, dim: usize, heads: usize| {
+                (0..depth)
+                    .map(|i| {
+                        Block::build(p, &format!("{prefix}.{i}"), dim, heads, c.mlp_hidden(dim))
+                    })
+                    .collect::<Result<Vec<Block>>>()
+            };
         Ok(Self {
-            class_emb: param(w, "class_emb.weight", [c.class_num, e], device)?,
-            fake_latent: param(w, "fake_latent", [1, e], device)?,
-            z_proj: linear(w, "z_proj", t, e, device)?,
-            z_proj_ln: LayerNorm::load(w, "z_proj_ln", e, device)?,
-            encoder_pos_embed: param(w, "encoder_pos_embed_learned", [1, b + n, e], device)?,
-            encoder_blocks: blocks(w, "encoder_blocks", c.encoder_depth, e, c.encoder_num_heads)?,
-            encoder_norm: LayerNorm::load(w, "encoder_norm", e, device)?,
-            decoder_embed: linear(w, "decoder_embed", e, d, device)?,
-            mask_token: param(w, "mask_token", [1, 1, d], device)?,
-            decoder_pos_embed: param(w, "decoder_pos_embed_learned", [1, b + n, d], device)?,
-            decoder_blocks: blocks(w, "decoder_blocks", c.decoder_depth, d, c.decoder_num_heads)?,
-            decoder_norm: LayerNorm::load(w, "decoder_norm", d, device)?,
-            diffusion_pos_embed: param(w, "diffusion_pos_embed_learned", [1, n, d], device)?,
+            class_emb: p.tensor("class_emb.weight", [c.class_num, e], normal)?,
+            fake_latent: p.tensor("fake_latent", [1, e], normal)?,
+            z_proj: p.linear("z_proj", t, e, Init::Xavier)?,
+            z_proj_ln: LayerNorm::build(p, "z_proj_ln", e)?,
+            encoder_pos_embed: p.tensor("encoder_pos_embed_learned", [1, b + n, e], normal)?,
+            encoder_blocks: blocks(p, "encoder_blocks", c.encoder_depth, e, c.encoder_num_heads)?,
+            encoder_norm: LayerNorm::build(p, "encoder_norm", e)?,
+            decoder_embed: p.linear("decoder_embed", e, d, Init::Xavier)?,
+            mask_token: p.tensor("mask_token", [1, 1, d], normal)?,
+            decoder_pos_embed: p.tensor("decoder_pos_embed_learned", [1, b + n, d], normal)?,
+            decoder_blocks: blocks(p, "decoder_blocks", c.decoder_depth, d, c.decoder_num_heads)?,
+            decoder_norm: LayerNorm::build(p, "decoder_norm", d)?,
+            diffusion_pos_embed: p.tensor("diffusion_pos_embed_learned", [1, n, d], normal)?,
             buffer_size: b,
         })
     }

@@ -3,11 +3,10 @@
 
 pub mod config;
 pub mod head;
-mod init;
 pub mod layers;
 pub mod mar;
+pub mod params;
 pub mod patch;
-mod state_dict;
 pub mod threads;
 pub mod vae;
 
@@ -17,10 +16,12 @@ pub use mar::{MarTransformer, MaskLayout};
 pub use patch::PatchDecoder;
 pub use vae::{VaeConfig, VaeDecoder};
 
+use crate::base::WeightMap;
 use crate::error::Result;
-use crate::weights::WeightMap;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use params::{Initializer, ParamBuilder, ParamNames};
+use std::collections::BTreeMap;
 
 /// MAR's latent scale: tokens are VAE latents × 0.2325 (`engine_mar.py`).
 pub const VAE_LATENT_SCALE: f32 = 0.2325;
@@ -36,12 +37,19 @@ pub enum ImageDecoder {
     Patch(PatchDecoder),
 }
 
+/// Module paths of the parts [`Model::state_dict`] exports.
+const TRANSFORMER: &str = "transformer";
+const HEAD: &str = "head";
+
 /// A complete generator.
 #[derive(Module, Debug)]
 pub struct Model {
     pub transformer: MarTransformer,
     pub head: DiffusionHead,
     pub decoder: Option<ImageDecoder>,
+    /// The official names of the transformer's and head's parameters, for export.
+    #[module(skip)]
+    names: ParamNames,
 }
 
 impl Model {
@@ -53,11 +61,41 @@ impl Model {
         decoder: Option<ImageDecoder>,
         device: &Device,
     ) -> Result<Self> {
+        Self::build(&mut ParamBuilder::new(weights, device), config, decoder)
+    }
+
+    /// Builds the transformer and head with the parameters of `p`, and the decoder if given.
+    pub fn build(
+        p: &mut ParamBuilder,
+        config: &MarConfig,
+        decoder: Option<ImageDecoder>,
+    ) -> Result<Self> {
         config.validate()?;
+        let transformer = MarTransformer::build(p, config)?;
+        let head = DiffusionHead::build(p, config)?;
+        let mut names = ParamNames::default();
+        p.name_params(TRANSFORMER, &transformer, &mut names)?;
+        p.name_params(HEAD, &head, &mut names)?;
         Ok(Self {
-            transformer: MarTransformer::load(weights, config, device)?,
-            head: DiffusionHead::load(weights, config, device)?,
+            transformer,
+            head,
             decoder,
+            names,
+        })
+    }
+
+    /// The transformer and head tensors under the official state-dict keys (`model_ema` /
+    /// `model` layout of `checkpoint-last.pth`, Linear weights `[out, in]`), read back to the
+    /// host. The decoder is not included (the VAE has its own file; the patch decoder has no
+    /// tensors).
+    pub fn state_dict(&self, source_name: &str) -> Result<WeightMap> {
+        let mut tensors = BTreeMap::new();
+        self.names
+            .export(TRANSFORMER, &self.transformer, &mut tensors)?;
+        self.names.export(HEAD, &self.head, &mut tensors)?;
+        Ok(WeightMap {
+            source_name: source_name.to_string(),
+            tensors,
         })
     }
 
@@ -87,6 +125,27 @@ impl Model {
             ImageDecoder::Vae(vae) => vae.forward(latents.div_scalar(VAE_LATENT_SCALE)),
             ImageDecoder::Patch(p) => p.forward(latents),
         })
+    }
+}
+
+impl MarConfig {
+    /// Freshly initialized weights for this configuration as an official state dict,
+    /// reproducible from `seed`: the initialization each module's builder names (see
+    /// [`MarTransformer::build`], [`DiffusionHead::build`]), drawn without building the model.
+    pub fn initial_weights(&self, seed: u64) -> WeightMap {
+        let mut init = Initializer::new(seed);
+        let mut p = ParamBuilder::describe(&mut init);
+        // The Initializer fails only for a non-matrix Xavier or a `Pretrained` tensor, which no
+        // MAR module asks for: an error here is a bug in a builder.
+        let built =
+            MarTransformer::build(&mut p, self).and_then(|_| DiffusionHead::build(&mut p, self));
+        if let Err(e) = built {
+            panic!("initializing {self:?}: {e}");
+        }
+        WeightMap {
+            source_name: format!("fresh initialization (seed {seed})"),
+            tensors: p.into_described(),
+        }
     }
 }
 

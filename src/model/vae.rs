@@ -2,14 +2,17 @@
 //! `post_quant_conv` → `conv_in` → mid (res, attn, res) → up levels (res blocks, nearest ×2 +
 //! conv) → GroupNorm → swish → `conv_out`. Its sizes are read from the weights.
 
-use super::layers::param;
+use super::params::{Init, ParamBuilder};
+use crate::base::WeightMap;
 use crate::error::{DisaError, Result};
-use crate::weights::WeightMap;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
+
+/// The VAE's tensors are only ever loaded (it is trained elsewhere).
+const PRE: Init = Init::Pretrained;
 
 /// GroupNorm groups and epsilon of the LDM VAE.
 const GROUPS: usize = 32;
@@ -70,17 +73,16 @@ pub struct Conv {
 }
 
 impl Conv {
-    fn load(
-        w: &mut WeightMap,
+    fn build(
+        p: &mut ParamBuilder,
         prefix: &str,
         c_in: usize,
         c_out: usize,
         k: usize,
-        device: &Device,
     ) -> Result<Self> {
         Ok(Self {
-            weight: param(w, &format!("{prefix}.weight"), [c_out, c_in, k, k], device)?,
-            bias: param(w, &format!("{prefix}.bias"), [c_out], device)?,
+            weight: p.tensor(&format!("{prefix}.weight"), [c_out, c_in, k, k], PRE)?,
+            bias: p.tensor(&format!("{prefix}.bias"), [c_out], PRE)?,
             padding: k / 2,
         })
     }
@@ -104,15 +106,15 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    fn load(w: &mut WeightMap, prefix: &str, c: usize, device: &Device) -> Result<Self> {
+    fn build(p: &mut ParamBuilder, prefix: &str, c: usize) -> Result<Self> {
         if !c.is_multiple_of(GROUPS) {
             return Err(DisaError::Config(format!(
                 "{prefix}: {c} channels are not divisible into {GROUPS} groups"
             )));
         }
         Ok(Self {
-            weight: param(w, &format!("{prefix}.weight"), [c], device)?,
-            bias: param(w, &format!("{prefix}.bias"), [c], device)?,
+            weight: p.tensor(&format!("{prefix}.weight"), [c], PRE)?,
+            bias: p.tensor(&format!("{prefix}.bias"), [c], PRE)?,
         })
     }
 
@@ -142,26 +144,19 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn load(
-        w: &mut WeightMap,
-        prefix: &str,
-        c_in: usize,
-        c_out: usize,
-        device: &Device,
-    ) -> Result<Self> {
+    fn build(p: &mut ParamBuilder, prefix: &str, c_in: usize, c_out: usize) -> Result<Self> {
         Ok(Self {
-            norm1: GroupNorm::load(w, &format!("{prefix}.norm1"), c_in, device)?,
-            conv1: Conv::load(w, &format!("{prefix}.conv1"), c_in, c_out, 3, device)?,
-            norm2: GroupNorm::load(w, &format!("{prefix}.norm2"), c_out, device)?,
-            conv2: Conv::load(w, &format!("{prefix}.conv2"), c_out, c_out, 3, device)?,
+            norm1: GroupNorm::build(p, &format!("{prefix}.norm1"), c_in)?,
+            conv1: Conv::build(p, &format!("{prefix}.conv1"), c_in, c_out, 3)?,
+            norm2: GroupNorm::build(p, &format!("{prefix}.norm2"), c_out)?,
+            conv2: Conv::build(p, &format!("{prefix}.conv2"), c_out, c_out, 3)?,
             nin_shortcut: if c_in != c_out {
-                Some(Conv::load(
-                    w,
+                Some(Conv::build(
+                    p,
                     &format!("{prefix}.nin_shortcut"),
                     c_in,
                     c_out,
                     1,
-                    device,
                 )?)
             } else {
                 None
@@ -232,66 +227,59 @@ impl VaeDecoder {
     /// Loads the decoder from a VAE state dict (`vae.ckpt['model']` or its safetensors).
     pub fn load(w: &mut WeightMap, device: &Device) -> Result<Self> {
         let c = VaeConfig::infer(w)?;
+        Self::build(&mut ParamBuilder::new(w, device), &c)
+    }
+
+    /// Builds the decoder of sizes `c` (its tensors are only ever loaded).
+    pub fn build(p: &mut ParamBuilder, c: &VaeConfig) -> Result<Self> {
         let levels = c.level_channels.len();
         let mut block_in = c.level_channels[levels - 1];
         let z = c.embed_dim;
-        let conv_in = Conv::load(w, "decoder.conv_in", z, block_in, 3, device)?;
-        let mid_block_1 = ResnetBlock::load(w, "decoder.mid.block_1", block_in, block_in, device)?;
-        let attn = |w: &mut WeightMap, name: &str| {
-            Conv::load(
-                w,
+        let conv_in = Conv::build(p, "decoder.conv_in", z, block_in, 3)?;
+        let mid_block_1 = ResnetBlock::build(p, "decoder.mid.block_1", block_in, block_in)?;
+        let attn = |p: &mut ParamBuilder, name: &str| {
+            Conv::build(
+                p,
                 &format!("decoder.mid.attn_1.{name}"),
                 block_in,
                 block_in,
                 1,
-                device,
             )
         };
         let mid_attn = AttnBlock {
-            norm: GroupNorm::load(w, "decoder.mid.attn_1.norm", block_in, device)?,
-            q: attn(w, "q")?,
-            k: attn(w, "k")?,
-            v: attn(w, "v")?,
-            proj_out: attn(w, "proj_out")?,
+            norm: GroupNorm::build(p, "decoder.mid.attn_1.norm", block_in)?,
+            q: attn(p, "q")?,
+            k: attn(p, "k")?,
+            v: attn(p, "v")?,
+            proj_out: attn(p, "proj_out")?,
         };
-        let mid_block_2 = ResnetBlock::load(w, "decoder.mid.block_2", block_in, block_in, device)?;
+        let mid_block_2 = ResnetBlock::build(p, "decoder.mid.block_2", block_in, block_in)?;
         let mut up = Vec::with_capacity(levels);
         for i in (0..levels).rev() {
             let block_out = c.level_channels[i];
             let mut blocks = Vec::with_capacity(c.blocks_per_level);
             for j in 0..c.blocks_per_level {
-                blocks.push(ResnetBlock::load(
-                    w,
-                    &format!("decoder.up.{i}.block.{j}"),
-                    block_in,
-                    block_out,
-                    device,
-                )?);
+                let prefix = format!("decoder.up.{i}.block.{j}");
+                blocks.push(ResnetBlock::build(p, &prefix, block_in, block_out)?);
                 block_in = block_out;
             }
             let upsample = if i != 0 {
-                Some(Conv::load(
-                    w,
-                    &format!("decoder.up.{i}.upsample.conv"),
-                    block_in,
-                    block_in,
-                    3,
-                    device,
-                )?)
+                let prefix = format!("decoder.up.{i}.upsample.conv");
+                Some(Conv::build(p, &prefix, block_in, block_in, 3)?)
             } else {
                 None
             };
             up.push(UpLevel { blocks, upsample });
         }
         Ok(Self {
-            post_quant_conv: Conv::load(w, "post_quant_conv", z, z, 1, device)?,
+            post_quant_conv: Conv::build(p, "post_quant_conv", z, z, 1)?,
             conv_in,
             mid_block_1,
             mid_attn,
             mid_block_2,
             up,
-            norm_out: GroupNorm::load(w, "decoder.norm_out", block_in, device)?,
-            conv_out: Conv::load(w, "decoder.conv_out", block_in, 3, 3, device)?,
+            norm_out: GroupNorm::build(p, "decoder.norm_out", block_in)?,
+            conv_out: Conv::build(p, "decoder.conv_out", block_in, 3, 3)?,
         })
     }
 

@@ -247,17 +247,17 @@ fn read_checkpoint(dir: &Path) -> Result<std::collections::HashMap<String, Vec<u
         crate::weights::atomic::read_regular(&p, 1 << 40, "a checkpoint file")
     };
     let manifest: Manifest = serde_json::from_slice(&read(MANIFEST)?)
-        .map_err(|e| DisaError::Config(format!("{}: {e}", dir.join(MANIFEST).display())))?;
+        .map_err(|e| DisaError::Format(format!("{}: {e}", dir.join(MANIFEST).display())))?;
     let mut files = std::collections::HashMap::new();
     for name in CHECKPOINT_FILES {
         let entry = manifest
             .files
             .iter()
             .find(|e| e.file == name)
-            .ok_or_else(|| DisaError::Config(format!("{}: {name} missing", dir.display())))?;
+            .ok_or_else(|| DisaError::Format(format!("{}: {name} missing", dir.display())))?;
         let bytes = read(name)?;
         if bytes.len() as u64 != entry.bytes || fnv1a64(&bytes) != entry.fnv1a64 {
-            return Err(DisaError::Config(format!(
+            return Err(DisaError::Format(format!(
                 "{}: {name} does not match the manifest (changed or damaged)",
                 dir.display()
             )));
@@ -309,7 +309,7 @@ impl Trainer {
         if let Some(bytes) = optim_bytes {
             optim = optim
                 .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|e| DisaError::Config(format!("optimizer state does not load: {e:?}")))?;
+                .map_err(|e| DisaError::Format(format!("optimizer state does not load: {e:?}")))?;
         }
         Ok(Self {
             config,
@@ -496,7 +496,7 @@ impl Trainer {
             let optim = self
                 .optim
                 .into_bytes()
-                .map_err(|e| DisaError::Config(format!("serializing optimizer state: {e:?}")))?;
+                .map_err(|e| DisaError::Internal(format!("serializing optimizer state: {e:?}")))?;
             let state = SavedState {
                 step: self.step,
                 config: self.config.clone(),
@@ -559,16 +559,18 @@ impl Trainer {
     pub fn resume(dir: &Path, device: &Device) -> Result<Self> {
         let root = dir.join(CHECKPOINTS);
         if !root.is_dir() {
-            return Err(DisaError::Config(if dir.join("state.json").exists() {
-                format!(
-                    "{} holds a checkpoint of an older disa (loose files, not an atomic \
+            return Err(DisaError::InvalidSetting(
+                if dir.join("state.json").exists() {
+                    format!(
+                        "{} holds a checkpoint of an older disa (loose files, not an atomic \
                          checkpoint) whose files cannot be checked to belong together; start a \
                          new run with another --out",
-                    dir.display()
-                )
-            } else {
-                format!("{} holds no checkpoint to resume", dir.display())
-            }));
+                        dir.display()
+                    )
+                } else {
+                    format!("{} holds no checkpoint to resume", dir.display())
+                },
+            ));
         }
         let mut steps: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&root)
             .map_err(|e| io_error(&root, e))?
@@ -579,7 +581,7 @@ impl Trainer {
                 Some((step, e.path()))
             })
             .collect();
-        steps.sort_by(|a, b| b.0.cmp(&a.0));
+        steps.sort_by_key(|s| std::cmp::Reverse(s.0));
         let mut problems = Vec::new();
         for (step, path) in steps {
             match Self::load_checkpoint(&path, step, device) {
@@ -589,7 +591,7 @@ impl Trainer {
                 Err(e) => problems.push(format!("step {step}: {e}")),
             }
         }
-        Err(DisaError::Config(format!(
+        Err(DisaError::InvalidSetting(format!(
             "{} holds no complete checkpoint{}",
             dir.display(),
             if problems.is_empty() {
@@ -605,10 +607,10 @@ impl Trainer {
         let mut files = read_checkpoint(path)?;
         let mut take = |name: &str| files.remove(name).expect("read_checkpoint has every file");
         let state: SavedState = serde_json::from_slice(&take("state.json")).map_err(|e| {
-            DisaError::Config(format!("{}: {e}", path.join("state.json").display()))
+            DisaError::Format(format!("{}: {e}", path.join("state.json").display()))
         })?;
         if state.step != step {
-            return Err(DisaError::Config(format!(
+            return Err(DisaError::Format(format!(
                 "{}: state.json says step {}",
                 path.display(),
                 state.step
@@ -617,7 +619,7 @@ impl Trainer {
         let model = Bundle::from_bytes("model.safetensors", &take("model.safetensors"))?;
         let ema = Bundle::from_bytes("ema.safetensors", &take("ema.safetensors"))?;
         if model.config != state.config || ema.config != state.config {
-            return Err(DisaError::Config(
+            return Err(DisaError::Format(
                 "checkpoint files disagree on the model configuration".into(),
             ));
         }

@@ -1,14 +1,13 @@
 //! The project's weight file: one safetensors file holding the MAR tensors under their
 //! official names, the decoder's tensors under `vae.`, and metadata that makes it
 //! self-describing (model configuration, decoder kind, class names, format version). Both the
-//! CLI and the browser load it, from a path or from bytes.
+//! CLI and the browser load it, from a path or from bytes. Building a runnable model from it is
+//! `src/load.rs`' job: the file formats sit below the model and the sampler.
 
-use super::map::{HostTensor, WeightMap};
 use super::quant::{self, Bits};
+use crate::base::{HostTensor, WeightMap};
 use crate::error::{DisaError, Result};
-use crate::model::{ImageDecoder, MarConfig, Model, PatchDecoder, VaeDecoder};
-use crate::sampler::Generator;
-use burn::tensor::Device;
+use crate::model::MarConfig;
 use std::collections::{BTreeMap, HashMap};
 
 /// The `format` metadata value that marks a disa bundle.
@@ -353,7 +352,7 @@ impl Bundle {
             .map(|(k, shape, dtype, data)| {
                 safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
                     .map(|v| (k.clone(), v))
-                    .map_err(|e| DisaError::Config(format!("tensor `{k}`: {e}")))
+                    .map_err(|e| DisaError::Internal(format!("tensor `{k}`: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut meta = HashMap::new();
@@ -374,7 +373,7 @@ impl Bundle {
         meta.insert("storage".to_string(), storage.name().to_string());
         meta.insert("content_hash".to_string(), hash);
         safetensors::serialize(views, Some(meta))
-            .map_err(|e| DisaError::Config(format!("serializing: {e}")))
+            .map_err(|e| DisaError::Internal(format!("serializing a bundle: {e}")))
     }
 
     /// A MAR of `config` with the official initialization (seeded) and no decoder: for timing
@@ -388,38 +387,6 @@ impl Bundle {
             vae: None,
             stored: BTreeMap::new(),
         }
-    }
-
-    /// Builds the model on `device`, keeping this bundle (its weights are copied).
-    pub fn build(&self, device: &Device) -> Result<Generator> {
-        self.clone().into_generator(device)
-    }
-
-    /// Builds the model on `device`, moving each tensor out of the bundle as it is uploaded,
-    /// so the weights are never held twice (the browser and the CLI load this way).
-    pub fn into_generator(mut self, device: &Device) -> Result<Generator> {
-        let decoder = match (&self.decoder, self.vae.as_mut()) {
-            (DecoderSpec::Vae, Some(vae)) => {
-                Some(ImageDecoder::Vae(VaeDecoder::load(vae, device)?))
-            }
-            (DecoderSpec::Vae, None) => {
-                return Err(DisaError::Config("VAE decoder without tensors".into()));
-            }
-            (DecoderSpec::Patch { scale }, _) => {
-                if !scale.is_finite() || *scale <= 0.0 {
-                    return Err(DisaError::Config(format!(
-                        "patch decoder scale {scale} must be positive"
-                    )));
-                }
-                Some(ImageDecoder::Patch(PatchDecoder { scale: *scale }))
-            }
-            (DecoderSpec::None, _) => None,
-        };
-        // The fused head kernels read the head's weights as the file stored them, so they are
-        // uploaded before the model takes the f32 values.
-        let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
-        let model = Model::load(&mut self.mar, &self.config, decoder, device)?;
-        Ok(Generator::new(model, self.config, device.clone()).with_fused_head(fused))
     }
 }
 

@@ -33,10 +33,10 @@ pub struct ModelFiles {
 pub fn read_config_json(path: &Path) -> Result<MarConfig> {
     let bytes = super::atomic::read_regular(path, 64 << 20, "a configuration file")?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| DisaError::Config(format!("{}: not JSON ({e})", path.display())))?;
+        .map_err(|e| DisaError::Format(format!("{}: not JSON ({e})", path.display())))?;
     let kwargs = value.get("mar_ctor_kwargs").cloned().unwrap_or(value);
     let config: MarConfig = serde_json::from_value(kwargs)
-        .map_err(|e| DisaError::Config(format!("{}: {e}", path.display())))?;
+        .map_err(|e| DisaError::Format(format!("{}: {e}", path.display())))?;
     config.validate()?;
     limits::check_config(&config, 1.0, &format!("the model of {}", path.display()))?;
     Ok(config)

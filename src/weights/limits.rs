@@ -39,7 +39,7 @@ pub fn human(bytes: f64) -> String {
 /// infinite estimates are refused too.
 pub fn check_fits(what: &str, bytes: f64) -> Result<()> {
     let budget = memory_budget();
-    if !(bytes <= budget as f64) {
+    if bytes.is_nan() || bytes > budget as f64 {
         return Err(DisaError::InvalidSetting(format!(
             "{what} needs about {}, more than this machine's {} of memory",
             human(bytes),

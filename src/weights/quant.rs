@@ -53,7 +53,7 @@ pub fn quantizable(name: &str, t: &HostTensor) -> bool {
 }
 
 fn burn_error(what: &str, e: impl std::fmt::Debug) -> DisaError {
-    DisaError::Config(format!("{what}: {e:?}"))
+    DisaError::Internal(format!("{what}: {e:?}"))
 }
 
 /// Quantizes `t` (row-major `[out, in]`): the file bytes, and the values as they will load.
@@ -91,7 +91,7 @@ pub fn encode(t: &HostTensor, bits: Bits) -> Result<(Vec<u8>, HostTensor)> {
 
 /// Decodes file bytes written by [`encode`] back to f32 values of `shape`.
 pub fn decode(bytes: &[u8], shape: &[usize], bits: Bits) -> Result<HostTensor> {
-    let bad = |m: String| DisaError::Config(m);
+    let bad = |m: String| DisaError::Format(m);
     let numel: usize = shape.iter().product();
     // Blocks run along each row, as `quantizable` requires of what `encode` is given.
     if shape.len() != 2 || !shape[1].is_multiple_of(BLOCK) || numel == 0 {

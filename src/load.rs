@@ -1,0 +1,45 @@
+//! From a model file to a runnable [`Generator`]: the one place that joins the file formats
+//! ([`crate::weights`]), the model ([`crate::model`]), the fused GPU head ([`crate::gpu`]) and
+//! the sampler, so that none of those layers needs one above it.
+
+use crate::error::{DisaError, Result};
+use crate::model::{ImageDecoder, Model, PatchDecoder, VaeDecoder};
+use crate::sampler::Generator;
+use crate::weights::{Bundle, DecoderSpec};
+use burn::tensor::Device;
+
+impl Bundle {
+    /// Builds the model on `device`, keeping this bundle (its weights are copied).
+    pub fn build(&self, device: &Device) -> Result<Generator> {
+        self.clone().into_generator(device)
+    }
+
+    /// Builds the model on `device`, moving each tensor out of the bundle as it is uploaded,
+    /// so the weights are never held twice (the browser and the CLI load this way).
+    pub fn into_generator(mut self, device: &Device) -> Result<Generator> {
+        let decoder = match (&self.decoder, self.vae.as_mut()) {
+            (DecoderSpec::Vae, Some(vae)) => {
+                Some(ImageDecoder::Vae(VaeDecoder::load(vae, device)?))
+            }
+            (DecoderSpec::Vae, None) => {
+                return Err(DisaError::Config(
+                    "the bundle declares a VAE decoder but holds no VAE tensors".into(),
+                ));
+            }
+            (DecoderSpec::Patch { scale }, _) => {
+                if !scale.is_finite() || *scale <= 0.0 {
+                    return Err(DisaError::Config(format!(
+                        "patch decoder scale {scale} must be positive"
+                    )));
+                }
+                Some(ImageDecoder::Patch(PatchDecoder { scale: *scale }))
+            }
+            (DecoderSpec::None, _) => None,
+        };
+        // The fused head kernels read the head's weights as the file stored them, so they are
+        // uploaded before the model takes the f32 values.
+        let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
+        let model = Model::load(&mut self.mar, &self.config, decoder, device)?;
+        Ok(Generator::new(model, self.config, device.clone()).with_fused_head(fused))
+    }
+}
