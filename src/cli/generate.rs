@@ -64,7 +64,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(DisaError::InvalidSetting("batch must be at least 1".into()));
     }
-    let images = classes.len().checked_mul(args.batch).unwrap_or(usize::MAX);
+    let images = classes.len().saturating_mul(args.batch);
     if images > MAX_IMAGES {
         return Err(DisaError::InvalidSetting(format!(
             "{images} images at once is more than the {MAX_IMAGES} accepted: lower --batch"
