@@ -15,6 +15,12 @@
 //                                              and the next step's h = x · W_ipᵀ + b and y
 //
 // so a head call is 2·depth + 2 dispatches, with no host round trip inside an AR step.
+//
+// Small heads (width ≤ 256, weights in one buffer) take `token_loop` instead: one workgroup per
+// token runs the condition embedding, the input projection and every diffusion step of the AR
+// step for the token's rows (the token and, with CFG, its unconditional copy), keeping h, y,
+// the MLP activations and the condition in shared memory. Tokens are independent in the
+// head, so no workgroup waits for another: one dispatch per AR step.
 // y = silu(cond + temb[t]) is made once per row and call (at the end of the previous call),
 // not once per output column.
 //
@@ -54,6 +60,10 @@ struct Params {
     cfg_on: u32,      // 1: rows n..2n are the unconditional copies
     y_off: u32,       // y = silu(cond + temb[t]) [R, W] in `act`
     cond_off: u32,    // cond [R, W] in `act`
+    depth: u32,       // token_loop: residual blocks
+    steps: u32,       // token_loop: diffusion steps of this AR step
+    table_off: u32,   // token_loop: the layer table in `mat` (see `table`)
+    steps_off: u32,   // token_loop: the step table in `act` (see `step_f32`)
 }
 
 struct Step {
@@ -385,4 +395,309 @@ fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     workgroupBarrier();
     input_projection(lid, tok);
     time_condition(lid, tok, st.next_t);
+}
+
+// ───────────────────────────── token_loop: small heads ─────────────────────────────
+
+const TL: u32 = 256u;      // token_loop threads per workgroup
+const TLW: u32 = 256u;     // widest head (and condition) token_loop holds in shared memory
+
+var<workgroup> th: array<f32, 512>;   // h, [2][W]
+var<workgroup> ty: array<f32, 512>;   // y = silu(cond + temb[t]), [2][W]
+var<workgroup> ta: array<f32, 512>;   // a gemm's left operand, [2][W]
+var<workgroup> tu: array<f32, 512>;   // the MLP's hidden activation, [2][W]
+var<workgroup> tc: array<f32, 512>;   // cond, [2][W]
+var<workgroup> tstats: array<vec2<f32>, 2>;
+
+// A word of the layer table, stored in `mat` after the matrices: four words per matrix (word
+// offset, scale offset, bias offset, `FMT_*`) for the condition embedding (entry 0), the
+// stacked adaLN modulations (4) and the final linear (8); then per block b from entry
+// 12 + 10·b: mlp.0's four, mlp.2's four, in_ln's weight and bias offsets.
+fn table(k: u32) -> u32 {
+    return mat[p.table_off + k];
+}
+
+// Field `field` of step `s` in the step table (12 floats per step in `Step`'s order; the
+// integer fields hold exact small integers, the noise offset is unused: it follows from `s`).
+fn step_f32(s: u32, field: u32) -> f32 {
+    return act[p.steps_off + s * 12u + field];
+}
+
+fn step_u32(s: u32, field: u32) -> u32 {
+    return u32(step_f32(s, field));
+}
+
+// The integers q of W[i..i+4, o] for the int8 / int4 formats (see `load_quad`), unscaled.
+fn load_quad_raw(fmt: u32, w_off: u32, out_dim: u32, i: u32, o: u32) -> vec4<f32> {
+    if fmt == FMT_I4 {
+        let word = bitcast<i32>(mat[w_off + (i / 8u) * out_dim + o]);
+        let sh = (i % 8u) * 4u;
+        return vec4<f32>(f32(extractBits(word, sh, 4u)), f32(extractBits(word, sh + 4u, 4u)),
+                         f32(extractBits(word, sh + 8u, 4u)), f32(extractBits(word, sh + 12u, 4u)));
+    }
+    let word = bitcast<i32>(mat[w_off + (i / 4u) * out_dim + o]);
+    return vec4<f32>(f32(extractBits(word, 0u, 8u)), f32(extractBits(word, 8u, 8u)),
+                     f32(extractBits(word, 16u, 8u)), f32(extractBits(word, 24u, 8u)));
+}
+
+// Σ_i src[j·W + i] · M[i, o] over i < in_dim for both rows j (the second only with CFG) and
+// the matrix at table entry `m` (its word offset and scale offset): one weight read serves
+// both rows. `src` is one of the shared row pairs (WGSL passes no pointers to workgroup
+// memory, hence one function per source).
+fn tl_dot_ty(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    let w_off = table(m);
+    let scale_off = table(m + 1u);
+    let fmt = table(m + 3u);
+    if fmt == FMT_I8 || fmt == FMT_I4 {
+        // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
+        // (the scale read once per block, not per weight).
+        for (var blk = 0u; blk < in_dim; blk += 32u) {
+            var part = vec2<f32>(0.0);
+            for (var i = blk; i < blk + 32u; i += 4u) {
+                let q = load_quad_raw(fmt, w_off, out_dim, i, o);
+                part.x += dot(vec4<f32>(ty[i], ty[i + 1u], ty[i + 2u], ty[i + 3u]), q);
+                if nr == 2u {
+                    let b = TLW + i;
+                    part.y += dot(vec4<f32>(ty[b], ty[b + 1u], ty[b + 2u], ty[b + 3u]), q);
+                }
+            }
+            acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
+        }
+        return acc;
+    }
+    for (var i = 0u; i < in_dim; i += 4u) {
+        let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
+        acc.x += dot(vec4<f32>(ty[i], ty[i + 1u], ty[i + 2u], ty[i + 3u]), w);
+        if nr == 2u {
+            let b = TLW + i;
+            acc.y += dot(vec4<f32>(ty[b], ty[b + 1u], ty[b + 2u], ty[b + 3u]), w);
+        }
+    }
+    return acc;
+}
+
+fn tl_dot_ta(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    let w_off = table(m);
+    let scale_off = table(m + 1u);
+    let fmt = table(m + 3u);
+    if fmt == FMT_I8 || fmt == FMT_I4 {
+        // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
+        // (the scale read once per block, not per weight).
+        for (var blk = 0u; blk < in_dim; blk += 32u) {
+            var part = vec2<f32>(0.0);
+            for (var i = blk; i < blk + 32u; i += 4u) {
+                let q = load_quad_raw(fmt, w_off, out_dim, i, o);
+                part.x += dot(vec4<f32>(ta[i], ta[i + 1u], ta[i + 2u], ta[i + 3u]), q);
+                if nr == 2u {
+                    let b = TLW + i;
+                    part.y += dot(vec4<f32>(ta[b], ta[b + 1u], ta[b + 2u], ta[b + 3u]), q);
+                }
+            }
+            acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
+        }
+        return acc;
+    }
+    for (var i = 0u; i < in_dim; i += 4u) {
+        let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
+        acc.x += dot(vec4<f32>(ta[i], ta[i + 1u], ta[i + 2u], ta[i + 3u]), w);
+        if nr == 2u {
+            let b = TLW + i;
+            acc.y += dot(vec4<f32>(ta[b], ta[b + 1u], ta[b + 2u], ta[b + 3u]), w);
+        }
+    }
+    return acc;
+}
+
+fn tl_dot_tu(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    let w_off = table(m);
+    let scale_off = table(m + 1u);
+    let fmt = table(m + 3u);
+    if fmt == FMT_I8 || fmt == FMT_I4 {
+        // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
+        // (the scale read once per block, not per weight).
+        for (var blk = 0u; blk < in_dim; blk += 32u) {
+            var part = vec2<f32>(0.0);
+            for (var i = blk; i < blk + 32u; i += 4u) {
+                let q = load_quad_raw(fmt, w_off, out_dim, i, o);
+                part.x += dot(vec4<f32>(tu[i], tu[i + 1u], tu[i + 2u], tu[i + 3u]), q);
+                if nr == 2u {
+                    let b = TLW + i;
+                    part.y += dot(vec4<f32>(tu[b], tu[b + 1u], tu[b + 2u], tu[b + 3u]), q);
+                }
+            }
+            acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
+        }
+        return acc;
+    }
+    for (var i = 0u; i < in_dim; i += 4u) {
+        let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
+        acc.x += dot(vec4<f32>(tu[i], tu[i + 1u], tu[i + 2u], tu[i + 3u]), w);
+        if nr == 2u {
+            let b = TLW + i;
+            acc.y += dot(vec4<f32>(tu[b], tu[b + 1u], tu[b + 2u], tu[b + 3u]), w);
+        }
+    }
+    return acc;
+}
+
+// LayerNorm statistics of the shared h rows, two passes as PyTorch (thread j: row j).
+fn tl_stats(lid: u32, nr: u32) {
+    if lid < nr {
+        let w = p.width;
+        var sum = 0.0;
+        for (var i = 0u; i < w; i++) {
+            sum += th[lid * TLW + i];
+        }
+        let mean = sum / f32(w);
+        var sq = 0.0;
+        for (var i = 0u; i < w; i++) {
+            let d = th[lid * TLW + i] - mean;
+            sq += d * d;
+        }
+        tstats[lid] = vec2<f32>(mean, 1.0 / sqrt(sq / f32(w) + LN_EPS));
+    }
+    workgroupBarrier();
+}
+
+// h = x · W_ipᵀ + b for the token's x (in `xs`), into both shared rows, and
+// y = silu(cond + temb[t]).
+fn tl_project(lid: u32, nr: u32, t: u32) {
+    let w = p.width;
+    let cdim = p.tok_dim;
+    for (var i = lid; i < w; i += TL) {
+        var v = 0.0;
+        for (var k = 0u; k < cdim; k++) {
+            v += xs[k] * bitcast<f32>(mat[p.ip_w_off + i * cdim + k]);
+        }
+        v += vecs[p.ip_bias + i];
+        th[i] = v;
+        th[TLW + i] = v;
+    }
+    for (var k = lid; k < nr * w; k += TL) {
+        let j = k / w;
+        let i = k % w;
+        ty[j * TLW + i] = silu(tc[j * TLW + i] + vecs[p.temb_off + t * w + i]);
+    }
+    workgroupBarrier();
+}
+
+// One workgroup per token: the whole sampling loop of an AR step for the token's rows
+// (row `tok` and, with CFG, row `n + tok`). The adaLN modulations go to the token's rows of
+// `act` (too many for shared memory), everything else stays in shared memory.
+@compute @workgroup_size(256)
+fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let tok = wg.x;
+    let w = p.width;
+    let cdim = p.tok_dim;
+    let nr = select(1u, 2u, p.cfg_on == 1u);
+    let ada_n = p.mod_stride;          // (3·depth + 2)·W modulation columns per row
+    let nout = 2u * cdim;
+
+    // cond = z · W_cᵀ + b (table entry 0), from the token's z rows in `act`.
+    for (var k = lid; k < nr * w; k += TL) {
+        let j = k / w;
+        let o = k % w;
+        let zrow = p.a_off + (tok + j * p.n_tok) * p.in_dim;
+        var acc = 0.0;
+        for (var i = 0u; i < p.in_dim; i += 4u) {
+            acc += dot(act4(zrow + i), load_quad(table(3u), table(0u), table(1u), w, i, o));
+        }
+        tc[j * TLW + o] = acc + vecs[table(2u) + o];
+    }
+    if lid < cdim {
+        xs[lid] = act[p.x_off + tok * cdim + lid];
+    }
+    workgroupBarrier();
+    tl_project(lid, nr, step_u32(0u, 0u));
+
+    for (var s = 0u; s < p.steps; s++) {
+        // Every adaLN modulation at once (table entry 3): [shift|scale|gate] per block, then
+        // [shift|scale] of the final layer.
+        for (var o = lid; o < ada_n; o += TL) {
+            let v = tl_dot_ty(nr, 4u, w, ada_n, o) + vec2<f32>(vecs[table(6u) + o]);
+            act[p.mod_off + tok * ada_n + o] = v.x;
+            if nr == 2u {
+                act[p.mod_off + (tok + p.n_tok) * ada_n + o] = v.y;
+            }
+        }
+        storageBarrier();
+        workgroupBarrier();
+
+        for (var b = 0u; b < p.depth; b++) {
+            let e = 12u + 10u * b;         // this block's table entries
+            let mrow = 3u * b * w;         // its modulation columns
+            tl_stats(lid, nr);
+            for (var k = lid; k < nr * w; k += TL) {
+                let j = k / w;
+                let i = k % w;
+                let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mrow + i;
+                let st2 = tstats[j];
+                let ln = (th[j * TLW + i] - st2.x) * st2.y * vecs[table(e + 8u) + i] + vecs[table(e + 9u) + i];
+                ta[j * TLW + i] = ln * (act[m + w] + 1.0) + act[m];
+            }
+            workgroupBarrier();
+            for (var o = lid; o < w; o += TL) {
+                let v = tl_dot_ta(nr, e, w, w, o) + vec2<f32>(vecs[table(e + 2u) + o]);
+                tu[o] = silu(v.x);
+                tu[TLW + o] = silu(v.y);
+            }
+            workgroupBarrier();
+            for (var o = lid; o < w; o += TL) {
+                let v = tl_dot_tu(nr, e + 4u, w, w, o) + vec2<f32>(vecs[table(e + 6u) + o]);
+                let g = p.mod_off + tok * ada_n + mrow + 2u * w + o;
+                th[o] += act[g] * v.x;
+                if nr == 2u {
+                    th[TLW + o] += act[g + p.n_tok * ada_n] * v.y;
+                }
+            }
+            workgroupBarrier();
+        }
+
+        // The final layer: modulated LayerNorm (no affine), linear (table entry 6).
+        tl_stats(lid, nr);
+        let mfin = 3u * p.depth * w;
+        for (var k = lid; k < nr * w; k += TL) {
+            let j = k / w;
+            let i = k % w;
+            let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mfin + i;
+            let st2 = tstats[j];
+            ta[j * TLW + i] = (th[j * TLW + i] - st2.x) * st2.y * (act[m + w] + 1.0) + act[m];
+        }
+        workgroupBarrier();
+        for (var o = lid; o < nout; o += TL) {
+            let v = tl_dot_ta(nr, 8u, w, nout, o) + vec2<f32>(vecs[table(10u) + o]);
+            outs[o] = v.x;
+            outs[nout + o] = v.y;
+        }
+        workgroupBarrier();
+
+        // Guidance on ε only, then p_sample in the official operation order (as final_step).
+        if lid < cdim {
+            let xi = p.x_off + tok * cdim + lid;
+            let x = act[xi];
+            var eps = outs[lid];
+            if p.cfg_on == 1u {
+                let eps_u = outs[nout + lid];
+                eps = eps_u + (eps - eps_u) * step_f32(s, 10u);
+            }
+            let frac = (outs[cdim + lid] + 1.0) / 2.0;
+            let log_var = frac * step_f32(s, 9u) + (1.0 - frac) * step_f32(s, 8u);
+            let pred_x0 = x * step_f32(s, 4u) - eps * step_f32(s, 5u);
+            var x_new = pred_x0 * step_f32(s, 6u) + x * step_f32(s, 7u);
+            if step_u32(s, 1u) == 1u {
+                // Step s's noise [n, C] follows x (as in `submit`'s layout).
+                let noise = p.x_off + (1u + s) * p.n_tok * cdim;
+                x_new = x_new + exp(log_var * 0.5) * act[noise + tok * cdim + lid] * step_f32(s, 11u);
+            }
+            act[xi] = x_new;
+            xs[lid] = x_new;
+        }
+        workgroupBarrier();
+        if s + 1u < p.steps {
+            tl_project(lid, nr, step_u32(s, 3u));
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The fused diffusion-head kernels (`shaders/head.wgsl`, `src/gpu/`) against Burn's tensor
 //! path on the same wgpu device (Mesa's lavapipe where no GPU exists): one head call (every
 //! kernel once), whole generations with and without CFG, every storage of the project's file,
-//! and the figures the fused path promises (launches per head call, weight memory).
+//! and the figures the fused path promises (launches per head call, weight memory). Small heads
+//! run as one `token_loop` launch per AR step; each test also forces the per-layer kernels.
 
 #![cfg(feature = "wgpu")]
 
@@ -71,9 +72,21 @@ fn lcg(seed: u64, n: usize) -> Vec<f32> {
 /// timestep with noise and at the last one, with and without guidance.
 #[test]
 fn one_head_call_matches_the_tensor_path() {
-    for storage in [Storage::F32, Storage::Int8] {
+    for (storage, per_layer) in [
+        (Storage::F32, false),
+        (Storage::F32, true),
+        (Storage::Int8, false),
+        (Storage::Int8, true),
+        (Storage::Int4, false),
+    ] {
         let g = generator(storage);
         let fused = g.fused_head().unwrap();
+        fused.force_per_layer(per_layer);
+        assert_eq!(
+            fused.uses_token_loop(),
+            !per_layer,
+            "a small head runs token_loop"
+        );
         let time_table: Vec<f32> = g
             .model
             .head
@@ -126,12 +139,12 @@ fn one_head_call_matches_the_tensor_path() {
                 .unwrap();
             let err = scaled(&got, &want);
             eprintln!(
-                "{} cfg {cfg:?} step {idx}: scaled error {err:.2e}",
+                "{} (per layer: {per_layer}) cfg {cfg:?} step {idx}: scaled error {err:.2e}",
                 storage.name()
             );
             assert!(
                 err <= FUSED_TOLERANCE,
-                "{}: cfg {cfg:?}, step {idx}: {err:.3e}",
+                "{} (per layer: {per_layer}): cfg {cfg:?}, step {idx}: {err:.3e}",
                 storage.name()
             );
         }
@@ -158,8 +171,16 @@ fn generations_match_the_tensor_path_for_every_storage() {
             ..Request::default()
         },
     ];
-    for storage in [Storage::F32, Storage::F16, Storage::Int8, Storage::Int4] {
+    for (storage, per_layer) in [
+        (Storage::F32, false),
+        (Storage::F32, true),
+        (Storage::F16, false),
+        (Storage::Int8, false),
+        (Storage::Int8, true),
+        (Storage::Int4, false),
+    ] {
         let g = generator(storage);
+        g.fused_head().unwrap().force_per_layer(per_layer);
         for request in &requests {
             let run = |kernels: Kernels| {
                 let mut generation =
@@ -178,7 +199,7 @@ fn generations_match_the_tensor_path_for_every_storage() {
                 let err = scaled(&b.values, &a.values);
                 assert!(
                     err <= FUSED_TOLERANCE,
-                    "{} step {}: {err:.3e}",
+                    "{} (per layer: {per_layer}) step {}: {err:.3e}",
                     storage.name(),
                     a.k
                 );
@@ -187,19 +208,46 @@ fn generations_match_the_tensor_path_for_every_storage() {
     }
 }
 
-/// The built-in model's head is 2·3 + 2 launches per call; an int8 file's head weights take
-/// under 0.35× the f32 file's bytes on the GPU; f16 about half.
+/// The built-in model's AR step is one launch (`token_loop`: all of the step's head calls);
+/// per layer its head is 2·3 + 2 launches per call; an int8 file's head weights take under
+/// 0.35× the f32 file's bytes on the GPU; f16 about half.
 #[test]
 fn launches_and_weight_memory() {
     let bundle =
         Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors")).unwrap();
-    let g = bundle.clone().into_generator(&device()).unwrap();
+    let g = Arc::new(bundle.clone().into_generator(&device()).unwrap());
     let fused = g.fused_head().expect("fused head for the built-in model");
-    assert!(
-        fused.dispatches_per_head_call() <= 8,
-        "{}",
-        fused.dispatches_per_head_call()
-    );
+    let request = Request {
+        labels: vec![Some(2)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 10, end: 5 },
+        cfg: 2.0,
+        ..Request::default()
+    };
+    for (per_layer, per_call) in [(false, 1), (true, 8)] {
+        fused.force_per_layer(per_layer);
+        assert_eq!(fused.dispatches_per_head_call(), per_call);
+        let before = fused.dispatches();
+        let mut generation =
+            Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(1))).unwrap();
+        let calls: usize = generation
+            .run_to_end()
+            .unwrap()
+            .iter()
+            .map(|e| e.effective_steps)
+            .sum();
+        let launched = (fused.dispatches() - before) as usize;
+        let expected = match per_layer {
+            // Per AR step: condition embedding and input projection, then 8 per call.
+            true => 2 * request.ar_steps + 8 * calls,
+            false => request.ar_steps,
+        };
+        assert_eq!(
+            launched, expected,
+            "per layer: {per_layer}, {calls} head calls"
+        );
+    }
+    fused.force_per_layer(false);
     let bytes = |storage: Storage| {
         let b = Bundle::from_bytes("x", &bundle.to_bytes_as(storage).unwrap()).unwrap();
         b.into_generator(&device())

@@ -25,8 +25,10 @@ const GEMM_THREADS: u32 = 64;
 /// Widest head and largest token the final kernel's shared memory holds.
 const MAX_WIDTH: usize = 1536;
 const MAX_TOKEN_DIM: usize = 64;
-/// `Params` and `Step` in the shader: 28 and 12 four-byte fields.
-const PARAMS_BYTES: u64 = 28 * 4;
+/// `Params` and `Step` in the shader: 32 and 12 four-byte fields.
+const PARAMS_BYTES: u64 = 32 * 4;
+/// Widest head (and condition) `token_loop` holds in shared memory (`TLW` in the shader).
+const TOKEN_LOOP_MAX_WIDTH: usize = 256;
 const STEP_BYTES: u64 = 12 * 4;
 const PREFIX: &str = "diffloss.net";
 
@@ -217,6 +219,10 @@ struct Params {
     cfg_on: u32,
     y_off: u32,
     cond_off: u32,
+    depth: u32,
+    steps: u32,
+    table_off: u32,
+    steps_off: u32,
 }
 
 impl Params {
@@ -250,6 +256,10 @@ impl Params {
             self.cfg_on,
             self.y_off,
             self.cond_off,
+            self.depth,
+            self.steps,
+            self.table_off,
+            self.steps_off,
         ];
         let mut out = [0u8; PARAMS_BYTES as usize];
         for (chunk, v) in out.chunks_exact_mut(4).zip(f) {
@@ -303,6 +313,26 @@ enum Kernel {
     Gemm(GemmMode),
     InputInit,
     FinalStep,
+    TokenLoop,
+}
+
+/// The step table `token_loop` reads from `act`: `Step`'s twelve fields as floats (the
+/// integer ones are exact small integers; the noise offset follows from the step's index).
+fn step_floats(s: &StepCoefficients, next_t: usize, cfg: f32, temperature: f32) -> [f32; 12] {
+    [
+        s.timestep as f32,
+        f32::from(u8::from(s.add_noise)),
+        0.0,
+        next_t as f32,
+        s.sqrt_recip,
+        s.sqrt_recipm1,
+        s.coef1,
+        s.coef2,
+        s.min_log,
+        s.max_log,
+        cfg,
+        temperature,
+    ]
 }
 
 /// The shader's `MODE_*` for `gemm`.
@@ -374,6 +404,11 @@ pub struct FusedHead {
     blocks: Vec<BlockLayers>,
     final_linear: Matrix,
     input_proj: Matrix,
+    /// Where `token_loop`'s layer table starts in `mat` (word offset), when this head is small
+    /// enough for it (width ≤ 256, one weight format, one weight buffer).
+    token_loop_table: Option<u32>,
+    /// Tests and benchmarks: record the per-layer kernels even where `token_loop` applies.
+    per_layer_only: AtomicBool,
     /// Pipelines by kernel and weight format.
     pipelines: BTreeMap<(Kernel, Format), wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
@@ -557,6 +592,30 @@ impl FusedHead {
         }
         let final_linear = place(&final_host, &mut vecs, true)?;
         let input_proj = place(&input_host, &mut vecs, false)?;
+        // `token_loop` for small heads: every matrix it reads in one buffer, and its layer
+        // table after them (each matrix's format read at run time, so mixed files qualify).
+        let token_loop_table = if width <= TOKEN_LOOP_MAX_WIDTH
+            && cond_dim.is_multiple_of(4)
+            && ada.len() == 1
+            && mat_words.len() == 1
+        {
+            let entry = |m: &Matrix| [m.w_off, m.scale_off, m.bias_off, m.format as u32];
+            let mut table = Vec::new();
+            for m in [&cond, &ada[0], &final_linear] {
+                table.extend(entry(m));
+            }
+            for b in &blocks {
+                table.extend(entry(&b.mlp_in));
+                table.extend(entry(&b.mlp_out));
+                table.extend([b.ln_w, b.ln_b]);
+            }
+            let words = &mut mat_words[0];
+            let at = words.len() as u32;
+            words.extend(table);
+            Some(at)
+        } else {
+            None
+        };
         if 4 * vecs.len() as u64 > max_binding {
             return Err(gpu_error(
                 "the head's vectors are too large",
@@ -651,6 +710,9 @@ impl FusedHead {
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpIn), &b.mlp_in));
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpOut), &b.mlp_out));
         }
+        if token_loop_table.is_some() {
+            wanted.push(pipeline_key(Kernel::TokenLoop, &cond));
+        }
         let mut pipelines = BTreeMap::new();
         for key in wanted {
             let (kernel, format) = key;
@@ -659,6 +721,7 @@ impl FusedHead {
                     Kernel::Gemm(m) => ("gemm", m as u32),
                     Kernel::InputInit => ("input_init", 0),
                     Kernel::FinalStep => ("final_step", 0),
+                    Kernel::TokenLoop => ("token_loop", 0),
                 };
                 let constants = [("WFMT", format as u32 as f64), ("MODE", mode as f64)];
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -696,6 +759,8 @@ impl FusedHead {
             blocks,
             final_linear,
             input_proj,
+            token_loop_table,
+            per_layer_only: AtomicBool::new(false),
             pipelines,
             layout,
             workspace: Mutex::new(None),
@@ -711,9 +776,25 @@ impl FusedHead {
         self.weight_bytes
     }
 
-    /// Kernel launches per head call (one diffusion step).
+    /// Kernel launches per head call (one diffusion step): at most 1 where `token_loop`
+    /// runs (one launch for all of an AR step's head calls), else `2·depth + 2` or so.
     pub fn dispatches_per_head_call(&self) -> usize {
-        self.ada.len() + 2 * self.depth + 1
+        if self.uses_token_loop() {
+            1
+        } else {
+            self.ada.len() + 2 * self.depth + 1
+        }
+    }
+
+    /// Whether AR steps run as one `token_loop` launch (a small head), not per layer.
+    pub fn uses_token_loop(&self) -> bool {
+        self.token_loop_table.is_some() && !self.per_layer_only.load(Ordering::Relaxed)
+    }
+
+    /// Records the per-layer kernels even where `token_loop` applies (to test and measure
+    /// them); `false` restores the default.
+    pub fn force_per_layer(&self, on: bool) {
+        self.per_layer_only.store(on, Ordering::Relaxed);
     }
 
     /// Kernel launches recorded so far.
@@ -753,7 +834,7 @@ impl FusedHead {
     /// steps needs (the layout `submit` lays out).
     fn activation_floats(&self, n: usize, rows: usize, steps: usize) -> usize {
         let (w, c) = (self.width, self.token_dim);
-        rows * (self.cond_dim + w * (4 + 3 * self.depth + 2)) + n * c * (1 + steps)
+        rows * (self.cond_dim + w * (4 + 3 * self.depth + 2)) + n * c * (1 + steps) + 12 * steps
     }
 
     /// Whether an AR step of `tokens` tokens (doubled with CFG) and `steps` diffusion steps fits
@@ -798,7 +879,8 @@ impl FusedHead {
         let u_off = h_off + rows * w;
         let x_off = u_off + rows * w;
         let noise_off = x_off + n * c;
-        let total = noise_off + steps * n * c;
+        let steps_off = noise_off + steps * n * c;
+        let total = steps_off + 12 * steps;
         debug_assert_eq!(total, self.activation_floats(n, rows, steps));
         let limits = self.ctx.device.limits();
         let max_binding = limits
@@ -851,6 +933,54 @@ impl FusedHead {
             ));
         }
         queue.write_buffer(&ws.steps, 0, &step_data);
+
+        if let Some(table_off) = self.token_loop_table.filter(|_| self.uses_token_loop()) {
+            // One launch: each workgroup runs its token's whole loop.
+            let table: Vec<f32> = job
+                .steps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| {
+                    let next_t = job.steps.get(i + 1).unwrap_or(s).timestep;
+                    step_floats(s, next_t, cfg_scale, job.temperature)
+                })
+                .collect();
+            queue.write_buffer(&ws.act, 4 * steps_off as u64, &f32_bytes(&table));
+            let params = Params {
+                rows: rows as u32,
+                in_dim: self.cond_dim as u32,
+                width: w as u32,
+                a_off: z_off as u32,
+                temb_off: 0,
+                mod_off: ada_off as u32,
+                mod_stride: ada_cols as u32,
+                tok_dim: c as u32,
+                ip_w_off: self.input_proj.w_off,
+                ip_bias: self.input_proj.bias_off,
+                x_off: x_off as u32,
+                n_tok: n as u32,
+                cfg_on: u32::from(job.cfg.is_some()),
+                depth: d as u32,
+                steps: steps as u32,
+                table_off,
+                steps_off: steps_off as u32,
+                ..Params::default()
+            };
+            queue.write_buffer(&ws.params, 0, &params.bytes());
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("disa head AR step (token loop)"),
+            });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("disa head token loop"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&self.pipelines[&pipeline_key(Kernel::TokenLoop, &self.cond)]);
+                pass.set_bind_group(0, &ws.bind_groups[self.cond.buffer], &[0, 0]);
+                pass.dispatch_workgroups(n as u32, 1, 1);
+            }
+            return Ok(self.finish_step(encoder, &ws.act, x_off, n * c, 1));
+        }
 
         let base = Params {
             rows: rows as u32,
@@ -1010,16 +1140,29 @@ impl FusedHead {
                 }
             }
         }
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        Ok(self.finish_step(encoder, &ws.act, x_off, n * c, launched))
+    }
+
+    /// Copies `x_0` (`len` floats at `x_off` of `act`) to a staging buffer after the recorded
+    /// work, and submits it all.
+    fn finish_step(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        act: &wgpu::Buffer,
+        x_off: usize,
+        len: usize,
+        launched: u64,
+    ) -> Submitted {
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("disa head x0"),
-            size: 4 * (n * c) as u64,
+            size: 4 * len as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        encoder.copy_buffer_to_buffer(&ws.act, 4 * x_off as u64, &staging, 0, 4 * (n * c) as u64);
-        queue.submit([encoder.finish()]);
+        encoder.copy_buffer_to_buffer(act, 4 * x_off as u64, &staging, 0, 4 * len as u64);
+        self.ctx.queue.submit([encoder.finish()]);
         self.dispatches.fetch_add(launched, Ordering::Relaxed);
-        Ok(Submitted { staging })
+        Submitted { staging }
     }
 
     fn workspace_for(&self, act_floats: u64, step_capacity: usize, kinds: usize) -> Workspace {
