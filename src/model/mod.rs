@@ -21,7 +21,8 @@ use crate::error::Result;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use params::{Initializer, ParamBuilder, ParamNames};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 /// MAR's latent scale: tokens are VAE latents × 0.2325 (`engine_mar.py`).
 pub const VAE_LATENT_SCALE: f32 = 0.2325;
@@ -147,6 +148,39 @@ impl MarConfig {
             tensors: p.into_described(),
         }
     }
+}
+
+/// The top-level module names of MAR's state dict (`class_emb`, `encoder_blocks`, `diffloss`,
+/// …), read from the builders' description of the smallest model, so that a weight file's
+/// reader can skip other tensors unread without a name list of its own.
+pub fn state_dict_modules() -> &'static BTreeSet<String> {
+    static MODULES: OnceLock<BTreeSet<String>> = OnceLock::new();
+    MODULES.get_or_init(|| {
+        let smallest = MarConfig {
+            img_size: 1,
+            vae_stride: 1,
+            patch_size: 1,
+            encoder_embed_dim: 1,
+            encoder_depth: 1,
+            encoder_num_heads: 1,
+            decoder_embed_dim: 1,
+            decoder_depth: 1,
+            decoder_num_heads: 1,
+            mlp_ratio: 1.0,
+            vae_embed_dim: 1,
+            class_num: 1,
+            buffer_size: 1,
+            diffloss_d: 1,
+            diffloss_w: 1,
+        };
+        smallest
+            .initial_weights(0)
+            .tensors
+            .keys()
+            .filter_map(|k| k.split('.').next())
+            .map(str::to_string)
+            .collect()
+    })
 }
 
 /// MAR's `unpatchify`: `[B, g·g, c·p·p]` → `[B, c, g·p, g·p]`, channel order `(c, pi, pj)`.

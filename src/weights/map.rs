@@ -439,27 +439,11 @@ impl ReadLimits {
     }
 }
 
-/// Names of a MAR state dict's tensors (the official module names); other tensors a
-/// checkpoint may carry are skipped unread.
+/// Names of a MAR state dict's tensors (under one of the official top-level modules the
+/// model's builders name); other tensors a checkpoint may carry are skipped unread.
 pub fn is_mar_tensor(name: &str) -> bool {
-    const MODULES: [&str; 14] = [
-        "class_emb",
-        "z_proj",
-        "z_proj_ln",
-        "encoder_pos_embed_learned",
-        "encoder_blocks",
-        "encoder_norm",
-        "decoder_embed",
-        "mask_token",
-        "decoder_blocks",
-        "decoder_norm",
-        "decoder_pos_embed_learned",
-        "diffusion_pos_embed_learned",
-        "diffloss",
-        "fake_latent",
-    ];
     let module = name.split('.').next().unwrap_or(name);
-    MODULES.contains(&module)
+    crate::model::state_dict_modules().contains(module)
 }
 
 /// Names of the VAE tensors the decoder uses (the encoder and loss are skipped unread).
@@ -712,7 +696,12 @@ mod format_tests {
         for k in w.tensors.keys() {
             assert!(is_mar_tensor(k), "{k}");
         }
+        // MAR's 14 top-level modules (`models/mar.py`), nothing of the VAE or the optimizer.
+        let modules = crate::model::state_dict_modules();
+        assert_eq!(modules.len(), 14, "{modules:?}");
+        assert!(modules.contains("diffloss") && modules.contains("fake_latent"));
         assert!(!is_mar_tensor("optimizer.state"));
+        assert!(!is_mar_tensor("decoder.up.0.block.0.conv1.weight"));
     }
 
     #[test]
