@@ -463,6 +463,7 @@ fn bench_reports_ratios_against_the_first_schedule() {
     assert_eq!(rows[1]["headCalls"], 50);
     assert_eq!(rows[1]["headCallRatio"], 1.6);
     for row in rows {
+        assert_eq!(row["kernels"], "auto");
         assert_eq!(row["head"], "tensor", "no fused head on the CPU");
         assert!(row["launches"].is_null(), "{row}");
         let seconds = row["secondsPerImage"].as_f64().unwrap();
@@ -519,4 +520,56 @@ fn bench_times_preset_shapes_and_takes_a_clip() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(err.contains(needle), "{bad:?}: {err}");
     }
+}
+
+/// On a GPU, `--kernels tensor,fused` times both heads in one run: the fused rows count their
+/// launches and the report gives the fused head's weight bytes.
+#[cfg(feature = "wgpu")]
+#[test]
+fn bench_json_reports_fused_launches_on_wgpu() {
+    let out = disa()
+        .args([
+            "bench",
+            "--json",
+            "--backend",
+            "wgpu",
+            "--shapes",
+            "fashion",
+        ])
+        .args([
+            "--schedules",
+            "constant:4",
+            "--ar-steps",
+            "2",
+            "--repeats",
+            "1",
+        ])
+        .args(["--kernels", "tensor,fused"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && err.contains("no usable GPU adapter") {
+        eprintln!("no wgpu adapter on this machine: nothing to time ({err})");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], "wgpu");
+    assert!(
+        report["fusedHeadWeightBytes"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{report:#}");
+    assert_eq!(
+        (&rows[0]["kernels"], &rows[0]["head"]),
+        (&"tensor".into(), &"tensor".into())
+    );
+    assert!(rows[0]["launches"].is_null(), "{report:#}");
+    assert_eq!(
+        (&rows[1]["kernels"], &rows[1]["head"]),
+        (&"fused".into(), &"fused".into())
+    );
+    // Counted, not guessed: the fused head's dispatches during the run.
+    assert!(rows[1]["launches"].as_u64().unwrap() > 0, "{report:#}");
 }

@@ -98,6 +98,8 @@ struct Report {
 #[serde(rename_all = "camelCase")]
 struct Row {
     schedule: String,
+    /// The `--kernels` value this row asked for.
+    kernels: String,
     /// `fused` or `tensor`: what ran (auto resolves to one of them).
     head: &'static str,
     /// Median wall time per image of sampling (transformer + head; decoding is not timed).
@@ -219,6 +221,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
             let row = Row {
                 schedule: schedule.to_string(),
+                kernels: disa::sampler::Kernels::from(kernels).to_string(),
                 head: if fused { "fused" } else { "tensor" },
                 seconds_per_image: ms / 1e3,
                 head_seconds_per_image: head_ms / 1e3,
