@@ -17,11 +17,12 @@
 //! [`StepAnalysis::replay_error`]). Nothing in [`Generation`]'s own loop changes; the analysis
 //! costs nothing unless it is asked for.
 
+use crate::diffusion::p_sample;
 use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients};
 use crate::error::{DisaError, Result, invalid};
 use crate::model::MaskLayout;
 use crate::noise::{DrawKind, NoiseSource, SeededNoise};
-use crate::sampler::{Generation, Generator, Request, StepEvent, p_sample};
+use crate::sampler::{Generation, Generator, Request, StepEvent};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,7 @@
 //! `p_sample` coefficients of the respaced chain.
 
 use crate::error::{Result, invalid};
+use burn::tensor::Tensor;
 use std::collections::BTreeSet;
 
 /// Timesteps of the base (training) diffusion.
@@ -202,6 +203,30 @@ pub struct StepCoefficients {
     pub max_log: f32,
     /// False at the last step (n = 0), which adds no noise.
     pub add_noise: bool,
+}
+
+/// One `p_sample` step of the improved-DDPM code (LEARNED_RANGE variance, ε prediction, no
+/// clipping), in the official operation order.
+///
+/// # Shapes
+/// `x`, `eps`, `v`, `noise`: `[n, C]` → `[n, C]`.
+pub fn p_sample(
+    x: Tensor<2>,
+    eps: Tensor<2>,
+    v: Tensor<2>,
+    s: &StepCoefficients,
+    noise: Tensor<2>,
+    temperature: f32,
+) -> Tensor<2> {
+    let frac = (v + 1.0) / 2.0;
+    let log_var = frac.clone() * s.max_log + (frac.neg() + 1.0) * s.min_log;
+    let pred_x0 = x.clone() * s.sqrt_recip - eps * s.sqrt_recipm1;
+    let mean = pred_x0 * s.coef1 + x * s.coef2;
+    if s.add_noise {
+        mean + (log_var * 0.5).exp() * noise * temperature
+    } else {
+        mean
+    }
 }
 
 /// Respaced diffusions cached by (requested steps, clip), built on first use.

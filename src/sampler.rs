@@ -3,7 +3,7 @@
 //! for the tokens revealed at that step, with DiSA's step count — and returns a [`StepEvent`]
 //! the CLI turns into a progress bar and the page into pixels.
 
-use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, TimestepClip};
+use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, TimestepClip, p_sample};
 use crate::error::{DisaError, Result, invalid};
 use crate::gpu::FusedHead;
 pub use crate::gpu::Kernels;
@@ -459,68 +459,15 @@ impl Generation {
         if self.is_done() {
             return Ok(None);
         }
-        let g = self.generator.clone();
-        let (config, device) = (&g.config, &g.device);
-        let (b, n, c) = (
-            self.request.labels.len(),
-            config.seq_len(),
-            config.token_dim(),
-        );
         let (k, ar_steps) = (self.k, self.request.ar_steps);
         let planned = self.plan.steps[k].clone();
         let use_cfg = self.request.uses_cfg();
         let t0 = now_ms();
-
-        // Transformer over [cond; uncond] images when guiding.
-        let mut labels = self.request.labels.clone();
-        let mut mask = self.mask.clone();
-        let mut tokens = self.tokens.clone();
-        if use_cfg {
-            labels.extend(std::iter::repeat_n(None, b));
-            mask.extend(self.mask.iter().cloned());
-            tokens.extend_from_slice(&self.tokens);
-        }
-        let rows_b = labels.len();
-        let layout = MaskLayout::new(&mask, config.buffer_size);
-        let tokens_t = Tensor::<3>::from_data(TensorData::new(tokens, [rows_b, n, c]), device);
-        let class_emb = g.model.transformer.class_embedding(&labels, device);
-        let encoded = g.model.transformer.encode(tokens_t, &layout, class_emb);
-        let z = g.model.transformer.decode(encoded, &layout); // [rows_b, N, dec]
-
-        // Which positions this step reveals.
+        let z = self.transformer(use_cfg); // [rows_b, N, dec]
         let mask_len = planned.mask_len_after;
-        let last = k + 1 == ar_steps;
-        let to_pred: Vec<Vec<usize>> = (0..b)
-            .map(|i| {
-                let still_masked: std::collections::HashSet<usize> = if last {
-                    Default::default()
-                } else {
-                    self.orders[i][..mask_len].iter().copied().collect()
-                };
-                (0..n)
-                    .filter(|&p| self.mask[i][p] && !still_masked.contains(&p))
-                    .collect()
-            })
-            .collect();
-        let per_image = to_pred[0].len();
-        if to_pred.iter().any(|p| p.len() != per_image) {
-            return Err(DisaError::Internal(
-                "images revealed different token counts".into(),
-            ));
-        }
-        let rows_n = per_image * b;
-
-        // z rows in (image, position) order, then the uncond copies.
-        let flat_index: Vec<i64> = (0..rows_b)
-            .flat_map(|r| to_pred[r % b].iter().map(move |&p| (r * n + p) as i64))
-            .collect();
-        let dec = config.decoder_embed_dim;
-        let z_sel = if flat_index.is_empty() {
-            Tensor::<2>::zeros([0, dec], device)
-        } else {
-            let idx = Tensor::from_data(TensorData::new(flat_index, [rows_b * per_image]), device);
-            z.reshape([rows_b * n, dec]).select(0, idx)
-        };
+        let to_pred = self.positions_to_reveal(mask_len, k + 1 == ar_steps)?;
+        let rows_n = to_pred.iter().map(Vec::len).sum();
+        let z_sel = self.revealed_rows(z, &to_pred, use_cfg);
         self.sync()?;
         let t1 = now_ms();
 
@@ -542,6 +489,74 @@ impl Generation {
             diffusion,
             z_sel,
         }))
+    }
+
+    /// The transformer over the current tokens: `z`, `[rows_b, N, dec]`, for the B images and,
+    /// when guiding, their unconditional copies after them (rows B..2B: no label, same mask
+    /// and tokens), as `MAR.sample_tokens` concatenates them.
+    fn transformer(&self, use_cfg: bool) -> Tensor<3> {
+        let g = &self.generator;
+        let (n, c) = (g.config.seq_len(), g.config.token_dim());
+        let mut labels = self.request.labels.clone();
+        let mut mask = self.mask.clone();
+        let mut tokens = self.tokens.clone();
+        if use_cfg {
+            labels.extend(std::iter::repeat_n(None, self.request.labels.len()));
+            mask.extend(self.mask.iter().cloned());
+            tokens.extend_from_slice(&self.tokens);
+        }
+        let rows_b = labels.len();
+        let layout = MaskLayout::new(&mask, g.config.buffer_size);
+        let tokens = Tensor::<3>::from_data(TensorData::new(tokens, [rows_b, n, c]), &g.device);
+        let class_emb = g.model.transformer.class_embedding(&labels, &g.device);
+        let encoded = g.model.transformer.encode(tokens, &layout, class_emb);
+        g.model.transformer.decode(encoded, &layout)
+    }
+
+    /// Per image, the masked positions this step reveals: every one at the last step, else
+    /// those outside the first `mask_len` of the image's random order (which stay masked).
+    /// Every image reveals the same count (the mask schedule is shared).
+    fn positions_to_reveal(&self, mask_len: usize, last: bool) -> Result<Vec<Vec<usize>>> {
+        let n = self.generator.config.seq_len();
+        let to_pred: Vec<Vec<usize>> = self
+            .orders
+            .iter()
+            .zip(&self.mask)
+            .map(|(order, mask)| {
+                let still_masked: std::collections::HashSet<usize> = if last {
+                    Default::default()
+                } else {
+                    order[..mask_len].iter().copied().collect()
+                };
+                (0..n)
+                    .filter(|&p| mask[p] && !still_masked.contains(&p))
+                    .collect()
+            })
+            .collect();
+        if to_pred.windows(2).any(|w| w[0].len() != w[1].len()) {
+            return Err(DisaError::Internal(
+                "images revealed different token counts".into(),
+            ));
+        }
+        Ok(to_pred)
+    }
+
+    /// The head's condition rows, `[rows, dec]`: `z` at the revealed positions in (image,
+    /// position) order, then (guiding) the same positions of the unconditional copies.
+    fn revealed_rows(&self, z: Tensor<3>, to_pred: &[Vec<usize>], use_cfg: bool) -> Tensor<2> {
+        let g = &self.generator;
+        let (n, dec) = (g.config.seq_len(), g.config.decoder_embed_dim);
+        let b = to_pred.len();
+        let rows_b = if use_cfg { 2 * b } else { b };
+        let flat_index: Vec<i64> = (0..rows_b)
+            .flat_map(|r| to_pred[r % b].iter().map(move |&p| (r * n + p) as i64))
+            .collect();
+        if flat_index.is_empty() {
+            return Tensor::<2>::zeros([0, dec], &g.device);
+        }
+        let rows = flat_index.len();
+        let idx = Tensor::from_data(TensorData::new(flat_index, [rows]), &g.device);
+        z.reshape([rows_b * n, dec]).select(0, idx)
     }
 
     /// Draws this step's head noise in the official order: `x_T`, then each step's noise
@@ -721,30 +736,6 @@ impl Generation {
         let tokens =
             Tensor::<3>::from_data(TensorData::new(self.tokens.clone(), [b, n, c]), &g.device);
         g.model.decode_tokens(tokens, &g.config)
-    }
-}
-
-/// One `p_sample` step of the improved-DDPM code (LEARNED_RANGE variance, ε prediction, no
-/// clipping), in the official operation order.
-///
-/// # Shapes
-/// `x`, `eps`, `v`, `noise`: `[n, C]` → `[n, C]`.
-pub fn p_sample(
-    x: Tensor<2>,
-    eps: Tensor<2>,
-    v: Tensor<2>,
-    s: &StepCoefficients,
-    noise: Tensor<2>,
-    temperature: f32,
-) -> Tensor<2> {
-    let frac = (v + 1.0) / 2.0;
-    let log_var = frac.clone() * s.max_log + (frac.neg() + 1.0) * s.min_log;
-    let pred_x0 = x.clone() * s.sqrt_recip - eps * s.sqrt_recipm1;
-    let mean = pred_x0 * s.coef1 + x * s.coef2;
-    if s.add_noise {
-        mean + (log_var * 0.5).exp() * noise * temperature
-    } else {
-        mean
     }
 }
 

@@ -10,10 +10,11 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
+use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
 use disa::gpu::{HeadJob, Kernels};
 use disa::noise::SeededNoise;
-use disa::sampler::{Generation, Generator, Request, p_sample};
+use disa::sampler::{Generation, Generator, Request};
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::weights::{Bundle, Storage};
 use std::sync::Arc;

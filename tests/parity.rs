@@ -6,11 +6,12 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
+use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
 use disa::model::MaskLayout;
 use disa::noise::ReplayNoise;
 use disa::sampler::Generator;
-use disa::sampler::{Generation, Request, p_sample};
+use disa::sampler::{Generation, Request};
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::weights::{Bundle, ModelFiles, Storage};
 use std::collections::BTreeMap;
