@@ -7,7 +7,7 @@
 // timeline scrubber over the cached states, a token inspector and a side-by-side comparison of
 // two schedules. Every number comes from the library; this file only draws and words them.
 //
-// Hooks: app.js sets `window.disaHost = {post(msg), request(), model(), state(), onTeach}` and
+// Hooks: app/main.js sets `window.disaHost = {post(msg), request(), model(), state(), onTeach}` and
 // forwards the worker's `teach` messages to `onTeach`; this module adds its own card after the
 // page's <main>. For tests it exposes `window.disaTeach`.
 
@@ -267,16 +267,8 @@ const stepHue = (k, K) => `hsl(${250 - (200 * k) / Math.max(1, K - 1)}, 75%, 60%
 
 const curve = (r, key) => r.steps.map((s) => s[key]);
 const tokenAt = (r, p) => r.tokens.find((t) => t.position === p);
-/** Tokens revealed after `j` AR steps, and diffusion steps spent on them. */
-function stepsDone(r, j) {
-  let tokens = 0;
-  let tokenSteps = 0;
-  for (const s of r.steps.slice(0, j)) {
-    tokens += s.tokens;
-    tokenSteps += s.tokens * s.effective_steps;
-  }
-  return { tokens, tokenSteps };
-}
+/** Tokens revealed after `j` AR steps, and token·steps spent on them (the library's `doneAfter`). */
+const stepsDone = (r, j) => r.doneAfter[j];
 function tokenDistance(ra, rb, p) {
   const c = ra.tokenDim;
   let d = 0;

@@ -2,12 +2,13 @@
 // and runs generations step by step, posting each AR step to the page. The page never blocks.
 // Message protocol: see worker-protocol.md.
 
-import init, * as disa from './disa.js';
+import init, { Session } from './disa.js';
 import { teach } from './teach-worker.js'; // the teaching view's analysis (teach.js)
 
 const CACHE_NAME = 'disa-models-v1';
 
 let ready = null;          // Promise of the wasm module's initialization
+let session = null;        // the library's Session (src/web.rs): backend, model, runs
 let modelBytes = null;     // bytes of the current model, kept to reload after a lost GPU
 let modelName = '';
 let currentRun = null;     // { runId, lane } of the generation in progress
@@ -47,7 +48,7 @@ async function fetchWeights(url) {
 }
 
 function loadModel(name, bytes) {
-  const info = JSON.parse(disa.loadModel(name, bytes));
+  const info = session.loadModel(name, bytes);
   modelBytes = bytes;
   modelName = name;
   post({ type: 'model', info });
@@ -56,7 +57,8 @@ function loadModel(name, bytes) {
 async function initAll({ weightsUrl, forceCpu, file }) {
   ready = ready || init();
   await ready;
-  const backend = JSON.parse(await disa.initBackend(!!forceCpu));
+  session = session || new Session();
+  const backend = await session.initBackend(!!forceCpu);
   post({ type: 'backend', info: backend });
   if (file) {
     // A restart after a crash: the page passes the user's model back in.
@@ -85,10 +87,7 @@ async function initAll({ weightsUrl, forceCpu, file }) {
 // the page asks (a software WebGPU adapter is slower than the CPU backend).
 function switchToCpu(notice, reason) {
   currentRun = null;
-  disa.cancel();
-  disa.useCpuBackend();
-  post({ type: 'backend', info: { backend: 'cpu', adapter: 'CPU (Burn flex, WebAssembly)', software: false,
-    notice, reason } });
+  post({ type: 'backend', info: session.useCpuBackend(reason, notice) });
   if (modelBytes) loadModel(modelName, modelBytes);
 }
 
@@ -101,37 +100,36 @@ const isTrap = (err) => typeof WebAssembly !== 'undefined' && err instanceof Web
 const yieldToEvents = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 async function generate({ runId, request, lane }) {
-  disa.cancel();
+  session.cancel();
   currentRun = { runId, lane };
   const started = performance.now();
-  let headCalls = 0, tokenSteps = 0, samplingMs = 0, last = null;
+  let event = null, last = null;
   // A cancelled run says when it has really stopped: the page measures how long a cancel takes
   // (on WebGPU the AR step in flight runs to its end first).
   const stopped = () => {
     post({ type: 'stopped', runId, lane });
   };
   try {
-    disa.startGeneration(JSON.stringify(request));
+    session.startGeneration(request);
     for (;;) {
       await yieldToEvents(); // lets a cancel or a new run in
       if (!currentRun || currentRun.runId !== runId) return stopped();
-      const result = await disa.step();
+      const result = await session.step();
       if (!currentRun || currentRun.runId !== runId) return stopped();
       if (result === null || result === undefined) break;
-      const event = JSON.parse(result.event);
-      if (event.positions.length > 0) headCalls += event.effectiveSteps;
-      tokenSteps += event.positions.length * event.effectiveSteps;
-      samplingMs += event.transformerMs + event.headMs; // excludes the preview decode
-      last = result.preview;
-      post({ type: 'step', runId, lane, event, preview: last });
+      event = result.event;
+      if (result.preview) last = result.preview;
+      post({ type: 'step', runId, lane, event, preview: result.preview });
     }
     currentRun = null;
+    // The totals are the last event's (the library's plan of the steps run).
+    const { headCalls = 0, tokenSteps = 0, samplingMs = 0 } = event || {};
     post({ type: 'done', runId, lane, image: last, totalMs: performance.now() - started, samplingMs, headCalls, tokenSteps });
   } catch (err) {
     currentRun = null;
     if (isTrap(err)) {
       fail('panic', err, { runId });
-    } else if (disa.deviceLost()) {
+    } else if (session.deviceLost()) {
       fail('device', err, { runId });
       recoverFromLostDevice();
     } else {
@@ -149,7 +147,7 @@ self.onmessage = async ({ data }) => {
       case 'loadFile':
         try {
           currentRun = null;
-          disa.cancel();
+          session.cancel();
           loadModel(data.name, new Uint8Array(data.bytes));
         } catch (err) {
           fail(isTrap(err) ? 'panic' : 'weights', err, { name: data.name });
@@ -157,7 +155,7 @@ self.onmessage = async ({ data }) => {
         break;
       case 'plan':
         try {
-          post({ type: 'plan', id: data.id, plan: JSON.parse(disa.plan(JSON.stringify(data.request))) });
+          post({ type: 'plan', id: data.id, plan: session.plan(data.request) });
         } catch (err) {
           fail('plan', err, { id: data.id });
         }
@@ -167,18 +165,18 @@ self.onmessage = async ({ data }) => {
         break;
       case 'cancel':
         if (currentRun && currentRun.runId === data.runId) currentRun = null;
-        disa.cancel();
+        session.cancel();
         break;
       case 'useCpu':
         switchToCpu(data.notice || 'Switched to the CPU backend.', data.reason || 'chosen');
         break;
       case 'teach':
       case 'teachCancel':
-        await teach(disa, data, post);
+        await teach(session, data, post);
         break;
       case 'setInterruptible':
         // For the end-to-end test: off, a cancel waits for the whole AR step (as it used to).
-        disa.setInterruptible(!!data.on);
+        session.setInterruptible(!!data.on);
         break;
       case 'simulateCrash':
         // For the end-to-end test only: an uncaught error as a wasm trap would throw one.

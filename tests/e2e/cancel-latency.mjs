@@ -5,38 +5,22 @@
 // changes right after a run's first AR step event; the time to the new run's first step, less
 // the auto-run delay (350 ms) and an undisturbed first step, is the wait for the cancelled step.
 
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
-import { serve } from '../../scripts/serve.mjs';
+import { serveDist, launchBrowser, setControl as set, median } from './harness.mjs';
 
 const [dist, roundsArg = '3'] = process.argv.slice(2);
-if (!dist || !fs.existsSync(path.join(dist, 'index.html'))) {
+if (!dist) {
   console.error('usage: node tests/e2e/cancel-latency.mjs DIST_DIR [ROUNDS]');
   process.exit(2);
 }
 const TIMEOUT = 600_000;
 const S = { classLabel: 3, seed: 7, arSteps: 4, start: 20, end: 5, cfg: 2.0 };
 
-const set = (page, id, value) => page.evaluate(([id, value]) => {
-  const el = document.getElementById(id);
-  if (el.type === 'checkbox') el.checked = value; else el.value = String(value);
-  el.dispatchEvent(new Event('input', { bubbles: true }));
-  el.dispatchEvent(new Event('change', { bubbles: true }));
-}, [id, value]);
 const stepOf = (page, pred) => page.waitForFunction(pred, null, { timeout: TIMEOUT, polling: 20 });
-const median = (v) => [...v].sort((a, b) => a - b)[v.length >> 1];
 
-const server = await serve(dist, 0);
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'disa-cancel-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium', headless: true, viewport: { width: 1280, height: 800 },
-  args: ['--no-sandbox', '--no-first-run', '--disable-dev-shm-usage', '--enable-unsafe-webgpu'],
-});
+const { server, baseUrl } = await serveDist(dist);
+const { context, page } = await launchBrowser({ webgpu: true });
 try {
-  const page = context.pages()[0] || (await context.newPage());
-  await page.goto(`http://127.0.0.1:${server.address().port}/`);
+  await page.goto(baseUrl);
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: TIMEOUT });
   console.log(`backend: ${await page.textContent('#backend')}`);
   await set(page, 'auto-run', false);

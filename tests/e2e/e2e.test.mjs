@@ -13,15 +13,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
-import { chromium } from 'playwright-core';
-import { serve } from '../../scripts/serve.mjs';
 import { formatMs } from '../../www/format.js';
+import {
+  SHOTS, DISA_BIN, MODEL, serveDist, launchBrowser, setControl, waitState as waitStateFor, decodePng,
+} from './harness.mjs';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
-const DIST = process.env.E2E_DIST || path.join(ROOT, 'dist'); // E2E_DIST: another build of the page
-const SHOTS = path.join(import.meta.dirname, 'screenshots');
-const DISA_BIN = process.env.DISA_BIN;
-const MODEL = path.join(ROOT, 'www/assets/model.safetensors');
 const TIMEOUT = 240_000;
 // Settings shared by the page and the native CLI. WebGPU runs on SwiftShader (a software
 // rasterizer) here, where every kernel launch is slow: keep its runs short.
@@ -31,54 +27,17 @@ const GPU_SETTINGS = { classLabel: 3, seed: 7, arSteps: 4, start: 20, end: 5, cf
 let server, baseUrl;
 
 before(async () => {
-  assert.ok(fs.existsSync(path.join(DIST, 'index.html')), 'dist/ is built (run scripts/e2e.sh)');
   assert.ok(DISA_BIN && fs.existsSync(DISA_BIN), 'DISA_BIN points at the native disa binary');
-  fs.mkdirSync(SHOTS, { recursive: true });
-  server = await serve(DIST, 0);
-  baseUrl = `http://127.0.0.1:${server.address().port}/`;
+  ({ server, baseUrl } = await serveDist());
 });
 
 after(() => server && server.close());
 
-async function launch({ webgpu, device = {} }) {
-  const args = ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--disable-dev-shm-usage'];
-  if (webgpu) args.push('--enable-unsafe-webgpu');
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'disa-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: '/usr/bin/chromium', headless: true, args, viewport: { width: 1280, height: 800 }, ...device,
-  });
-  const page = context.pages()[0] || (await context.newPage());
-  const logs = [];
-  page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
-  return { context, page, logs };
-}
-
 const state = (page) => page.evaluate(() => document.body.dataset.state);
-
-async function waitState(page, wanted, logs) {
-  try {
-    await page.waitForFunction((w) => w.includes(document.body.dataset.state), wanted, { timeout: TIMEOUT, polling: 100 });
-  } catch (e) {
-    const err = await page.evaluate(() => document.getElementById('error')?.textContent);
-    throw new Error(`page never reached ${wanted} (state ${await state(page)}, error "${err}")\n${logs.slice(-20).join('\n')}`);
-  }
-}
-
-/** Sets a control's value the way a user would, firing input and change. */
-async function setControl(page, id, value) {
-  await page.evaluate(([id, value]) => {
-    const el = document.getElementById(id);
-    el.value = String(value);
-    el.dispatchEvent(new Event('input', { bubbles: true }));
-    el.dispatchEvent(new Event('change', { bubbles: true }));
-  }, [id, value]);
-}
+const waitState = (page, wanted, logs) => waitStateFor(page, wanted, logs, TIMEOUT);
 
 async function applySettings(page, s) {
-  await setControl(page, 'auto-run', ''); // value is irrelevant for a checkbox; uncheck below
-  await page.evaluate(() => { const a = document.getElementById('auto-run'); a.checked = false; a.dispatchEvent(new Event('change', { bubbles: true })); });
+  await setControl(page, 'auto-run', false);
   await setControl(page, 'class', s.classLabel);
   await setControl(page, 'seed', s.seed);
   await setControl(page, 'ar-steps', s.arSteps);
@@ -112,8 +71,8 @@ function finalPixels(page, id = 'final-canvas') {
 }
 
 /** Opens the page in a fresh browser and waits until the model is ready. */
-async function openPage({ webgpu, device, query = '' }) {
-  const { context, page, logs } = await launch({ webgpu, device });
+async function openPage({ webgpu, device = {}, query = '' }) {
+  const { context, page, logs } = await launchBrowser({ webgpu, ...device });
   const t0 = Date.now();
   await page.goto(baseUrl + query);
   await waitState(page, ['ready'], logs);
@@ -154,13 +113,7 @@ function compareImages(page, native, label) {
   assert.ok(maxDiff <= 3 && mean <= 0.05, `${label}: image differs from the native CLI (max ${maxDiff}, mean ${mean})`);
 }
 
-async function setAutoRun(page, on) {
-  await page.evaluate((on) => {
-    const a = document.getElementById('auto-run');
-    a.checked = on;
-    a.dispatchEvent(new Event('change', { bubbles: true }));
-  }, on);
-}
+const setAutoRun = (page, on) => setControl(page, 'auto-run', on);
 
 const text = (page, id) => page.evaluate((id) => document.getElementById(id).textContent, id);
 const events = (page, type) => page.evaluate((type) => window.disaEvents.filter((e) => e.type === type), type);
@@ -339,6 +292,20 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     checkProgressive(run, SETTINGS, await page.evaluate(() => window.disaModelInfo.seqLen), 'cpu');
     compareImages(run.pixels, nativeImage(SETTINGS, SETTINGS.end), 'cpu linear:50:5');
     await page.screenshot({ path: path.join(SHOTS, 'cpu-done.png') });
+
+    // "save PNG" downloads the image shown, as a PNG file.
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: TIMEOUT }), page.click('#save-png')]);
+    const saved = decodePng(fs.readFileSync(await download.path()));
+    assert.match(download.suggestedFilename(), /^disa-class3-seed7\.png$/, download.suggestedFilename());
+    assert.deepEqual([saved.width, saved.height], [run.pixels.width, run.pixels.height], 'the PNG has the image\'s size');
+    assert.deepEqual([...saved.data], run.pixels.data, 'the PNG holds the pixels shown');
+    assert.ok(new Set(run.pixels.data.filter((_, i) => i % 4 === 0)).size > 8, 'and they are not blank');
+    console.log(`save PNG: ${download.suggestedFilename()}, ${saved.width}×${saved.height}, equal to the canvas`);
+
+    // The plan under the plot is the library's: the run's head calls and token·steps equal it.
+    const totals = await text(page, 'plan-totals');
+    assert.match(totals, new RegExp(`^Plan: ${run.done.headCalls} head calls · ${run.done.tokenSteps} token·steps\\. Plain MAR at ${SETTINGS.start} steps, no clip: ${SETTINGS.arSteps * SETTINGS.start} · `), totals);
+    assert.equal(await text(page, 'head-calls-plan'), `of ${run.done.headCalls}`);
 
     // Warm cache: the model now comes from the Cache API.
     const t1 = Date.now();

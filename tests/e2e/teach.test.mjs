@@ -10,13 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
-import { chromium } from 'playwright-core';
-import { serve } from '../../scripts/serve.mjs';
+import { SHOTS, DISA_BIN, serveDist, launchBrowser, setControl, waitFor as waitForPage } from './harness.mjs';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
-const DIST = path.join(ROOT, 'dist');
-const SHOTS = path.join(import.meta.dirname, 'screenshots');
-const DISA_BIN = process.env.DISA_BIN;
 const TIMEOUT = 300_000;
 // One setting shared by the page and the CLI (the built-in model).
 const CPU_SETTINGS = { classLabel: 3, seed: 7, arSteps: 8, start: 50, end: 5, cfg: 2.0, samples: 8 };
@@ -26,50 +21,20 @@ const GPU_SETTINGS = { classLabel: 3, seed: 7, arSteps: 4, start: 20, end: 5, cf
 let server, baseUrl;
 
 before(async () => {
-  assert.ok(fs.existsSync(path.join(DIST, 'index.html')), 'dist/ is built (run scripts/e2e.sh)');
   assert.ok(DISA_BIN && fs.existsSync(DISA_BIN), 'DISA_BIN points at the native disa binary');
-  fs.mkdirSync(SHOTS, { recursive: true });
-  server = await serve(DIST, 0);
-  baseUrl = `http://127.0.0.1:${server.address().port}/`;
+  ({ server, baseUrl } = await serveDist());
 });
 
 after(() => server && server.close());
 
 async function open({ webgpu, viewport = { width: 1280, height: 800 }, query = '' }) {
-  const args = ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--disable-dev-shm-usage'];
-  if (webgpu) args.push('--enable-unsafe-webgpu');
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'disa-teach-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: '/usr/bin/chromium', headless: true, args, viewport,
-  });
-  const page = context.pages()[0] || (await context.newPage());
-  const logs = [];
-  page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+  const { context, page, logs } = await launchBrowser({ webgpu, viewport });
   await page.goto(baseUrl + query);
   await waitFor(page, () => document.body.dataset.state === 'ready', logs, 'the model loads');
   return { context, page, logs };
 }
 
-async function waitFor(page, fn, logs, what) {
-  try {
-    await page.waitForFunction(fn, null, { timeout: TIMEOUT, polling: 200 });
-  } catch (e) {
-    const status = await page.evaluate(() => document.getElementById('teach-status')?.textContent);
-    throw new Error(`timed out waiting until ${what} (teach status "${status}")\n${logs.slice(-20).join('\n')}`);
-  }
-}
-
-async function setControl(page, id, value) {
-  await page.evaluate(([id, value]) => {
-    const el = document.getElementById(id);
-    if (el.type === 'checkbox') el.checked = !!value;
-    else el.value = String(value);
-    el.dispatchEvent(new Event('input', { bubbles: true }));
-    el.dispatchEvent(new Event('change', { bubbles: true }));
-  }, [id, value]);
-}
+const waitFor = (page, fn, logs, what) => waitForPage(page, fn, { logs, what, timeout: TIMEOUT, polling: 200 });
 
 /** Generates with `s` (the generation the view analyses), then runs the analysis. */
 async function generateAndAnalyse(page, logs, s) {

@@ -1,0 +1,105 @@
+// The A/B card: plain MAR and DiSA from the same seed, alternating for a number of rounds; the
+// median sampling speed-up with its spread, and the head-call ratio of the two runs (each run's
+// head calls are the library's totals).
+
+import { $, ui } from './state.js';
+import { formatMs, formatRatio, median } from '../format.js';
+import { clearCanvas, drawPixels } from './draw.js';
+import { scheduleLabel, shortSchedule } from './schedule-editor.js';
+
+export function showAbRunning() {
+  $('ab-card').classList.add('running');
+  $('speedup').classList.remove('has');
+  $('speedup').textContent = '…';
+  $('speedup-spread').textContent = '\u00a0';
+  $('head-call-ratio').textContent = '…';
+  $('ab-baseline-meta').textContent = 'running…';
+  $('ab-disa-meta').textContent = 'waiting…';
+  $('ab-status').textContent = ui.ab && ui.ab.rounds > 1 ? `${ui.ab.rounds} rounds, alternating plain MAR and DiSA…` : 'running…';
+  clearCanvas($('ab-baseline-canvas'));
+  clearCanvas($('ab-disa-canvas'));
+}
+
+/** Caption of one side: schedule, median sampling time over the rounds so far, head calls. */
+export function abMeta(request, runs) {
+  const ms = median(runs.map(samplingMs));
+  const of = runs.length > 1 ? ` (median of ${runs.length})` : '';
+  return `${scheduleLabel(request)}\n${formatMs(ms)} sampling${of}\n${runs[0].headCalls} calls`;
+}
+
+/** Transformer + head time of a run: the work DiSA changes (previews are decoded apart). */
+const samplingMs = (msg) => (msg.samplingMs != null ? msg.samplingMs : msg.totalMs);
+
+/** The per-round speed-ups so far: baseline ÷ DiSA sampling time of the same round. */
+function abRatios(ab) {
+  return ab.disa.map((d, i) => samplingMs(ab.baseline[i]) / Math.max(1e-6, samplingMs(d)));
+}
+
+/** The baseline run of a round finished: its image (first round) and caption. */
+export function showAbBaseline(ab, msg) {
+  if (ab.round === 0) {
+    drawPixels($('ab-baseline-canvas'), msg.image);
+    $('ab-baseline-meta').textContent = abMeta(ab.base, ab.baseline);
+  }
+}
+
+/** After each round: the images (first round), the median speed-up and its spread. */
+export function showAbResult(ab) {
+  const last = ab.disa[ab.disa.length - 1];
+  if (ab.disa.length === 1) drawPixels($('ab-disa-canvas'), last.image);
+  $('ab-baseline-meta').textContent = abMeta(ab.base, ab.baseline);
+  $('ab-disa-meta').textContent = abMeta(ab.request, ab.disa);
+  const ratios = abRatios(ab);
+  $('speedup').textContent = formatRatio(median(ratios));
+  $('speedup').classList.add('has');
+  $('speedup-spread').textContent =
+    ratios.length > 1
+      ? `median of ${ratios.length} · ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}`
+      : 'one round: timings swing';
+  $('head-call-ratio').textContent = formatRatio(ab.baseline[0].headCalls / Math.max(1, last.headCalls));
+  $('ab-status').textContent = ab.disa.length < ab.rounds ? `round ${ab.disa.length}/${ab.rounds} done…` : '\u00a0';
+}
+
+/** The comparison is complete: the card stops running and the explanation quotes the result. */
+export function showAbDone(ab) {
+  $('ab-card').classList.remove('running');
+  const ratios = abRatios(ab);
+  const heads = ab.baseline[0].headCalls / Math.max(1, ab.disa[0].headCalls);
+  const spread = ratios.length > 1 ? ` (median of ${ratios.length} rounds, ${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})` : ' (one round)';
+  $('ab-status').textContent = `${ab.rounds} round${ab.rounds > 1 ? 's' : ''} · ${ui.backendInfo ? ui.backendInfo.backend : ''}`;
+  $('explain-measured').textContent =
+    `Measured here just now: ${formatRatio(median(ratios))} faster sampling${spread} and ${formatRatio(heads)} fewer head calls, ` +
+    `plain MAR at ${ab.plan.baseline.steps} steps${ab.base.clip != null ? ` (clip ${ab.base.clip})` : ' (no clip)'} vs ` +
+    `${shortSchedule(ab.request.schedule)}, K = ${ab.request.arSteps}.` +
+    (median(ratios) < heads ? ' The transformer’s time does not shrink with T, so the speed-up stays below the head-call ratio.' : '');
+}
+
+/** An A/B pair that was interrupted (Stop, Generate, a setting) clears its "running" state. */
+export function showAbInterrupted(ab, reason) {
+  $('ab-card').classList.remove('running');
+  if (ab.disa.length > 0) {
+    // Some rounds finished: keep their figures, say the rest did not run.
+    $('ab-status').textContent = `stopped after ${ab.disa.length} of ${ab.rounds} rounds`;
+    return;
+  }
+  const why = reason === 'stop' ? 'stopped' : reason === 'settings' ? 'stopped: settings changed' : 'interrupted';
+  $('ab-baseline-meta').textContent = ab.baseline.length ? abMeta(ab.base, ab.baseline) : why;
+  $('ab-disa-meta').textContent = 'not run';
+  $('speedup').textContent = '–';
+  $('speedup-spread').textContent = '\u00a0';
+  $('head-call-ratio').textContent = '–';
+  $('ab-status').textContent = `The comparison was ${why === 'interrupted' ? 'interrupted by another run' : why}: press A/B to run it again.`;
+}
+
+/** What each baseline means, said on the card, not only in a tooltip. */
+export function showBaselineNote() {
+  const official = $('ab-baseline').value === 'official';
+  $('ab-clip-note').hidden = official;
+  const note = $('ab-official-note');
+  note.hidden = !official;
+  if (!official) return;
+  const builtIn = !ui.modelFile;
+  note.textContent = builtIn
+    ? 'With the built-in model this baseline fails and draws noise: it starts denoising at t = 999, which this small model cannot handle (DiSA skips t > 950). Its time is real; its image is not comparable.'
+    : 'The official code starts denoising at t = 999, where small models (like the built-in one) can fail and draw noise; DiSA skips t > 950. If the baseline image is noise, compare times only.';
+}
