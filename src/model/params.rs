@@ -376,4 +376,101 @@ mod tests {
         assert_eq!(t, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
         assert_eq!(transpose(&t, 3, 2), v);
     }
+
+    #[test]
+    fn a_fresh_model_is_drawn_as_the_official_code_initializes_it() {
+        let c = crate::model::MarConfig::fashion();
+        let w = c.initial_weights(1);
+        let t = |k: &str| &w.tensors[k];
+        let std = |v: &[f32]| {
+            let n = v.len() as f64;
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+            (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+        };
+        // Embeddings ~ N(0, 0.02²).
+        let s = std(&t("class_emb.weight").values);
+        assert!((s - 0.02).abs() < 0.002, "class_emb std {s}");
+        // Xavier-uniform within ±√(6/(in+out)), reaching near the bound; bias zero.
+        let z = t("z_proj.weight");
+        assert_eq!(z.shape, vec![c.encoder_embed_dim, c.token_dim()]);
+        let bound = (6.0 / (c.encoder_embed_dim + c.token_dim()) as f64).sqrt() as f32;
+        let max = z.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "max {max}, bound {bound}"
+        );
+        assert!(t("z_proj.bias").values.iter().all(|&v| v == 0.0));
+        // LayerNorms (1, 0); the head's adaLN modulations and final linear zero.
+        assert!(t("encoder_norm.weight").values.iter().all(|&v| v == 1.0));
+        assert!(t("encoder_norm.bias").values.iter().all(|&v| v == 0.0));
+        for k in [
+            "diffloss.net.res_blocks.0.adaLN_modulation.1.weight",
+            "diffloss.net.final_layer.adaLN_modulation.1.weight",
+            "diffloss.net.final_layer.linear.weight",
+        ] {
+            assert!(t(k).values.iter().all(|&v| v == 0.0), "{k}");
+        }
+        // The time MLP ~ N(0, 0.02²).
+        let s = std(&t("diffloss.net.time_embed.mlp.0.weight").values);
+        assert!((s - 0.02).abs() < 0.002, "time MLP std {s}");
+    }
+
+    #[test]
+    fn a_linear_loads_as_in_out_and_exports_as_out_in_under_its_name() {
+        let device = Device::flex();
+        // PyTorch's `[out = 2, in = 3]`.
+        let official = HostTensor {
+            shape: vec![2, 3],
+            values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        };
+        let bias = HostTensor {
+            shape: vec![2],
+            values: vec![0.5, -0.5],
+        };
+        let mut w = WeightMap::default();
+        w.tensors.insert("lin.weight".into(), official.clone());
+        w.tensors.insert("lin.bias".into(), bias.clone());
+        let mut p = ParamBuilder::new(&mut w, &device);
+        let linear = p.linear("lin", 3, 2, Init::Pretrained).unwrap();
+        assert_eq!(linear.weight.dims(), [3, 2]);
+        let y = linear.forward(Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0], [1, 3]),
+            &device,
+        ));
+        // x·Wᵀ + b with x = e₀: the first input column of W, plus the bias.
+        assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), vec![1.5, 3.5]);
+        let mut names = ParamNames::default();
+        p.name_params("m", &linear, &mut names).unwrap();
+        let mut out = BTreeMap::new();
+        names.export("m", &linear, &mut out).unwrap();
+        assert_eq!(out["lin.weight"], official);
+        assert_eq!(out["lin.bias"], bias);
+    }
+
+    #[test]
+    fn a_parameter_built_outside_the_builder_is_an_internal_error() {
+        let device = Device::flex();
+        let mut init = Initializer::new(0);
+        let mut p = ParamBuilder::new(&mut init, &device);
+        let mut ln = crate::model::layers::LayerNorm::build(&mut p, "norm", 4).unwrap();
+        let mut names = ParamNames::default();
+        p.name_params("ok", &ln, &mut names).unwrap();
+        // Exported only under the path it was named at.
+        let err = names
+            .export("elsewhere", &ln, &mut BTreeMap::new())
+            .unwrap_err();
+        assert!(matches!(err, DisaError::Internal(_)), "{err}");
+        ln.bias = Some(Param::from_tensor(Tensor::zeros([4], &device)));
+        let err = p.name_params("bad", &ln, &mut names).unwrap_err();
+        assert!(matches!(err, DisaError::Internal(_)), "{err}");
+        assert!(err.to_string().contains("bad.bias"), "{err}");
+    }
+
+    #[test]
+    fn a_pretrained_only_tensor_is_never_initialized() {
+        let err = Initializer::new(0)
+            .tensor("decoder.conv_in.weight", &[4, 4, 3, 3], Init::Pretrained)
+            .unwrap_err();
+        assert!(matches!(err, DisaError::Internal(_)), "{err}");
+    }
 }
