@@ -333,6 +333,7 @@ pub fn detect_format(head: &[u8], file_len: u64) -> FileFormat {
 }
 
 /// The error for a file of no known format, saying what was expected.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn unknown_format(source_name: &str, head: &[u8], len: u64) -> DisaError {
     let detail = if len < 8 {
         format!("only {len} bytes: the file is empty or truncated")
@@ -367,7 +368,9 @@ pub(crate) fn sniff_path(path: &std::path::Path) -> Result<(Vec<u8>, u64)> {
     Ok((head, len))
 }
 
-/// Which tensors of a file to read, and how many values they may hold.
+/// Which tensors of a file to read, and how many values they may hold (reading files from
+/// disk: native only).
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Clone, Copy)]
 pub(crate) struct ReadLimits {
     /// Tensors (by name) the model uses; the others are never read.
@@ -380,6 +383,7 @@ pub(crate) struct ReadLimits {
     pub outline_model: bool,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Default for ReadLimits {
     fn default() -> Self {
         Self {
@@ -390,6 +394,7 @@ impl Default for ReadLimits {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl ReadLimits {
     /// Refuses the kept tensors' claimed shapes (`(name, shape)` as the file declares them)
     /// over the budget, before any is read.
@@ -452,6 +457,7 @@ pub fn is_vae_decoder_tensor(name: &str) -> bool {
 }
 
 /// Width in bytes of a safetensors dtype name, `None` for unknown ones.
+#[cfg(not(target_arch = "wasm32"))]
 fn dtype_width(dtype: &str) -> Option<u64> {
     Some(match dtype {
         "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
