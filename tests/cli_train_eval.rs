@@ -41,13 +41,23 @@ fn generate_without_weights_uses_the_built_in_model() {
     // 32×32 grayscale tokens decoded by the patch decoder, enlarged 2×.
     assert!(bytes.starts_with(b"P6\n64 64\n255\n"), "{:?}", &bytes[..12]);
     // --vae or --config without --weights, and a bad scale, are clear errors.
-    for args in [
-        vec!["generate", "--config", "mar_base"],
-        vec!["generate", "--scale", "0"],
+    for (args, needle) in [
+        (
+            vec!["generate", "--config", "mar_base"],
+            "give --weights too",
+        ),
+        (
+            vec!["generate", "--scale", "0"],
+            "scale 0 must be in 1..=16",
+        ),
     ] {
         let o = disa().args(&args).output().unwrap();
         assert!(!o.status.success());
-        assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
     }
 }
 
