@@ -586,6 +586,8 @@ impl Session {
     /// with `reason` and `notice` as given.
     #[wasm_bindgen(js_name = useCpuBackend)]
     pub fn use_cpu_backend(&self, reason: String, notice: String) -> Result<JsValue, JsError> {
+        // The GPU is no longer used: later errors are the CPU's, not a lost device's.
+        self.device_lost.store(false, Ordering::Relaxed);
         let mut s = self.inner.borrow_mut();
         s.device = Some(Device::flex());
         s.generator = None;

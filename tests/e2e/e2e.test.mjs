@@ -307,6 +307,29 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
     assert.match(totals, new RegExp(`^Plan: ${run.done.headCalls} head calls · ${run.done.tokenSteps} token·steps\\. Plain MAR at ${SETTINGS.start} steps, no clip: ${SETTINGS.arSteps * SETTINGS.start} · `), totals);
     assert.equal(await text(page, 'head-calls-plan'), `of ${run.done.headCalls}`);
 
+    // The plot shows the library's plan for every AR step (the cosine schedule the page once
+    // computed itself): its hover readout equals `disa schedule` row by row.
+    await setControl(page, 'preset', 'cosine');
+    const cli = execFileSync(DISA_BIN, ['schedule', '--tokens', String(await page.evaluate(() => window.disaModelInfo.seqLen)),
+      '--ar-steps', String(SETTINGS.arSteps), '--schedule', `cosine:${SETTINGS.start}:${SETTINGS.end}`, '--cfg', String(SETTINGS.cfg)], { encoding: 'utf8' });
+    const rows = cli.split('\n').map((l) => l.trim().split(/\s+/)).filter((c) => c.length === 6 && /^\d+$/.test(c[0]));
+    assert.equal(rows.length, SETTINGS.arSteps, cli);
+    const box = await page.locator('#schedule-plot').boundingBox();
+    for (const [k, tokens, , nominal, effective, cfg] of rows) {
+      // The plot's AR step k sits at the middle of its column (padding 30 px left, 26 px right).
+      await page.mouse.move(box.x + 30 + ((+k + 0.5) * (box.width - 56)) / SETTINGS.arSteps, box.y + box.height / 2);
+      const head = `AR step ${+k + 1}/${SETTINGS.arSteps}: `;
+      await page.waitForFunction((h) => { const t = document.getElementById('plot-readout').textContent; return t.startsWith(h) && t.includes(' run)'); },
+        head, { timeout: 10_000 }).catch(async () => assert.fail(`plot readout "${await text(page, 'plot-readout')}" for AR step ${k}`));
+      const shown = await text(page, 'plot-readout');
+      const m = shown.slice(head.length).match(/^(\d+) tokens? · (\d+) steps \((\d+) run\) · cfg ([\d.]+)$/);
+      assert.ok(m, shown);
+      assert.deepEqual(m.slice(1, 4), [tokens, nominal, effective], `AR step ${k}: page "${shown}", disa schedule ${tokens} ${nominal} ${effective}`);
+      assert.ok(Math.abs(+m[4] - +cfg) <= 0.006, `AR step ${k}: cfg ${m[4]} vs ${cfg}`);
+    }
+    console.log(`the plot's cosine:${SETTINGS.start}:${SETTINGS.end} equals disa schedule on all ${rows.length} AR steps`);
+    await page.mouse.move(0, 0);
+
     // Warm cache: the model now comes from the Cache API.
     const t1 = Date.now();
     await page.reload();

@@ -1,4 +1,4 @@
-// Checks of the page's source that need no browser: every JS module parses (`node --check`),
+// Checks of the page's source that need no browser: every JS module parses (as a module),
 // no schedule arithmetic is re-implemented in JS (the page shows what the library's `plan` and
 // step events say), and www/worker-protocol.md names exactly the messages the code sends and
 // handles, and the request fields src/web.rs accepts. Run by scripts/e2e.sh before the browser.
@@ -23,10 +23,22 @@ function pageScripts(dir = WWW) {
 const rel = (p) => path.relative(ROOT, p);
 const read = (p) => fs.readFileSync(p, 'utf8');
 
-test('every page script parses (node --check)', () => {
+/** Parses `source` as an ES module (from stdin: Node 20's `node --check file.js` lets a module's
+ *  syntax errors pass); throws with Node's message on a syntax error. */
+const parseModule = (source) =>
+  execFileSync(process.execPath, ['--input-type=module', '--check'], { input: source, stdio: ['pipe', 'pipe', 'pipe'] });
+
+test('every page script parses as an ES module', () => {
+  assert.throws(() => parseModule('export const x = ;\n'), 'a syntax error is caught');
   const files = pageScripts();
   assert.ok(files.length >= 10, `found ${files.length} scripts`);
-  for (const f of files) execFileSync(process.execPath, ['--check', f], { stdio: 'pipe' });
+  for (const f of files) {
+    try {
+      parseModule(read(f));
+    } catch (e) {
+      assert.fail(`${rel(f)} does not parse: ${e.stderr}`);
+    }
+  }
   assert.ok(!fs.existsSync(path.join(WWW, 'app.js')), 'www/app.js is gone: the page is the modules in www/app/');
 });
 

@@ -21,7 +21,7 @@ export function showAbRunning() {
 }
 
 /** Caption of one side: schedule, median sampling time over the rounds so far, head calls. */
-export function abMeta(request, runs) {
+function abMeta(request, runs) {
   const ms = median(runs.map(samplingMs));
   const of = runs.length > 1 ? ` (median of ${runs.length})` : '';
   return `${scheduleLabel(request)}\n${formatMs(ms)} sampling${of}\n${runs[0].headCalls} calls`;

@@ -12,7 +12,7 @@ import { attachPlan } from './grid-view.js';
 // ───────────────────────── the reader's schedule ─────────────────────────
 
 /** The editor's schedule: `{kind, start, end, custom}`. */
-export function currentSchedule() {
+function currentSchedule() {
   return {
     kind: ui.preset,
     start: +$('start-steps').value,
@@ -79,7 +79,7 @@ export function applyScheduleParts(p) {
 // ───────────────────────── plans from the worker ─────────────────────────
 
 /** What a plan depends on: requests with the same key have the same plan. */
-export const planKey = (req) => `${req.arSteps}|${req.schedule}|${req.cfg}|${req.cfgSchedule}`;
+const planKey = (req) => `${req.arSteps}|${req.schedule}|${req.cfg}|${req.cfgSchedule}`;
 
 /** The worker's plan of `request`, when it has answered for these settings; else null. */
 export function planFor(request) {
@@ -147,7 +147,7 @@ export function acceptPlanError(msg) {
  * revealed and `cfg`, with the `plan` they come from. Until the worker answers for the current
  * settings: the reader's own curve (custom) or the last plan's for the same K, and no totals.
  */
-export function plotData() {
+function plotData() {
   const req = readRequest();
   const K = req.arSteps;
   const plan = planFor(req);
@@ -174,7 +174,7 @@ export function plotData() {
 }
 
 /** The plan's totals under the plot and in the explanation (kept until the new plan arrives). */
-export function showPlanTotals() {
+function showPlanTotals() {
   const p = plotData().plan;
   if (!p) return;
   const base = p.baseline;

@@ -55,7 +55,7 @@ export function settingsChanged({ restart = true } = {}) {
   if (restart) scheduleAutoRun();
 }
 
-export function scheduleAutoRun() {
+function scheduleAutoRun() {
   clearTimeout(ui.autoTimer);
   if (!$('auto-run').checked || !ui.hasRun) return;
   ui.autoTimer = setTimeout(() => startRun(ui.lastMode), AUTO_RUN_DELAY_MS);

@@ -35,7 +35,7 @@ export function clearError() {
 }
 
 /** A collapsed `<details>` with a summary line and preformatted text (or nodes). */
-export function details(summary, body) {
+function details(summary, body) {
   const d = document.createElement('details');
   const s = document.createElement('summary');
   s.textContent = summary;
