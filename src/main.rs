@@ -31,8 +31,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Train a MAR on Fashion-MNIST with the official objective (checkpoints, resume).
     Train(cli::train::TrainArgs),
-    /// Train the Fashion-MNIST classifier that `disa eval` scores samples with.
-    TrainClassifier(cli::train::ClassifierArgs),
+    /// Train the Fashion-MNIST CNN that `disa eval` scores samples with.
+    TrainClassifier(cli::train_classifier::ClassifierArgs),
     /// Score schedules: classifier accuracy and Fréchet distance of generated images, with cost.
     Eval(cli::eval::EvalArgs),
     /// DiSA's evidence on one generation: spread, straightness and predictability of the
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cli::convert::convert(a),
         Command::Bench(a) => cli::bench::bench(a),
         Command::Train(a) => cli::train::train(a),
-        Command::TrainClassifier(a) => cli::train::train_classifier(a),
+        Command::TrainClassifier(a) => cli::train_classifier::train_classifier(a),
         Command::Eval(a) => cli::eval::eval(a),
         Command::Analyze(a) => cli::analyze::analyze(a),
     };

@@ -10,3 +10,4 @@ pub mod eval;
 pub mod generate;
 pub mod schedule;
 pub mod train;
+pub mod train_classifier;

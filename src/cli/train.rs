@@ -1,11 +1,10 @@
-//! `disa train` and `disa train-classifier`: thin shells over `disa::train` and
-//! `disa::eval::classifier`.
+//! `disa train`: a thin shell over `disa::train` (`disa train-classifier` is in
+//! `train_classifier.rs`).
 
 use super::common::progress_bar;
 use clap::Args;
 use disa::data::{CLASS_NAMES, DEBIAN_DIR, FashionMnist};
 use disa::defaults::SamplingDefaults;
-use disa::eval::classifier;
 use disa::model::MarConfig;
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::train::{CHECKPOINTS, TrainSettings, Trainer};
@@ -163,67 +162,6 @@ pub fn train(args: TrainArgs) -> Result<()> {
         steps as f64 / secs.max(1e-9),
         (steps * s.batch_size) as f64 / secs.max(1e-9),
         args.out.join("ema.safetensors").display()
-    );
-    Ok(())
-}
-
-#[derive(Args)]
-pub struct ClassifierArgs {
-    /// Output file.
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 8)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value = DEBIAN_DIR)]
-    pub data: PathBuf,
-}
-
-pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
-    disa::weights::atomic::check_output_file(&args.out, "--out", &[])?;
-    if args.batch == 0 || args.batch > disa::train::MAX_BATCH {
-        return Err(DisaError::InvalidSetting(format!(
-            "--batch {} must be in 1..={}",
-            args.batch,
-            disa::train::MAX_BATCH
-        )));
-    }
-    let data = FashionMnist::load(&args.data)?;
-    let device = burn::tensor::Device::flex().autodiff();
-    let bar = progress_bar(
-        args.epochs as u64,
-        "epoch {pos}/{len} [{bar:30}] {msg} ({elapsed})",
-        false,
-    );
-    let model = classifier::train(
-        &data.train.images.pixels,
-        &data.train.labels,
-        args.epochs,
-        args.batch,
-        args.seed,
-        &device,
-        |epoch, b, batches, loss| {
-            bar.set_position(epoch as u64);
-            bar.set_message(format!("batch {b}/{batches} loss {loss:.4}"));
-        },
-    )?;
-    bar.finish_and_clear();
-    use burn::module::Module;
-    let model = model.valid();
-    let cpu = burn::tensor::Device::flex();
-    let test = model.accuracy(&data.test.images.pixels, &data.test.labels, &cpu)?;
-    let train = model.accuracy(&data.train.images.pixels, &data.train.labels, &cpu)?;
-    let bytes = model.to_bytes()?;
-    super::common::write_file(&args.out, &bytes)?;
-    println!(
-        "test accuracy {:.2}% · train accuracy {:.2}% · wrote {} ({:.2} MB)",
-        100.0 * test,
-        100.0 * train,
-        args.out.display(),
-        bytes.len() as f64 / 1e6
     );
     Ok(())
 }
