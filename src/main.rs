@@ -42,7 +42,17 @@ enum Command {
 
 fn main() -> ExitCode {
     exit_quietly_on_closed_stdout();
-    let result = match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version: printed as clap prints them.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // Errors quote the command line: made safe for the terminal like every other error.
+        Err(e) => {
+            eprint!("{}", printable(&e.render().to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let result = match cli.command {
         Command::Generate(a) => cli::generate::generate(a),
         Command::Schedule(a) => cli::schedule::print_schedule(a),
         Command::Convert(a) => cli::convert::convert(a),

@@ -113,6 +113,15 @@ fn bad_settings_exit_with_a_message() {
             assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
         }
     }
+    // A value quoted back in a message reaches the terminal without its escape sequences.
+    let out = disa()
+        .args(["schedule", "--schedule", "\u{1b}]0;title\u{7}fast\u{1b}[2J"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && err.contains("fast"), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
 }
 
 #[test]
