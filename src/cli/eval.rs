@@ -142,6 +142,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     bootstrap.validate()?;
     let reference_images = args.reference.unwrap_or(if quick { 2000 } else { 10_000 });
+    let classes = classifier::CLASSES;
+    if reference_images < classes || !reference_images.is_multiple_of(classes) {
+        return Err(DisaError::InvalidSetting(format!(
+            "--reference {reference_images}: give a multiple of the {classes} classes"
+        )));
+    }
     if per_class < 1 || args.batch == 0 {
         return Err(DisaError::InvalidSetting(
             "--per-class and --batch must be at least 1".into(),
@@ -214,15 +220,16 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 ..sampling.clone()
             }
             .request(vec![Some(0)], row.clip.unwrap_or(args.clip).to_request());
-            template.plan(&bundle.config).map(|_| (k, row, template))
+            template
+                .validate(&bundle.config)
+                .map(|_| (k, row, template))
         })
         .collect::<Result<_>>()?;
     let generator = Arc::new(bundle.into_generator(&cpu)?);
-    let classes = generator.config.class_num;
-    if classes != classifier::CLASSES {
+    if generator.config.class_num != classes {
         return Err(DisaError::Config(format!(
-            "eval scores Fashion-MNIST's {} classes; this model has {classes}",
-            classifier::CLASSES
+            "eval scores Fashion-MNIST's {classes} classes; this model has {}",
+            generator.config.class_num
         )));
     }
     let classifier = match &args.classifier {
@@ -234,11 +241,6 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     let data = FashionMnist::load(&args.data)?;
     let test_acc = classifier.accuracy(&data.test.images.pixels, &data.test.labels, &cpu)?;
-    if reference_images < classes || reference_images % classes != 0 {
-        return Err(DisaError::InvalidSetting(format!(
-            "--reference {reference_images}: give a multiple of the {classes} classes"
-        )));
-    }
     let chosen = balanced_subset(
         &data.train.labels,
         classes,

@@ -26,7 +26,7 @@ pub struct ClassifierArgs {
     #[arg(long)]
     pub augment: bool,
     /// Channels of the two convolutions, `C1,C2`.
-    #[arg(long, value_delimiter = ',', num_args = 1, default_value = "32,64")]
+    #[arg(long, value_delimiter = ',', num_args = 1, default_value = "16,32")]
     pub channels: Vec<usize>,
     /// Continue training this classifier file (fresh optimizer moments, a new cosine from
     /// --lr); its channels are kept.
@@ -58,7 +58,7 @@ pub fn train_classifier(args: ClassifierArgs) -> Result<()> {
         },
         _ => {
             return Err(DisaError::InvalidSetting(format!(
-                "--channels {:?}: give two widths in 1..=1024, like 32,64",
+                "--channels {:?}: give two widths in 1..=1024, like 16,32",
                 args.channels
             )));
         }

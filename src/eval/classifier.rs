@@ -52,8 +52,8 @@ impl Default for Widths {
     /// The shipped classifier's widths.
     fn default() -> Self {
         Self {
-            conv1: 32,
-            conv2: 64,
+            conv1: 16,
+            conv2: 32,
         }
     }
 }
