@@ -259,7 +259,8 @@ impl<'a> ParamBuilder<'a> {
     }
 }
 
-/// The official names of a model's parameters, by module path (`head.res_blocks.0.ada_ln.weight`).
+/// The official names of a model's parameters, by module path (`head.res_blocks.0.ada_ln.weight`):
+/// whatever sits at a path (after optimizer steps, renumbered ids, clones) exports under its name.
 #[derive(Clone, Debug, Default)]
 pub struct ParamNames(Arc<BTreeMap<String, Entry>>);
 
