@@ -88,6 +88,32 @@ fn the_cnn_learns_on_a_subset() {
         back.predict(px, &cpu).unwrap(),
         model.predict(px, &cpu).unwrap()
     );
+    // Training continues from a loaded classifier (`train-classifier --from`): its weights
+    // move and it stays good.
+    let more = TrainConfig {
+        epochs: 1,
+        learning_rate: 3e-4,
+        ..config
+    };
+    let next = classifier::train_with(
+        &data.train.images.pixels[n * INPUT..(n + 1000) * INPUT],
+        &data.train.labels[n..n + 1000],
+        &more,
+        Some(back),
+        &device,
+        |_, _| {},
+    )
+    .unwrap()
+    .valid();
+    assert_ne!(next.to_bytes().unwrap(), model.to_bytes().unwrap());
+    let again = next
+        .accuracy(
+            &data.test.images.pixels[..held_out * INPUT],
+            &data.test.labels[..held_out],
+            &cpu,
+        )
+        .unwrap();
+    assert!(again > 0.80, "held-out accuracy {again} after continuing");
 }
 
 #[test]

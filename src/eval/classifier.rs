@@ -474,7 +474,9 @@ pub fn train_with(
         )));
     }
     let mut model = match start {
-        Some(m) => m.to_device(device),
+        // Rebuilt on the training device so its parameters are tracked leaves (moving the
+        // module keeps them untracked).
+        Some(m) => Classifier::from_bytes("the starting classifier", &m.to_bytes()?, device)?,
         None => Classifier::new(config.seed, config.widths, device),
     };
     let mut optim = AdamConfig::new().init();
