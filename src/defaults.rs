@@ -97,13 +97,8 @@ impl SamplingDefaults {
 }
 
 impl Sampling {
-    /// A request with these settings for `labels`, with the timestep clip `clip` (`None`: the
-    /// schedule's own default).
-    pub fn request(
-        &self,
-        labels: Vec<Option<usize>>,
-        clip: Option<crate::diffusion::TimestepClip>,
-    ) -> Request {
+    /// A request with these settings for `labels`, with the timestep clip `clip`.
+    pub fn request(&self, labels: Vec<Option<usize>>, clip: crate::sampler::Clip) -> Request {
         Request {
             labels,
             ar_steps: self.ar_steps,

@@ -72,6 +72,53 @@ impl Generator {
     }
 }
 
+/// Which timestep clip a request asks for (DiSA's time-offset correction, see
+/// [`TimestepClip`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Clip {
+    /// The schedule's own, as the reference code runs it: 950 for DiSA schedules, none for
+    /// constant ones.
+    #[default]
+    ScheduleDefault,
+    /// No clip (plain MAR).
+    Off,
+    /// Retained timesteps above this one are replaced by it (1..=1000, checked by
+    /// [`Request::validate`]).
+    At(usize),
+}
+
+impl std::fmt::Display for Clip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ScheduleDefault => f.write_str("default"),
+            Self::Off => f.write_str("none"),
+            Self::At(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Clip {
+    type Err = DisaError;
+
+    /// `default`, `none` / `off`, or a timestep.
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "default" => Ok(Self::ScheduleDefault),
+            "none" | "off" => Ok(Self::Off),
+            n => n
+                .parse::<usize>()
+                .map(Self::At)
+                .map_err(|_| invalid!("clip `{text}`: use a timestep (e.g. 950), none or default")),
+        }
+    }
+}
+
+impl From<TimestepClip> for Clip {
+    fn from(clip: TimestepClip) -> Self {
+        clip.0.map_or(Self::Off, Self::At)
+    }
+}
+
 /// What to generate and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
@@ -81,8 +128,8 @@ pub struct Request {
     pub ar_steps: usize,
     /// Diffusion steps per AR step.
     pub schedule: StepSchedule,
-    /// Timestep clip; `None` takes the schedule's own default (950 for DiSA, none for constant).
-    pub clip: Option<TimestepClip>,
+    /// DiSA's timestep clip: the schedule's own by default.
+    pub clip: Clip,
     /// Classifier-free guidance scale (1 = off).
     pub cfg: f32,
     pub cfg_schedule: CfgSchedule,
@@ -96,7 +143,7 @@ impl Default for Request {
             labels: vec![Some(0)],
             ar_steps: 64,
             schedule: StepSchedule::Linear { start: 50, end: 5 },
-            clip: None,
+            clip: Clip::ScheduleDefault,
             cfg: 1.0,
             cfg_schedule: CfgSchedule::Linear,
             temperature: 1.0,
@@ -107,7 +154,11 @@ impl Default for Request {
 impl Request {
     /// The clip this request runs with.
     pub fn effective_clip(&self) -> TimestepClip {
-        self.clip.unwrap_or_else(|| self.schedule.default_clip())
+        match self.clip {
+            Clip::ScheduleDefault => self.schedule.default_clip(),
+            Clip::Off => TimestepClip::NONE,
+            Clip::At(t) => TimestepClip(Some(t)),
+        }
     }
 
     /// Checks every setting against a model configuration.
@@ -136,7 +187,7 @@ impl Request {
                 self.temperature
             ));
         }
-        if let Some(TimestepClip(Some(c))) = self.clip
+        if let Clip::At(c) = self.clip
             && (c == 0 || c > crate::diffusion::NUM_BASE_TIMESTEPS)
         {
             return Err(invalid!("timestep clip {c} must be in 1..=1000"));

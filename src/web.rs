@@ -11,7 +11,7 @@ use crate::diffusion::TimestepClip;
 use crate::error::DisaError;
 use crate::gpu::Kernels;
 use crate::noise::SeededNoise;
-use crate::sampler::{Generation, Generator, Request, StepEvent};
+use crate::sampler::{Clip, Generation, Generator, Request, StepEvent};
 use crate::schedule::{CfgSchedule, Plan, PlannedStep, StepSchedule};
 use crate::weights::Bundle;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -196,7 +196,7 @@ impl Parsed {
             labels: vec![r.class_label],
             ar_steps: r.ar_steps,
             schedule: StepSchedule::parse(&r.schedule).map_err(js_err)?,
-            clip: r.clip.map(|t| TimestepClip(Some(t))),
+            clip: r.clip.map_or(Clip::ScheduleDefault, Clip::At),
             cfg: r.cfg,
             cfg_schedule: CfgSchedule::parse(&r.cfg_schedule).map_err(js_err)?,
             temperature: r.temperature,
@@ -672,7 +672,7 @@ impl Session {
         let baseline = |clip| {
             Request {
                 schedule: StepSchedule::Constant(max_steps),
-                clip: Some(clip),
+                clip: Clip::from(clip),
                 ..request.clone()
             }
             .plan(&g.config)

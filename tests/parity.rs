@@ -310,7 +310,7 @@ fn check_generation_kind(g: &Arc<Generator>, device: &Device, checker: &mut Chec
             labels,
             ar_steps: meta["num_iter"].as_u64().unwrap() as usize,
             schedule,
-            clip: Some(clip),
+            clip: clip.into(),
             cfg: meta["cfg"].as_f64().unwrap() as f32,
             cfg_schedule: CfgSchedule::parse(meta["cfg_schedule"].as_str().unwrap()).unwrap(),
             temperature: meta["temperature"].as_f64().unwrap() as f32,

@@ -312,7 +312,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         .iter()
         .flat_map(|c| std::iter::repeat_n(*c, args.batch))
         .collect();
-    let request = sampling.request(labels, args.sampling.clip.to_request());
+    let request = sampling.request(labels, args.sampling.clip);
     let options = AnalysisOptions {
         samples: args.samples,
         ..AnalysisOptions::default()

@@ -4,11 +4,9 @@
 use super::common::progress_bar;
 use clap::{Args, ValueEnum};
 use disa::defaults::{Sampling, SamplingDefaults};
-use disa::diffusion::TimestepClip;
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::weights::{Bundle, ModelFiles};
 use disa::{DisaError, Result};
-use std::fmt;
 use std::path::PathBuf;
 
 /// The Fashion-MNIST MAR trained by this project (`disa train`, see the README), int8 storage.
@@ -126,50 +124,16 @@ fn message(e: DisaError) -> String {
     }
 }
 
-/// `--clip`: the timestep clip a user asks for. The one place that maps it to the library's
-/// request field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Clip {
-    /// The schedule's own: 950 for DiSA schedules, none for constant ones.
-    ScheduleDefault,
-    /// No clip (plain MAR).
-    Off,
-    /// Retained timesteps above this one are replaced by it (validated as 1..=1000 with the
-    /// rest of the request, so every command says the same).
-    At(usize),
-}
-
-impl Clip {
-    /// The request's `clip` field.
-    pub fn to_request(self) -> Option<TimestepClip> {
-        match self {
-            Self::ScheduleDefault => None,
-            Self::Off => Some(TimestepClip::NONE),
-            Self::At(t) => Some(TimestepClip(Some(t))),
-        }
-    }
-}
-
-impl fmt::Display for Clip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ScheduleDefault => f.write_str("default"),
-            Self::Off => f.write_str("none"),
-            Self::At(t) => write!(f, "{t}"),
-        }
-    }
-}
+/// `--clip`: the library's request field (its range is checked with the rest of the request,
+/// so every command says the same).
+pub use disa::sampler::Clip;
 
 /// `--clip`'s parser: `default`, `none`/`off`, or a timestep.
 pub fn parse_clip(text: &str) -> std::result::Result<Clip, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "default" => Ok(Clip::ScheduleDefault),
-        "none" | "off" => Ok(Clip::Off),
-        n => n
-            .parse::<usize>()
-            .map(Clip::At)
-            .map_err(|_| format!("clip `{text}`: use a timestep (e.g. 950), none or default")),
-    }
+    text.parse::<Clip>().map_err(|e| match e {
+        disa::DisaError::InvalidSetting(m) => m,
+        other => other.to_string(),
+    })
 }
 
 /// `--backend`.

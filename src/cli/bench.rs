@@ -183,7 +183,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             schedule: schedule.clone(),
             ..sampling.clone()
         }
-        .request(labels.clone(), args.clip.to_request());
+        .request(labels.clone(), args.clip);
         let plan = request.plan(&generator.config)?;
         let head_calls = plan.head_calls();
         for &kernels in &args.kernels {

@@ -219,7 +219,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 schedule: row.schedule.clone(),
                 ..sampling.clone()
             }
-            .request(vec![Some(0)], row.clip.unwrap_or(args.clip).to_request());
+            .request(vec![Some(0)], row.clip.unwrap_or(args.clip));
             template
                 .validate(&bundle.config)
                 .map(|_| (k, row, template))

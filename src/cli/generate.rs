@@ -83,7 +83,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         .iter()
         .flat_map(|c| std::iter::repeat_n(*c, args.batch))
         .collect();
-    let request = sampling.request(labels, args.sampling.clip.to_request());
+    let request = sampling.request(labels, args.sampling.clip);
     let mut generation = Generation::new(
         generator.clone(),
         request.clone(),

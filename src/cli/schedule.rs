@@ -45,7 +45,7 @@ pub fn print_schedule(args: ScheduleArgs) -> Result<()> {
         patch_size: 1,
         ..disa::model::MarConfig::fashion()
     };
-    let request = sampling.request(vec![None], args.sampling.clip.to_request());
+    let request = sampling.request(vec![None], args.sampling.clip);
     request.validate(&config)?;
     let clip = request.effective_clip();
     let plan = schedule::plan(
