@@ -22,7 +22,7 @@ use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients};
 use crate::error::{DisaError, Result, invalid};
 use crate::model::MaskLayout;
 use crate::noise::{DrawKind, NoiseSource, SeededNoise};
-use crate::sampler::{Generation, Generator, Request, StepEvent};
+use crate::sampler::{Generation, LoadedModel, Request, StepEvent};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -346,7 +346,7 @@ pub struct Recorder {
 impl Recorder {
     /// Starts a generation of `request` drawing from `noise`.
     pub fn new(
-        generator: Arc<Generator>,
+        generator: Arc<LoadedModel>,
         request: Request,
         noise: Box<dyn NoiseSource>,
     ) -> Result<Self> {
@@ -557,7 +557,7 @@ struct PendingAnalysis {
 
 /// Analyses a recording step by step (so callers can show progress).
 pub struct Analyzer {
-    generator: Arc<Generator>,
+    generator: Arc<LoadedModel>,
     recording: Arc<Recording>,
     options: AnalysisOptions,
     diffusions: DiffusionCache,
@@ -570,7 +570,7 @@ pub struct Analyzer {
 impl Analyzer {
     /// Prepares the analysis of `recording` (made on `generator`'s model).
     pub fn new(
-        generator: Arc<Generator>,
+        generator: Arc<LoadedModel>,
         recording: Arc<Recording>,
         options: AnalysisOptions,
     ) -> Result<Self> {

@@ -7,7 +7,7 @@
 //! - [`diffusion`] and [`schedule`]: the DDPM tables and the DiSA / mask / CFG schedules;
 //! - [`noise`]: seeded or replayed random streams;
 //! - [`weights`]: reading official checkpoints and safetensors (a `Bundle` becomes a
-//!   [`Generator`] in `src/load.rs`, above both);
+//!   [`LoadedModel`] in `src/load.rs`, above both);
 //! - [`base`]: what every layer shares: host tensors, the weight map, the clock;
 //! - [`image`]: turning decoded tensors into RGB pixels;
 //! - `train` and `eval`: training the small Fashion-MNIST MAR and measuring sample quality
@@ -37,5 +37,5 @@ pub mod web;
 pub mod weights;
 
 pub use error::{DisaError, Result};
-pub use sampler::{Generation, Generator, Request, StepEvent};
+pub use sampler::{Generation, LoadedModel, Request, StepEvent};
 pub use schedule::{CfgSchedule, StepSchedule};

@@ -1,22 +1,22 @@
-//! From a model file to a runnable [`Generator`]: the one place that joins the file formats
+//! From a model file to a runnable [`LoadedModel`]: the one place that joins the file formats
 //! ([`crate::weights`]), the model ([`crate::model`]), the fused GPU head ([`crate::gpu`]) and
 //! the sampler, so that none of those layers needs one above it.
 
 use crate::error::{DisaError, Result};
 use crate::model::{ImageDecoder, Model, PatchDecoder, VaeDecoder};
-use crate::sampler::Generator;
+use crate::sampler::LoadedModel;
 use crate::weights::{Bundle, DecoderSpec};
 use burn::tensor::Device;
 
 impl Bundle {
     /// Builds the model on `device`, keeping this bundle (its weights are copied).
-    pub fn build(&self, device: &Device) -> Result<Generator> {
+    pub fn build(&self, device: &Device) -> Result<LoadedModel> {
         self.clone().into_generator(device)
     }
 
     /// Builds the model on `device`, moving each tensor out of the bundle as it is uploaded,
     /// so the weights are never held twice (the browser and the CLI load this way).
-    pub fn into_generator(mut self, device: &Device) -> Result<Generator> {
+    pub fn into_generator(mut self, device: &Device) -> Result<LoadedModel> {
         let decoder = match (&self.decoder, self.vae.as_mut()) {
             (DecoderSpec::Vae, Some(vae)) => {
                 Some(ImageDecoder::Vae(VaeDecoder::load(vae, device)?))
@@ -40,6 +40,6 @@ impl Bundle {
         // uploaded before the model takes the f32 values.
         let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
         let model = Model::load(&mut self.mar, &self.config, decoder, device)?;
-        Ok(Generator::new(model, self.config, device.clone()).with_fused_head(fused))
+        Ok(LoadedModel::new(model, self.config, device.clone()).with_fused_head(fused))
     }
 }

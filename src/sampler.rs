@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// A loaded model with its configuration and device: what generations run on.
 #[derive(Debug)]
-pub struct Generator {
+pub struct LoadedModel {
     pub model: Model,
     pub config: MarConfig,
     pub device: Device,
@@ -28,7 +28,7 @@ pub struct Generator {
     fused_unavailable: String,
 }
 
-impl Generator {
+impl LoadedModel {
     /// Wraps a built model; precomputes the time-embedding table.
     pub fn new(model: Model, config: MarConfig, device: Device) -> Self {
         let time_table = model
@@ -278,7 +278,7 @@ struct Prepared {
 
 /// One generation in progress.
 pub struct Generation {
-    generator: Arc<Generator>,
+    generator: Arc<LoadedModel>,
     request: Request,
     plan: Plan,
     noise: Box<dyn NoiseSource>,
@@ -298,7 +298,7 @@ pub struct Generation {
 impl Generation {
     /// Starts a generation: validates the request and draws the generation orders.
     pub fn new(
-        generator: Arc<Generator>,
+        generator: Arc<LoadedModel>,
         request: Request,
         mut noise: Box<dyn NoiseSource>,
     ) -> Result<Self> {

@@ -11,7 +11,7 @@ use crate::diffusion::TimestepClip;
 use crate::error::DisaError;
 use crate::gpu::Kernels;
 use crate::noise::SeededNoise;
-use crate::sampler::{Clip, Generation, Generator, Request, StepEvent};
+use crate::sampler::{Clip, Generation, LoadedModel, Request, StepEvent};
 use crate::schedule::{CfgSchedule, Plan, PlannedStep, StepSchedule};
 use crate::weights::Bundle;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -436,7 +436,7 @@ enum TeachPhase {
 }
 
 struct Teach {
-    generator: Arc<Generator>,
+    generator: Arc<LoadedModel>,
     phase: TeachPhase,
     options: AnalysisOptions,
     ar_steps: usize,
@@ -444,7 +444,7 @@ struct Teach {
 
 struct Inner {
     device: Option<Device>,
-    generator: Option<Arc<Generator>>,
+    generator: Option<Arc<LoadedModel>>,
     run: Slot<Run>,
     teach: Slot<Teach>,
     /// Whether a cancel may stop an AR step part-way (see [`Session::set_interruptible`]).
@@ -648,7 +648,7 @@ impl Session {
         Ok(out)
     }
 
-    fn generator(&self) -> Result<Arc<Generator>, JsError> {
+    fn generator(&self) -> Result<Arc<LoadedModel>, JsError> {
         self.inner
             .borrow()
             .generator
@@ -919,7 +919,7 @@ async fn rgba_images(decoded: Tensor<4>) -> Result<Vec<Image>, DisaError> {
 }
 
 fn teach_result(
-    g: &Generator,
+    g: &LoadedModel,
     samples: usize,
     recording: &Recording,
     analysis: &Analysis,
@@ -985,7 +985,7 @@ fn teach_result(
 /// (`2j`) and the completed image from that context (`2j + 1`; the final image at `j = K`).
 /// Empty for a model without a decoder.
 async fn teach_images(
-    g: &Generator,
+    g: &LoadedModel,
     recording: &Recording,
     analysis: &Analysis,
 ) -> Result<Vec<Image>, DisaError> {

@@ -4,11 +4,11 @@
 
 use disa::analysis::{AnalysisOptions, Analyzer, Recorder, Recording};
 use disa::noise::SeededNoise;
-use disa::sampler::{Generation, Generator, Request};
+use disa::sampler::{Generation, LoadedModel, Request};
 use disa::schedule::StepSchedule;
 use std::sync::Arc;
 
-fn built_in() -> Arc<Generator> {
+fn built_in() -> Arc<LoadedModel> {
     let bundle = disa::weights::Bundle::from_bytes(
         "built-in",
         include_bytes!("../www/assets/model.safetensors"),
@@ -31,7 +31,7 @@ fn request(cfg: f32, schedule: &str) -> Request {
     }
 }
 
-fn record(g: &Arc<Generator>, request: Request, seed: u64, steps: usize) -> Recording {
+fn record(g: &Arc<LoadedModel>, request: Request, seed: u64, steps: usize) -> Recording {
     let mut recorder = Recorder::new(g.clone(), request, Box::new(SeededNoise::new(seed))).unwrap();
     for _ in 0..steps {
         if recorder.step().unwrap().is_none() {

@@ -54,7 +54,7 @@ fn a_bundle_generates_the_same_tokens_as_the_official_files() {
         cfg: 1.5,
         ..Request::default()
     };
-    let run = |g: Arc<disa::Generator>| {
+    let run = |g: Arc<disa::LoadedModel>| {
         let mut generation =
             Generation::new(g, request.clone(), Box::new(SeededNoise::new(3))).unwrap();
         generation.run_to_end().unwrap();

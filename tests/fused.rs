@@ -14,7 +14,7 @@ use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
 use disa::gpu::{HeadJob, Kernels};
 use disa::noise::SeededNoise;
-use disa::sampler::{Generation, Generator, Request};
+use disa::sampler::{Generation, LoadedModel, Request};
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::weights::{Bundle, Storage};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ fn device() -> Device {
 }
 
 /// The reference model stored as `storage`, built on the GPU with its fused head.
-fn generator(storage: Storage) -> Arc<Generator> {
+fn generator(storage: Storage) -> Arc<LoadedModel> {
     let bytes = official().to_bytes_as(storage).unwrap();
     let g = Bundle::from_bytes(storage.name(), &bytes)
         .unwrap()

@@ -53,7 +53,7 @@ fn the_weight_formats_do_not_import_the_sampler() {
         "src/weights (file formats) imports the sampler; build generators in src/load.rs",
         offending(
             "src/weights",
-            &["crate::sampler", "Generator", "Generation"],
+            &["crate::sampler", "LoadedModel", "Generation"],
         ),
     );
 }

@@ -10,7 +10,7 @@ use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
 use disa::model::MaskLayout;
 use disa::noise::ReplayNoise;
-use disa::sampler::Generator;
+use disa::sampler::LoadedModel;
 use disa::sampler::{Generation, Request};
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::weights::{Bundle, ModelFiles, Storage};
@@ -46,7 +46,7 @@ fn replay(case: &Case, prefix: &str) -> ReplayNoise {
     ReplayNoise::new(events, normal, perms)
 }
 
-fn check_mae(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
+fn check_mae(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     for (file, meta) in cases_of_kind("mae") {
         let case = Case::load(&file);
         let uncond = case.get("uncond").i64s();
@@ -98,7 +98,7 @@ fn check_mae(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
     }
 }
 
-fn check_diffnet(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
+fn check_diffnet(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     for (file, meta) in cases_of_kind("diffnet") {
         let case = Case::load(&file);
         let head = &g.model.head;
@@ -186,7 +186,7 @@ fn check_diffnet(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
     }
 }
 
-fn check_diffusion_sampling(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
+fn check_diffusion_sampling(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     let head = &g.model.head;
     for (file, meta) in cases_of_kind("diffusion_sample") {
         let case = Case::load(&file);
@@ -263,7 +263,7 @@ fn head_rows(t: &RefTensor, n: usize) -> RefTensor {
     }
 }
 
-fn check_generation_kind(g: &Arc<Generator>, device: &Device, checker: &mut Checker, kind: &str) {
+fn check_generation_kind(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker, kind: &str) {
     let cases = cases_of_kind(kind);
     assert!(!cases.is_empty(), "no {kind} cases in the manifest");
     for (file, meta) in cases {
@@ -424,15 +424,15 @@ fn check_generation_kind(g: &Arc<Generator>, device: &Device, checker: &mut Chec
     }
 }
 
-fn check_generation(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
+fn check_generation(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     check_generation_kind(g, device, checker, "sample_tokens");
 }
 
-fn check_generation_disa(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
+fn check_generation_disa(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     check_generation_kind(g, device, checker, "sample_tokens_disa");
 }
 
-fn check_vae(g: &Arc<Generator>, device: &Device, checker: &mut Checker) {
+fn check_vae(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     let Some(disa::model::ImageDecoder::Vae(vae)) = &g.model.decoder else {
         panic!("VAE decoder")
     };
@@ -581,7 +581,7 @@ mod wgpu_fused {
     }
 }
 
-type Check = fn(&Arc<Generator>, &Device, &mut Checker);
+type Check = fn(&Arc<LoadedModel>, &Device, &mut Checker);
 
 /// The error each storage of the project's file adds, on every reference case: the worst
 /// max|diff|/max|ref| against the official outputs (as the parity checks scale it), and the

@@ -246,7 +246,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_header(r: &Report, generator: &disa::Generator) {
+fn print_header(r: &Report, generator: &disa::LoadedModel) {
     println!("model {}", r.model);
     println!(
         "backend {} · K={} · cfg {} ({}) · temperature {} · clip {} · batch {} · median of {} \

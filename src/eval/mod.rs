@@ -11,7 +11,7 @@ pub mod frechet;
 use crate::error::{DisaError, Result};
 use crate::image::to_u8;
 use crate::noise::SeededNoise;
-use crate::sampler::{Generation, Generator, Request};
+use crate::sampler::{Generation, LoadedModel, Request};
 use bootstrap::{Bootstrap, Estimate};
 use classifier::{Classifier, FEATURES, INPUT, SIDE};
 use frechet::{FrechetReference, Gaussian};
@@ -158,7 +158,11 @@ pub struct EvalRow {
 
 /// Generates with `request` (one image per label), returns the images as 28×28 `u8` crops
 /// (the centre of the 32×32 padded canvas, as the classifier was trained).
-pub fn generate_crops(generator: &Arc<Generator>, request: Request, seed: u64) -> Result<Vec<u8>> {
+pub fn generate_crops(
+    generator: &Arc<LoadedModel>,
+    request: Request,
+    seed: u64,
+) -> Result<Vec<u8>> {
     let mut generation =
         Generation::new(generator.clone(), request, Box::new(SeededNoise::new(seed)))?;
     generation.run_to_end()?;
@@ -200,7 +204,7 @@ pub struct EvalSettings {
 /// Generates `per_class` images of every class with `template` (its labels are replaced),
 /// then scores them. `progress(done, total)` is called after every batch.
 pub fn evaluate(
-    generator: &Arc<Generator>,
+    generator: &Arc<LoadedModel>,
     yardstick: &Yardstick,
     template: &Request,
     settings: &EvalSettings,

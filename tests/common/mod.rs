@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use disa::model::{ImageDecoder, MarConfig, Model, VaeDecoder};
-use disa::sampler::Generator;
+use disa::sampler::LoadedModel;
 use disa::weights::WeightMap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -141,7 +141,7 @@ pub fn vae_weights() -> WeightMap {
 }
 
 /// A generator on `device` with the set's model and VAE.
-pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
+pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<LoadedModel> {
     let config = config();
     let vae = VaeDecoder::load(&mut vae_weights(), device).expect("VAE builds");
     let model = Model::load(
@@ -151,19 +151,19 @@ pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
         device,
     )
     .expect("model builds");
-    std::sync::Arc::new(Generator::new(model, config, device.clone()))
+    std::sync::Arc::new(LoadedModel::new(model, config, device.clone()))
 }
 
 /// [`generator`] with the diffusion head's fused GPU kernels attached (wgpu devices), so
 /// generations run the head's sampling loop on `shaders/head.wgsl`.
-pub fn generator_fused(device: &burn::tensor::Device) -> std::sync::Arc<Generator> {
+pub fn generator_fused(device: &burn::tensor::Device) -> std::sync::Arc<LoadedModel> {
     let config = config();
     let vae = VaeDecoder::load(&mut vae_weights(), device).expect("VAE builds");
     let mut weights = mar_weights();
     let fused = disa::gpu::fused_head_for(device, &weights, &Default::default(), &config);
     let model = Model::load(&mut weights, &config, Some(ImageDecoder::Vae(vae)), device)
         .expect("model builds");
-    let g = Generator::new(model, config, device.clone()).with_fused_head(fused);
+    let g = LoadedModel::new(model, config, device.clone()).with_fused_head(fused);
     assert!(
         g.fused_head().is_some(),
         "no fused head: {}",
