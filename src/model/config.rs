@@ -295,7 +295,8 @@ mod tests {
 
     #[test]
     fn presets_match_published_parameter_counts() {
-        // SPEC §2.1: 207.9M / 478.3M / 942.4M counted.
+        // The parameter counts of the official MAR-B/L/H (mar/models/mar.py, mar_base /
+        // mar_large / mar_huge), counted from their state dicts: 207.9M / 478.3M / 942.4M.
         let m = |c: MarConfig| c.num_params() as f64 / 1e6;
         assert!(
             (m(MarConfig::mar_base()) - 207.9).abs() < 0.1,
