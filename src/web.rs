@@ -115,6 +115,8 @@ struct FusedHeadInfo {
     /// Bytes its weights take on the GPU (as the file stores them).
     weight_bytes: u64,
     launches_per_head_call: usize,
+    /// How the kernels launch, in words.
+    launches: String,
 }
 
 /// A step schedule as the page's editor holds it: a preset `kind` with `start`/`end`, or the
@@ -637,6 +639,7 @@ impl Session {
             fused_head: generator.fused_head().map(|f| FusedHeadInfo {
                 weight_bytes: f.weight_bytes(),
                 launches_per_head_call: f.dispatches_per_head_call(),
+                launches: f.launch_summary(),
             }),
             model_weight_bytes: 4 * c.num_params() as u64,
         };

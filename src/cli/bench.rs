@@ -257,10 +257,10 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
     match (generator.fused_head(), &r.fused_unavailable) {
         (Some(fused), _) => println!(
             "GPU weights: {:.2} MB for Burn's modules (f32) + {:.2} MB for the fused head \
-             (as stored; {} dispatches per head call)",
+             (as stored; {})",
             mb(r.module_weight_bytes),
             mb(fused.weight_bytes()),
-            fused.dispatches_per_head_call()
+            fused.launch_summary()
         ),
         (None, Some(why)) => println!(
             "GPU weights: {:.2} MB (f32) · no fused head: {why}",

@@ -786,6 +786,18 @@ impl FusedHead {
         }
     }
 
+    /// How the kernels launch, in words (for `disa bench` and the page).
+    pub fn launch_summary(&self) -> String {
+        if self.uses_token_loop() {
+            "one launch per AR step: token_loop".to_string()
+        } else {
+            format!(
+                "{} launches per head call + 2 per AR step",
+                self.dispatches_per_head_call()
+            )
+        }
+    }
+
     /// Whether AR steps run as one `token_loop` launch (a small head), not per layer.
     pub fn uses_token_loop(&self) -> bool {
         self.token_loop_table.is_some() && !self.per_layer_only.load(Ordering::Relaxed)
