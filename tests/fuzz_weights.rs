@@ -145,6 +145,32 @@ fn with_low_byte(bytes: &[u8], low: u8) -> Vec<u8> {
     out
 }
 
+/// Loads a file written to disk: never a panic, within 5 s; a `valid` file must load with
+/// exactly its tensors, a refusal must say something. Whether it loaded.
+fn load_from_disk(
+    load: impl FnOnce() -> disa::Result<WeightMap> + std::panic::UnwindSafe,
+    valid: Option<&WeightMap>,
+    context: &str,
+) -> bool {
+    let t = Instant::now();
+    let loaded = match std::panic::catch_unwind(load) {
+        Ok(Ok(w)) => {
+            if let Some(expected) = valid {
+                assert_eq!(w.tensors, expected.tensors, "{context}: misread");
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            assert!(valid.is_none(), "{context}: a valid file refused: {e}");
+            assert!(!e.to_string().is_empty());
+            false
+        }
+        Err(_) => panic!("{context}: the loader panicked"),
+    };
+    assert!(t.elapsed() < Duration::from_secs(5), "{context}");
+    loaded
+}
+
 #[test]
 fn mutated_files_on_disk_never_panic_hang_or_misread() {
     // The file path (CLI) reads safetensors tensor by tensor and sniffs formats; the same
@@ -172,22 +198,12 @@ fn mutated_files_on_disk_never_panic_hang_or_misread() {
             }
         };
         std::fs::write(&path, &bytes).unwrap();
-        let t = Instant::now();
-        let outcome = std::panic::catch_unwind(|| WeightMap::from_path(&path, None));
-        match outcome {
-            Ok(Ok(w)) => {
-                if round % 3 == 0 {
-                    assert_eq!(w.tensors, expected.tensors, "round {round}: misread");
-                }
-                loaded += 1;
-            }
-            Ok(Err(e)) => {
-                assert!(round % 3 != 0, "round {round} (low byte {low:#04x}): {e}");
-                rejected += 1;
-            }
-            Err(_) => panic!("round {round}: the loader panicked"),
+        let valid = (round % 3 == 0).then_some(&expected);
+        let context = format!("round {round} (low byte {low:#04x})");
+        match load_from_disk(|| WeightMap::from_path(&path, None), valid, &context) {
+            true => loaded += 1,
+            false => rejected += 1,
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "round {round}");
     }
     eprintln!("1500 files on disk: {loaded} loaded, {rejected} rejected");
     assert!(rejected > 400, "{rejected} rejected");
@@ -246,23 +262,12 @@ fn mutated_torch_checkpoints_never_panic_hang_or_misread() {
             _ => mutate(&original, &mut rng),
         };
         std::fs::write(&path, &bytes).unwrap();
-        let t = Instant::now();
-        let outcome = std::panic::catch_unwind(|| WeightMap::from_path(&path, Some("model_ema")));
-        match outcome {
-            Ok(Ok(w)) => {
-                if round % 3 == 0 {
-                    assert_eq!(w.tensors, expected.tensors, "round {round}: misread");
-                }
-                loaded += 1;
-            }
-            Ok(Err(e)) => {
-                assert!(round % 3 != 0, "round {round}: a valid file refused: {e}");
-                assert!(!e.to_string().is_empty());
-                rejected += 1;
-            }
-            Err(_) => panic!("round {round}: the loader panicked"),
+        let valid = (round % 3 == 0).then_some(&expected);
+        let load = || WeightMap::from_path(&path, Some("model_ema"));
+        match load_from_disk(load, valid, &format!("round {round}")) {
+            true => loaded += 1,
+            false => rejected += 1,
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "round {round}");
     }
     eprintln!("900 torch checkpoints: {loaded} loaded, {rejected} rejected");
     assert!(rejected > 200, "{rejected} rejected");

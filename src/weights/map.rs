@@ -666,26 +666,21 @@ fn pickle_aliases(path: &std::path::Path) -> BTreeMap<String, String> {
             }
         }
         Err(_) => {
-            // Legacy: the state dict is the fourth pickle.
-            let Ok((file, _)) = super::atomic::open_regular(path) else {
+            // Legacy: the state dict is the fourth pickle. One walk on disk finds its end; the
+            // bytes up to there are read once, and its start is found in them.
+            let open = || super::atomic::open_regular(path).ok().map(|(f, _)| f);
+            let Some(PickleExtent::Ends(end)) =
+                open().map(|f| pickles_extent(std::io::BufReader::new(f), 4, MAX_PICKLE_BYTES))
+            else {
                 return BTreeMap::new();
             };
             let mut bytes = Vec::new();
-            let extent = |n| {
-                let Ok((f, _)) = super::atomic::open_regular(path) else {
-                    return None;
-                };
-                match pickles_extent(std::io::BufReader::new(f), n, MAX_PICKLE_BYTES) {
-                    PickleExtent::Ends(at) => Some(at),
-                    _ => None,
-                }
-            };
-            let (Some(start), Some(end)) = (extent(3), extent(4)) else {
-                return BTreeMap::new();
-            };
-            if file.take(end).read_to_end(&mut bytes).is_err() {
+            if open().is_none_or(|f| f.take(end).read_to_end(&mut bytes).is_err()) {
                 return BTreeMap::new();
             }
+            let PickleExtent::Ends(start) = pickles_extent(&bytes[..], 3, end) else {
+                return BTreeMap::new();
+            };
             pickle = bytes.split_off(start as usize);
         }
     }
