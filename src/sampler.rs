@@ -7,6 +7,7 @@ use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, Timest
 use crate::error::{DisaError, Result, invalid};
 use crate::gpu::FusedHead;
 pub use crate::gpu::Kernels;
+use crate::model::threads::{parts_here, run_parts, split_ranges};
 use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
 use crate::schedule::{self, CfgSchedule, Plan, StepSchedule};
@@ -261,6 +262,9 @@ struct PendingStep {
     nominal: usize,
     effective: usize,
     cfg: f32,
+    /// When the transformer was launched; then its time and the head's start, set by
+    /// [`Prepared::transformer_done`] once `z` is known to be computed.
+    transformer_start: f64,
     transformer_ms: f64,
     head_start: f64,
 }
@@ -274,6 +278,37 @@ struct Prepared {
     diffusion: Arc<SpacedDiffusion>,
     /// The head's condition rows `z`, `[n or 2n, dec]` (uncond rows after cond rows).
     z_sel: Tensor<2>,
+}
+
+impl Prepared {
+    /// Ends the transformer's timing and starts the head's. Called once `z` is computed: on the
+    /// fused path after its read-back (which the kernels need anyway, so no wait is added only
+    /// for timing); on the tensor path after a device sync when timings are synced.
+    fn transformer_done(&mut self) {
+        let now = now_ms();
+        self.pending.transformer_ms = now - self.pending.transformer_start;
+        self.pending.head_start = now;
+    }
+}
+
+/// The head at one diffusion step: guided ε and the variance channels `v`, both `[n, C]`, for
+/// `x [n, C]` and the condition embedding `cond` (`[2n, W]` with CFG: cond rows, then uncond).
+fn eps_and_v(
+    g: &LoadedModel,
+    x: Tensor<2>,
+    coeffs: &StepCoefficients,
+    cond: Tensor<2>,
+    cfg: Option<f32>,
+) -> (Tensor<2>, Tensor<2>) {
+    let time_emb = g.time_embedding(coeffs.timestep);
+    match cfg {
+        Some(scale) => g.model.head.forward_cfg_embedded(x, time_emb, cond, scale),
+        None => {
+            let [n, c] = x.dims();
+            let out = g.model.head.forward_embedded(x, time_emb, cond);
+            (out.clone().slice([0..n, 0..c]), out.slice([0..n, c..2 * c]))
+        }
+    }
 }
 
 /// One generation in progress.
@@ -405,12 +440,13 @@ impl Generation {
 
     /// Runs one AR step synchronously (native). `None` once finished.
     pub fn step(&mut self) -> Result<Option<StepEvent>> {
-        let Some(prep) = self.prepare()? else {
+        let Some(mut prep) = self.prepare()? else {
             return Ok(None);
         };
         let (values, conditions) = match self.fused_head(&prep)? {
             Some(fused) => {
                 let z = read_f32(prep.z_sel.clone())?;
+                prep.transformer_done();
                 if !fused.has_time_table() {
                     fused.set_time_table(&read_f32(self.generator.time_table.clone())?)?;
                 }
@@ -419,6 +455,8 @@ impl Generation {
                 (values, self.record_conditions.then_some(z))
             }
             None => {
+                self.sync()?;
+                prep.transformer_done();
                 let sampled = self.head_tensor(&prep)?;
                 let conditions = match self.record_conditions {
                     true => Some(read_f32(prep.z_sel.clone())?),
@@ -446,12 +484,13 @@ impl Generation {
         if stop() {
             return Err(DisaError::Cancelled);
         }
-        let Some(prep) = self.prepare()? else {
+        let Some(mut prep) = self.prepare()? else {
             return Ok(None);
         };
         let (values, conditions) = match self.fused_head(&prep)? {
             Some(fused) => {
                 let z = read_f32_async(prep.z_sel.clone()).await?;
+                prep.transformer_done();
                 if !fused.has_time_table() {
                     let table = read_f32_async(self.generator.time_table.clone()).await?;
                     fused.set_time_table(&table)?;
@@ -464,6 +503,8 @@ impl Generation {
                 (values, self.record_conditions.then_some(z))
             }
             None => {
+                self.sync()?;
+                prep.transformer_done();
                 let sampled = self.head_tensor_async(&prep, stop).await?;
                 let conditions = match self.record_conditions {
                     true => Some(read_f32_async(prep.z_sel.clone()).await?),
@@ -519,8 +560,6 @@ impl Generation {
         let to_pred = self.positions_to_reveal(mask_len, k + 1 == ar_steps)?;
         let rows_n = to_pred.iter().map(Vec::len).sum();
         let z_sel = self.revealed_rows(z, &to_pred, use_cfg);
-        self.sync()?;
-        let t1 = now_ms();
 
         let diffusion = self
             .diffusions
@@ -532,8 +571,9 @@ impl Generation {
                 nominal: planned.nominal_steps,
                 effective: diffusion.len(),
                 cfg: planned.cfg,
-                transformer_ms: t1 - t0,
-                head_start: t1,
+                transformer_start: t0,
+                transformer_ms: 0.0,
+                head_start: t0,
             },
             rows_n,
             use_cfg,
@@ -557,9 +597,35 @@ impl Generation {
             tokens.extend_from_slice(&self.tokens);
         }
         let rows_b = labels.len();
-        let layout = MaskLayout::new(&mask, g.config.buffer_size);
-        let tokens = Tensor::<3>::from_data(TensorData::new(tokens, [rows_b, n, c]), &g.device);
-        let class_emb = g.model.transformer.class_embedding(&labels, &g.device);
+        // On the CPU the sequences are independent parts: each runs on its own thread.
+        let known = n - mask.first().map_or(0, |m| m.iter().filter(|&&u| u).count());
+        let parts = match g.device == Device::flex() {
+            true => parts_here(g.model.transformer.macs(rows_b, known), rows_b),
+            false => 1,
+        };
+        let zs = run_parts(split_ranges(rows_b, parts), |r| {
+            let tokens = tokens[r.start * n * c..r.end * n * c].to_vec();
+            Self::transformer_over(g, &labels[r.clone()], &mask[r], tokens)
+        });
+        match zs.len() {
+            1 => zs.into_iter().next().expect("one part"),
+            _ => Tensor::cat(zs, 0),
+        }
+    }
+
+    /// The transformer over the sequences given (labels, masks, tokens `[rows, N, C]`
+    /// row-major): `z`, `[rows, N, dec]`.
+    fn transformer_over(
+        g: &LoadedModel,
+        labels: &[Option<usize>],
+        mask: &[Vec<bool>],
+        tokens: Vec<f32>,
+    ) -> Tensor<3> {
+        let (n, c) = (g.config.seq_len(), g.config.token_dim());
+        let layout = MaskLayout::new(mask, g.config.buffer_size);
+        let tokens =
+            Tensor::<3>::from_data(TensorData::new(tokens, [labels.len(), n, c]), &g.device);
+        let class_emb = g.model.transformer.class_embedding(labels, &g.device);
         let encoded = g.model.transformer.encode(tokens, &layout, class_emb);
         g.model.transformer.decode(encoded, &layout)
     }
@@ -650,11 +716,59 @@ impl Generation {
 
     /// This step's sampling loop as Burn tensor operations, left on the device.
     fn head_tensor(&mut self, prep: &Prepared) -> Result<Tensor<2>> {
+        let g = &self.generator;
+        if g.device == Device::flex() && prep.rows_n > 1 {
+            let rows = if prep.use_cfg { 2 } else { 1 } * prep.rows_n;
+            let macs = rows * prep.diffusion.len() * g.model.head.macs_per_row();
+            let parts = parts_here(macs, prep.rows_n);
+            if parts > 1 {
+                return self.head_in_parts(prep, parts);
+            }
+        }
         let (mut x, cond) = self.head_tensor_start(prep)?;
         for idx in (0..prep.diffusion.len()).rev() {
             x = self.head_tensor_step(prep, x, &cond, idx)?;
         }
         Ok(x)
+    }
+
+    /// [`Self::head_tensor`] on the CPU with the token rows cut into `parts`, each running the
+    /// whole sampling loop on its own thread. The noise is drawn first, in the official order
+    /// (as for the fused kernels), so every row sees the draws of the one-piece loop.
+    fn head_in_parts(&mut self, prep: &Prepared, parts: usize) -> Result<Tensor<2>> {
+        let (init, step_noise) = self.draw_head_noise(prep)?;
+        let g = &self.generator;
+        let (n, c) = (prep.rows_n, g.config.token_dim());
+        let cfg = prep.use_cfg.then_some(prep.pending.cfg);
+        let temperature = self.request.temperature;
+        let [_, dec] = prep.z_sel.dims();
+        let rows = run_parts(split_ranges(n, parts), |r| {
+            let cond_rows = prep.z_sel.clone().slice([r.clone(), 0..dec]);
+            let z = match cfg {
+                // This part's conditional rows, then the same tokens' unconditional rows.
+                Some(_) => Tensor::cat(
+                    vec![
+                        cond_rows,
+                        prep.z_sel.clone().slice([n + r.start..n + r.end, 0..dec]),
+                    ],
+                    0,
+                ),
+                None => cond_rows,
+            };
+            let cond = g.model.head.condition(z);
+            let take = |values: &[f32], offset: usize| {
+                let v = values[(offset + r.start) * c..(offset + r.end) * c].to_vec();
+                Tensor::<2>::from_data(TensorData::new(v, [r.len(), c]), &g.device)
+            };
+            let mut x = take(&init, 0);
+            for (s, idx) in (0..prep.diffusion.len()).rev().enumerate() {
+                let coeffs = prep.diffusion.step_coefficients(idx);
+                let (eps, v) = eps_and_v(g, x.clone(), &coeffs, cond.clone(), cfg);
+                x = p_sample(x, eps, v, &coeffs, take(&step_noise, s * n), temperature);
+            }
+            x
+        });
+        Ok(Tensor::cat(rows, 0))
     }
 
     /// [`Self::head_tensor`] with a turn for the event loop (and a `stop` check) after every
@@ -712,18 +826,8 @@ impl Generation {
         let g = self.generator.clone();
         let c = g.config.token_dim();
         let coeffs = prep.diffusion.step_coefficients(idx);
-        let time_emb = g.time_embedding(coeffs.timestep);
-        let (eps, v) = if prep.use_cfg {
-            g.model
-                .head
-                .forward_cfg_embedded(x.clone(), time_emb, cond, prep.pending.cfg)
-        } else {
-            let out = g.model.head.forward_embedded(x.clone(), time_emb, cond);
-            (
-                out.clone().slice([0..rows_n, 0..c]),
-                out.slice([0..rows_n, c..2 * c]),
-            )
-        };
+        let cfg = prep.use_cfg.then_some(prep.pending.cfg);
+        let (eps, v) = eps_and_v(&g, x.clone(), &coeffs, cond, cfg);
         let draw_rows = if prep.use_cfg { 2 * rows_n } else { rows_n };
         let mut drawn = self.noise.normal(DrawKind::StepNoise, draw_rows, c)?;
         drawn.truncate(rows_n * c); // with CFG only the kept half matters

@@ -42,3 +42,51 @@ fn a_new_schedule_applies_to_the_remaining_steps() {
         "every token revealed"
     );
 }
+
+/// On the CPU the transformer's sequences and the head's token rows run as parts on separate
+/// threads (`disa::model::threads::run_parts`): the tokens must not depend on how many.
+#[test]
+fn cpu_parts_on_more_threads_give_the_same_tokens() {
+    use disa::model::threads::{MACS_PER_PART, parts_for};
+    let g = generator(&burn::tensor::Device::flex());
+    let request = Request {
+        labels: vec![Some(1), Some(2), Some(3)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 20, end: 5 },
+        cfg: 3.0,
+        ..Request::default()
+    };
+    // This workload is split at 4 threads: 6 sequences (3 images and their CFG copies) and,
+    // at the first AR step, every revealed token row of a 20-step loop.
+    let sequences = 6;
+    assert!(parts_for(g.model.transformer.macs(sequences, 0), sequences, 4) >= 2);
+    let first_rows = 3 * g.config.seq_len() / 4;
+    let head_macs = 2 * first_rows * 20 * g.model.head.macs_per_row();
+    assert!(
+        head_macs >= 2 * MACS_PER_PART,
+        "head loop of {head_macs} multiply-adds"
+    );
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut generation =
+                Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(5))).unwrap();
+            generation.run_to_end().unwrap();
+            generation.tokens().to_vec()
+        })
+    };
+    let (one, four) = (run(1), run(4));
+    let scale = one.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = one
+        .iter()
+        .zip(&four)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0 && one.iter().all(|v| v.is_finite()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "1 vs 4 threads: max |Δ| {worst} (max |value| {scale})"
+    );
+}

@@ -3,12 +3,11 @@
 //! It predicts ε (first `C` channels) and the variance interpolation `v` (last `C`).
 
 use super::config::MarConfig;
-use super::layers::LayerNorm;
+use super::layers::{LayerNorm, silu};
 use super::params::{Init, ParamBuilder};
 use crate::error::Result;
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Frequencies of the sinusoidal timestep embedding (`dim = 256`, half = 128).
@@ -123,6 +122,14 @@ impl DiffusionHead {
             )?,
             token_dim: t,
         })
+    }
+
+    /// Multiply-adds of one row through the network (input projection, the blocks with their
+    /// adaLN, the final layer), for the CPU's thread policy.
+    pub fn macs_per_row(&self) -> usize {
+        let [c, w] = self.input_proj.weight.dims();
+        let blocks = self.res_blocks.len();
+        c * w + blocks * (3 * w * w + 2 * w * w) + 2 * w * w + w * 2 * c
     }
 
     /// `TimestepEmbedder(t)` for one timestep.

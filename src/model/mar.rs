@@ -133,6 +133,23 @@ impl MarTransformer {
             .select(0, index_1d(rows, device))
     }
 
+    /// Multiply-adds of the encoder and decoder blocks for `sequences` sequences with `known`
+    /// tokens each (for the CPU's thread policy).
+    pub fn macs(&self, sequences: usize, known: usize) -> usize {
+        let (buffer, n) = (self.buffer_size, self.diffusion_pos_embed.dims()[1]);
+        let enc: usize = self
+            .encoder_blocks
+            .iter()
+            .map(|k| k.macs(sequences * (buffer + known), sequences))
+            .sum();
+        let dec: usize = self
+            .decoder_blocks
+            .iter()
+            .map(|k| k.macs(sequences * (buffer + n), sequences))
+            .sum();
+        enc + dec
+    }
+
     /// `forward_mae_encoder` in eval mode. Everything before the blocks acts row by row, so
     /// only the rows the encoder keeps (the buffer and the known tokens) are projected and
     /// normalized: the same values as the official code's project-all-then-drop. The blocks run
