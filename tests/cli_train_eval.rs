@@ -211,6 +211,35 @@ fn train_makes_a_resumable_checkpoint() {
 }
 
 #[test]
+fn train_can_start_from_the_shipped_model() {
+    let dir = temp_dir("train-init").join("run");
+    let run = |extra: &[&str]| {
+        disa()
+            .args(["train", "--out", dir.to_str().unwrap(), "--batch", "4"])
+            .args(["--steps", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let text = ok(run(&["--init", "builtin"]));
+    assert!(text.contains("1 steps in"), "{text}");
+    // --init and --resume contradict each other; a model of another configuration is refused.
+    let both = run(&["--init", "builtin", "--resume"]);
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("--resume"));
+    let other = temp_dir("train-init").join("other");
+    let wrong = disa()
+        .args(["train", "--out", other.to_str().unwrap(), "--steps", "1"])
+        .args(["--init", "builtin", "--config", "mar_base"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("another configuration"), "{err}");
+    assert!(!other.exists(), "nothing written");
+}
+
+#[test]
 fn eval_prints_one_row_per_schedule_and_k() {
     let text = ok(disa()
         .args([

@@ -147,6 +147,51 @@ fn a_resumed_run_continues_exactly() {
 }
 
 #[test]
+fn a_run_started_from_weights_begins_at_them() {
+    let data = first(&data().train, 16);
+    let settings = TrainSettings {
+        batch_size: 8,
+        warmup_steps: 2,
+        ..TrainSettings::default()
+    };
+    let device = Device::flex().autodiff();
+    let start = tiny().initial_weights(11);
+    // Extra tensors (a VAE, say) are ignored; the model and the EMA begin as the file.
+    let mut with_extra = start.clone();
+    with_extra.tensors.insert(
+        "vae.something".into(),
+        disa::base::HostTensor {
+            shape: vec![1],
+            values: vec![1.0],
+        },
+    );
+    let mut t = Trainer::from_weights(tiny(), settings.clone(), with_extra, &device).unwrap();
+    assert_eq!(t.step, 0);
+    let model = t.model().state_dict("m").unwrap();
+    assert_eq!(max_abs_difference(&start, &model), Some(0.0));
+    assert_eq!(max_abs_difference(&start, t.ema_weights()), Some(0.0));
+    // Not a fresh initialization: another seed's weights differ.
+    assert_ne!(
+        max_abs_difference(&tiny().initial_weights(0), &model),
+        Some(0.0)
+    );
+    t.train_step(&data).unwrap();
+    assert!(max_abs_difference(&start, &t.model().state_dict("m").unwrap()).unwrap() > 0.0);
+
+    // A missing or misshapen tensor is an error that names it.
+    let mut missing = start.clone();
+    missing.tensors.remove("z_proj.weight");
+    let err = Trainer::from_weights(tiny(), settings.clone(), missing, &device)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("z_proj.weight"), "{err}");
+    let err = Trainer::from_weights(MarConfig::fashion(), settings, start, &device)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("shape"), "{err}");
+}
+
+#[test]
 fn bad_training_settings_are_rejected() {
     let device = Device::flex().autodiff();
     for bad in [

@@ -1,6 +1,7 @@
 //! `disa train`: a thin shell over `disa::train` (`disa train-classifier` is in
 //! `train_classifier.rs`).
 
+use super::args::ModelArgs;
 use super::common::progress_bar;
 use clap::Args;
 use disa::data::{CLASS_NAMES, DEBIAN_DIR, FashionMnist};
@@ -19,8 +20,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Continue the run saved in `--out` (its settings are kept).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init")]
     pub resume: bool,
+    /// Start from these weights instead of a fresh initialization (a disa model file, or
+    /// `builtin` for the shipped model): continued training with a fresh optimizer and
+    /// warm-up. The configuration must be `--config`'s.
+    #[arg(long, value_name = "FILE|builtin")]
+    pub init: Option<PathBuf>,
     /// Train until this many optimizer steps in total.
     #[arg(long, default_value_t = 4000)]
     pub steps: usize,
@@ -98,7 +104,29 @@ pub fn train(args: TrainArgs) -> Result<()> {
             seed: args.seed,
             ..TrainSettings::default()
         };
-        Trainer::new(config(&args.config)?, settings, &device)?
+        let config = config(&args.config)?;
+        match &args.init {
+            None => Trainer::new(config, settings, &device)?,
+            Some(path) => {
+                let start = ModelArgs {
+                    weights: (path.as_os_str() != "builtin").then(|| path.clone()),
+                    vae: None,
+                    config: None,
+                    state_dict: "model_ema".into(),
+                }
+                .bundle()?;
+                if start.config != config {
+                    return Err(DisaError::InvalidSetting(format!(
+                        "--init {} is a model of another configuration than --config {} \
+                         (give the matching --config)",
+                        path.display(),
+                        args.config
+                    )));
+                }
+                eprintln!("starting from the weights of {}", path.display());
+                Trainer::from_weights(config, settings, start.mar, &device)?
+            }
+        }
     };
     eprintln!("loading Fashion-MNIST from {}", args.data.display());
     let data = FashionMnist::load(&args.data)?;

@@ -276,6 +276,29 @@ impl Trainer {
         Self::from_parts(config, settings, weights.clone(), weights, 0, None, device)
     }
 
+    /// A run that starts from trained weights (a model file's): the model and the EMA both
+    /// begin as `weights`, with a fresh optimizer (warm-up included) at step 0. Continued
+    /// training, e.g. from the shipped int8 model, whose training checkpoint is not kept.
+    pub fn from_weights(
+        config: MarConfig,
+        settings: TrainSettings,
+        weights: WeightMap,
+        device: &Device,
+    ) -> Result<Self> {
+        // Only the model's own tensors are kept (a file may carry more, e.g. a VAE); a missing
+        // or misshapen one is refused by `Model::load` in `from_parts`.
+        let keys = config.initial_weights(0);
+        let start = WeightMap {
+            source_name: weights.source_name.clone(),
+            tensors: keys
+                .tensors
+                .keys()
+                .filter_map(|k| weights.tensors.get(k).map(|t| (k.clone(), t.clone())))
+                .collect(),
+        };
+        Self::from_parts(config, settings, start.clone(), start, 0, None, device)
+    }
+
     fn check_layout(config: &MarConfig) -> Result<()> {
         let tokens = LAYOUT.grid() * LAYOUT.grid();
         let dim = LAYOUT.patch * LAYOUT.patch;
