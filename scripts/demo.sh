@@ -6,7 +6,7 @@ cd "$ROOT"
 
 PORT="${PORT:-8080}"
 # Rebuild only when a source changed since the last release build (wasm-opt alone takes minutes).
-if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml -newer dist/.release-stamp -print -quit)" ]; then
+if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml .cargo -newer dist/.release-stamp -print -quit)" ]; then
   say "the release page in dist/ is up to date"
 else
   say "building the page (release wasm; the first build takes a while)"

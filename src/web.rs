@@ -37,9 +37,28 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
         })
 }
 
-/// Installs a panic hook that reports to the page before the module dies.
+unsafe extern "C" {
+    /// Synthesized by wasm-ld: runs the static constructors (the `inventory` registrations
+    /// in Burn's dependencies).
+    fn __wasm_call_ctors();
+}
+
+/// Runs once when the module is instantiated: the static constructors, then the panic hook.
+///
+/// The constructors are called here explicitly because wasm-ld treats a module that never
+/// calls `__wasm_call_ctors` itself as a "command" and re-runs every constructor at the top of
+/// every export — including the small ones wasm-bindgen's glue calls for each JS value passed
+/// in. That was over a quarter of the page's CPU time in a profile of the CPU fallback.
 #[wasm_bindgen(start)]
-pub fn install_panic_hook() {
+pub fn start() {
+    // SAFETY: wasm-ld's constructor function, called once, before any other export runs
+    // (wasm-bindgen calls the start function right after instantiation).
+    unsafe { __wasm_call_ctors() };
+    install_panic_hook();
+}
+
+/// Installs a panic hook that reports to the page before the module dies.
+fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = format!("internal error (the model worker must restart): {info}");
         console_error(&message);
@@ -181,6 +200,14 @@ struct WebRequest {
     /// operations) or `auto` (fused where available; the default).
     #[serde(default)]
     kernels: Kernels,
+    /// Decode a preview after every AR step (the default) or, `false`, only after the last:
+    /// the bench harness (`tests/e2e/bench-page.mjs`) times generation without the decodes.
+    #[serde(default = "yes")]
+    previews: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A page request, checked and typed.
@@ -188,6 +215,7 @@ struct Parsed {
     request: Request,
     seed: u64,
     kernels: Kernels,
+    previews: bool,
 }
 
 impl Parsed {
@@ -207,6 +235,7 @@ impl Parsed {
             request,
             seed: r.seed,
             kernels: r.kernels,
+            previews: r.previews,
         })
     }
 }
@@ -430,6 +459,8 @@ struct Run {
     generation: Generation,
     started_ms: f64,
     sampling_ms: f64,
+    /// Whether every AR step decodes a preview (else only the last).
+    previews: bool,
 }
 
 enum TeachPhase {
@@ -707,6 +738,7 @@ impl Session {
             request,
             seed,
             kernels,
+            previews,
         } = Parsed::from_js(request)?;
         let generation = Generation::new(g, request, Box::new(SeededNoise::new(seed)))
             .map_err(js_err)?
@@ -715,6 +747,7 @@ impl Session {
             generation,
             started_ms: crate::sampler::now_ms(),
             sampling_ms: 0.0,
+            previews,
         }));
         Ok(())
     }
@@ -750,7 +783,11 @@ impl Session {
             Ok(None) | Err(DisaError::Cancelled) => return Ok(JsValue::NULL),
             Err(e) => return Err(self.device_aware(e)),
         };
-        let preview = match run.generation.decode() {
+        let last = event.k + 1 == event.ar_steps;
+        let preview = match (run.previews || last)
+            .then(|| run.generation.decode())
+            .flatten()
+        {
             Some(decoded) => rgba_images(decoded)
                 .await
                 .map_err(|e| self.device_aware(e))?

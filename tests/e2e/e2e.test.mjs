@@ -16,6 +16,7 @@ import { execFileSync } from 'node:child_process';
 import { formatMs } from '../../www/format.js';
 import {
   SHOTS, DISA_BIN, MODEL, serveDist, launchBrowser, setControl, waitState as waitStateFor, decodePng,
+  gotoBlank, workerRuns,
 } from './harness.mjs';
 
 const TIMEOUT = 240_000;
@@ -446,6 +447,32 @@ function withConfig(file, edit) {
   len.writeBigUInt64LE(BigInt(json.length));
   return Buffer.concat([len, json, file.subarray(8 + n)]);
 }
+
+test('bench mode (previews off, as bench-page.mjs runs it): one decode at the end, the same image as the CLI', { timeout: 2 * TIMEOUT }, async () => {
+  const { context, page, logs } = await launchBrowser({ webgpu: false });
+  try {
+    await gotoBlank(page, baseUrl);
+    const s = { ...SETTINGS, arSteps: 4 };
+    const result = await workerRuns(page, { backend: 'cpu', schedules: [`linear:${s.start}:${s.end}`], kernels: ['tensor'],
+      arSteps: s.arSteps, cfg: s.cfg, repeats: 1, classLabel: s.classLabel, keepImages: true });
+    const runs = [result.rows[0].first, ...result.rows[0].runs];
+    for (const run of runs) {
+      assert.equal(run.steps, s.arSteps, 'a step event per AR step');
+      assert.equal(run.previews, 1, 'one preview, the last step\'s: none is decoded during the run');
+      assert.ok(run.image && run.samplingMs > 0 && run.wallMs >= run.samplingMs, `done carries the image and the timings: ${JSON.stringify({ ...run, image: !!run.image })}`);
+    }
+    // Seeds 0 (the first run) and 1 (the repeat): each equals the CLI's image for that seed.
+    for (const [seed, run] of runs.entries()) {
+      compareImages(run.image, nativeImage({ ...s, seed }, s.end), `bench mode seed ${seed}`);
+    }
+    console.log(`bench mode: ${runs.map((r) => `${r.samplingMs.toFixed(0)} ms sampling, ${r.wallMs.toFixed(0)} ms wall`).join('; ')}`);
+  } catch (e) {
+    console.log(logs.slice(-20).join('\n'));
+    throw e;
+  } finally {
+    await context.close();
+  }
+});
 
 test('files and crashes: foreign, truncated, empty files; a loaded file\'s settings; a worker that dies mid-run', { timeout: 4 * TIMEOUT }, async () => {
   const { context, page, logs } = await openPage({ webgpu: false });

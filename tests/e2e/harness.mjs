@@ -79,6 +79,78 @@ export function waitState(page, wanted, logs, timeout) {
   return waitFor(page, (w) => w.includes(document.body.dataset.state), { arg: wanted, what: `state ${wanted.join('|')}`, logs, timeout });
 }
 
+/** Opens a blank page of the served build's origin (its workers load as the page's do). */
+export async function gotoBlank(page, baseUrl) {
+  await page.route(`${baseUrl}__blank.html`, (r) => r.fulfill({ contentType: 'text/html', body: '<!doctype html><title>disa</title>' }));
+  await page.goto(`${baseUrl}__blank.html`);
+}
+
+/**
+ * Runs generations in fresh page workers (worker.js, as www/worker-protocol.md describes), from
+ * a page of the build's origin (`gotoBlank`), with previews off: `o` = {backend: 'cpu'|'webgpu',
+ * schedules, kernels, arSteps, cfg, repeats, warmup = 0, classLabel = 0, keepImages = false}.
+ * Each row (schedule × kernels) gets its own worker, so its first run is cold (wasm
+ * compilation, shaders, first allocations: the page's first image); then `warmup` unreported
+ * runs, then `repeats` runs. Seeds: 0 for the first run, then 1, 2, … for the repeats. Resolves
+ * to {backend, model, rows: [{schedule, kernels, first, runs: [...]}]}, each run {wallMs,
+ * samplingMs, headCalls, steps, previews, image?: {width, height, data}} (`image` with
+ * `keepImages`; else the first 64 bytes as `head`).
+ */
+export async function workerRuns(page, o) {
+  return page.evaluate(async (o) => {
+    let backend = null, model = null;
+    const rows = [];
+    for (const schedule of o.schedules) {
+      for (const kernels of o.kernels) {
+        const worker = new Worker('./worker.js', { type: 'module' });
+        const inbox = [];
+        let wake = () => {};
+        worker.onmessage = ({ data }) => { inbox.push(data); wake(); };
+        worker.onerror = (e) => { inbox.push({ type: 'error', where: 'worker', message: e.message }); wake(); };
+        // The next message of one of `types`, counting the `step`s passed; an `error` throws.
+        let steps = 0, previews = 0;
+        const next = async (...types) => {
+          for (;;) {
+            while (inbox.length) {
+              const m = inbox.shift();
+              if (m.type === 'error') throw new Error(`worker error (${m.where}): ${m.message}`);
+              if (m.type === 'step') { steps++; if (m.preview) previews++; }
+              if (types.includes(m.type)) return m;
+            }
+            await new Promise((r) => { wake = r; });
+          }
+        };
+        worker.postMessage({ type: 'init', weightsUrl: 'assets/model.safetensors', forceCpu: o.backend === 'cpu' });
+        backend = (await next('backend')).info;
+        model = (await next('model')).info;
+        let runId = 0;
+        const generate = async (seed) => {
+          const request = { classLabel: o.classLabel ?? 0, seed, arSteps: o.arSteps, schedule, cfg: o.cfg,
+            cfgSchedule: 'linear', temperature: 1, kernels, previews: false };
+          steps = 0; previews = 0;
+          const t0 = performance.now();
+          worker.postMessage({ type: 'generate', runId: ++runId, request, lane: 'main' });
+          const done = await next('done');
+          const run = { wallMs: performance.now() - t0, samplingMs: done.samplingMs, headCalls: done.headCalls, steps, previews };
+          if (done.image) {
+            const { width, height, pixels } = done.image;
+            if (o.keepImages) run.image = { width, height, data: Array.from(pixels) };
+            else run.head = Array.from(pixels.slice(0, 64));
+          }
+          return run;
+        };
+        const first = await generate(0);
+        for (let i = 0; i < (o.warmup ?? 0); i++) await generate(0);
+        const runs = [];
+        for (let rep = 1; rep <= o.repeats; rep++) runs.push(await generate(rep));
+        worker.terminate();
+        rows.push({ schedule, kernels, first, runs });
+      }
+    }
+    return { backend, model, rows };
+  }, o);
+}
+
 export const median = (v) => [...v].sort((a, b) => a - b)[v.length >> 1];
 
 /**
