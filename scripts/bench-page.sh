@@ -2,18 +2,12 @@
 # The page's speed beside the native CLI's, in one run (tests/e2e/bench-page.mjs):
 #   scripts/bench-page.sh                # CPU fallback vs native single-threaded disa
 #   scripts/bench-page.sh --backend webgpu   # WebGPU: Burn's tensor ops vs the fused kernels
-# Extra options go to bench-page.mjs (--schedules, --ar-steps, --cfg, --repeats, --json FILE).
+# Extra options go to bench-page.mjs (--schedules, --ar-steps, --cfg, --repeats, --warmup, --json FILE).
 # Builds the release page (as scripts/demo.sh, only when a source changed) and the release CLI.
 source "$(dirname "${BASH_SOURCE[0]}")/setup-web.sh"
 cd "$ROOT"
 
-if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml .cargo -newer dist/.release-stamp -print -quit)" ]; then
-  say "the release page in dist/ is up to date"
-else
-  say "building the page (release wasm)"
-  trunk build --release
-  touch dist/.release-stamp
-fi
+release_page
 say "cargo build --release --bin disa"
 cargo build --release --bin disa
 say "bench"

@@ -29,6 +29,18 @@ if [ ! -x tests/e2e/node_modules/.bin/wasm-opt ] || [ ! -d tests/e2e/node_module
 fi
 export PATH="$ROOT/tests/e2e/node_modules/.bin:$PATH"
 
+# release_page: builds the release page into dist/, only when a source changed since the last
+# release build (wasm-opt alone takes minutes). scripts/e2e.sh's dev build clears the stamp.
+release_page() {
+  if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml .cargo -newer dist/.release-stamp -print -quit)" ]; then
+    say "the release page in dist/ is up to date"
+  else
+    say "building the page (release wasm; the first build takes a while)"
+    trunk build --release
+    touch dist/.release-stamp
+  fi
+}
+
 # The page's default model is committed: www/assets/model.safetensors, the Fashion-MNIST MAR
 # trained by `disa train` (see the README). The CLI builds it in as its default too.
 cargo build --bin disa

@@ -311,6 +311,14 @@ fn eps_and_v(
     }
 }
 
+/// The parts' results stacked along the first dimension (one part: itself, not a copy).
+fn cat_parts<const D: usize>(mut parts: Vec<Tensor<D>>) -> Tensor<D> {
+    match parts.len() {
+        1 => parts.pop().expect("one part"),
+        _ => Tensor::cat(parts, 0),
+    }
+}
+
 /// One generation in progress.
 pub struct Generation {
     generator: Arc<LoadedModel>,
@@ -607,10 +615,7 @@ impl Generation {
             let tokens = tokens[r.start * n * c..r.end * n * c].to_vec();
             Self::transformer_over(g, &labels[r.clone()], &mask[r], tokens)
         });
-        match zs.len() {
-            1 => zs.into_iter().next().expect("one part"),
-            _ => Tensor::cat(zs, 0),
-        }
+        cat_parts(zs)
     }
 
     /// The transformer over the sequences given (labels, masks, tokens `[rows, N, C]`
@@ -714,27 +719,29 @@ impl Generation {
         })
     }
 
-    /// This step's sampling loop as Burn tensor operations, left on the device.
+    /// This step's sampling loop as Burn tensor operations, left on the device. The token rows
+    /// are independent in the head: on the CPU they are cut into parts, each running the whole
+    /// loop on its own thread (elsewhere, and for small steps, one part). The noise is drawn
+    /// first, in the official order (as for the fused kernels), so every row sees the draws of
+    /// the one-piece loop.
     fn head_tensor(&mut self, prep: &Prepared) -> Result<Tensor<2>> {
+        if prep.rows_n == 0 {
+            // Nothing to sample; head_tensor_start makes the official code's draws.
+            return Ok(self.head_tensor_start(prep)?.0);
+        }
         let g = &self.generator;
-        if g.device == Device::flex() && prep.rows_n > 1 {
-            let rows = if prep.use_cfg { 2 } else { 1 } * prep.rows_n;
-            let macs = rows * prep.diffusion.len() * g.model.head.macs_per_row();
-            let parts = parts_here(macs, prep.rows_n);
-            if parts > 1 {
-                return self.head_in_parts(prep, parts);
+        let parts = match g.device == Device::flex() {
+            true => {
+                let rows = if prep.use_cfg { 2 } else { 1 } * prep.rows_n;
+                let macs = rows * prep.diffusion.len() * g.model.head.macs_per_row();
+                parts_here(macs, prep.rows_n)
             }
-        }
-        let (mut x, cond) = self.head_tensor_start(prep)?;
-        for idx in (0..prep.diffusion.len()).rev() {
-            x = self.head_tensor_step(prep, x, &cond, idx)?;
-        }
-        Ok(x)
+            false => 1,
+        };
+        self.head_in_parts(prep, parts)
     }
 
-    /// [`Self::head_tensor`] on the CPU with the token rows cut into `parts`, each running the
-    /// whole sampling loop on its own thread. The noise is drawn first, in the official order
-    /// (as for the fused kernels), so every row sees the draws of the one-piece loop.
+    /// [`Self::head_tensor`] with the token rows cut into `parts`.
     fn head_in_parts(&mut self, prep: &Prepared, parts: usize) -> Result<Tensor<2>> {
         let (init, step_noise) = self.draw_head_noise(prep)?;
         let g = &self.generator;
@@ -743,17 +750,15 @@ impl Generation {
         let temperature = self.request.temperature;
         let [_, dec] = prep.z_sel.dims();
         let rows = run_parts(split_ranges(n, parts), |r| {
-            let cond_rows = prep.z_sel.clone().slice([r.clone(), 0..dec]);
-            let z = match cfg {
-                // This part's conditional rows, then the same tokens' unconditional rows.
-                Some(_) => Tensor::cat(
-                    vec![
-                        cond_rows,
-                        prep.z_sel.clone().slice([n + r.start..n + r.end, 0..dec]),
-                    ],
-                    0,
-                ),
-                None => cond_rows,
+            // This part's conditional rows, then (guiding) the same tokens' unconditional rows.
+            let z = if r.len() == n {
+                prep.z_sel.clone()
+            } else {
+                let rows = |at: usize| prep.z_sel.clone().slice([at + r.start..at + r.end, 0..dec]);
+                match cfg {
+                    Some(_) => Tensor::cat(vec![rows(0), rows(n)], 0),
+                    None => rows(0),
+                }
             };
             let cond = g.model.head.condition(z);
             let take = |values: &[f32], offset: usize| {
@@ -768,7 +773,7 @@ impl Generation {
             }
             x
         });
-        Ok(Tensor::cat(rows, 0))
+        Ok(cat_parts(rows))
     }
 
     /// [`Self::head_tensor`] with a turn for the event loop (and a `stop` check) after every

@@ -167,28 +167,40 @@ fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
 
 /// The Fréchet distance between two fitted Gaussians of the same dimension.
 pub fn frechet_distance(x: &Gaussian, y: &Gaussian) -> Result<f64> {
+    let mean_term = mean_term(x, y)?;
+    let n = x.dim;
+    let root_x = sqrt_psd(&x.cov, n);
+    let middle = symmetrized(&matmul(&matmul(&root_x, &y.cov, n), &root_x, n), n);
+    let cross = trace(&sqrt_psd(&middle, n), n);
+    Ok((mean_term + trace(&x.cov, n) + trace(&y.cov, n) - 2.0 * cross).max(0.0))
+}
+
+/// `‖μₓ − μᵧ‖²`, after checking the two Gaussians have the same dimension.
+fn mean_term(x: &Gaussian, y: &Gaussian) -> Result<f64> {
     if x.dim != y.dim {
         return Err(DisaError::InvalidSetting(format!(
             "feature dimensions differ: {} vs {}",
             x.dim, y.dim
         )));
     }
-    let n = x.dim;
-    let mean_term: f64 = x
-        .mean
+    Ok(x.mean
         .iter()
         .zip(&y.mean)
         .map(|(a, b)| (a - b) * (a - b))
-        .sum();
-    let trace = |m: &[f64]| (0..n).map(|i| m[i * n + i]).sum::<f64>();
-    let root_x = sqrt_psd(&x.cov, n);
-    let middle = matmul(&matmul(&root_x, &y.cov, n), &root_x, n);
-    // Symmetrize against rounding before the second root.
-    let middle: Vec<f64> = (0..n * n)
-        .map(|k| 0.5 * (middle[k] + middle[(k % n) * n + k / n]))
-        .collect();
-    let cross = trace(&sqrt_psd(&middle, n));
-    Ok((mean_term + trace(&x.cov) + trace(&y.cov) - 2.0 * cross).max(0.0))
+        .sum())
+}
+
+/// Trace of an `n × n` row-major matrix.
+fn trace(m: &[f64], n: usize) -> f64 {
+    (0..n).map(|i| m[i * n + i]).sum()
+}
+
+/// `(M + Mᵀ)/2`: a product that is symmetric in exact arithmetic, made so against rounding
+/// before a square root or an eigenvalue problem.
+fn symmetrized(m: &[f64], n: usize) -> Vec<f64> {
+    (0..n * n)
+        .map(|k| 0.5 * (m[k] + m[(k % n) * n + k / n]))
+        .collect()
 }
 
 /// Eigenvalues (ascending) of a symmetric `n × n` matrix: Householder reflections reduce it to
@@ -302,49 +314,27 @@ pub struct FrechetReference {
     pub gaussian: Gaussian,
     /// `Σ_ref^½`, row-major.
     root: Vec<f64>,
-    trace: f64,
 }
 
 impl FrechetReference {
     pub fn new(gaussian: Gaussian) -> Self {
         let n = gaussian.dim;
         let root = sqrt_psd(&gaussian.cov, n);
-        let trace = (0..n).map(|i| gaussian.cov[i * n + i]).sum();
-        Self {
-            gaussian,
-            root,
-            trace,
-        }
+        Self { gaussian, root }
     }
 
     /// The Fréchet distance from `x` to the reference; the same value as
     /// [`frechet_distance`] (`tr((Σ₁^½ Σ₂ Σ₁^½)^½)` is symmetric in the two), with one
     /// eigenvalue problem instead of two eigen-decompositions.
     pub fn distance(&self, x: &Gaussian) -> Result<f64> {
-        let r = &self.gaussian;
-        if x.dim != r.dim {
-            return Err(DisaError::InvalidSetting(format!(
-                "feature dimensions differ: {} vs {}",
-                x.dim, r.dim
-            )));
-        }
-        let n = r.dim;
-        let mean_term: f64 = x
-            .mean
-            .iter()
-            .zip(&r.mean)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum();
-        let trace_x: f64 = (0..n).map(|i| x.cov[i * n + i]).sum();
-        let middle = matmul(&matmul(&self.root, &x.cov, n), &self.root, n);
-        let middle: Vec<f64> = (0..n * n)
-            .map(|k| 0.5 * (middle[k] + middle[(k % n) * n + k / n]))
-            .collect();
+        let mean_term = mean_term(x, &self.gaussian)?;
+        let n = x.dim;
+        let middle = symmetrized(&matmul(&matmul(&self.root, &x.cov, n), &self.root, n), n);
         let cross: f64 = symmetric_eigenvalues(&middle, n)
             .iter()
             .map(|&l| l.max(0.0).sqrt())
             .sum();
-        Ok((mean_term + trace_x + self.trace - 2.0 * cross).max(0.0))
+        Ok((mean_term + trace(&x.cov, n) + trace(&self.gaussian.cov, n) - 2.0 * cross).max(0.0))
     }
 }
 

@@ -285,16 +285,15 @@ impl Trainer {
         weights: WeightMap,
         device: &Device,
     ) -> Result<Self> {
-        // Only the model's own tensors are kept (a file may carry more, e.g. a VAE); a missing
-        // or misshapen one is refused by `Model::load` in `from_parts`.
-        let keys = config.initial_weights(0);
+        // Only MAR's own tensors are kept (a file may carry more, e.g. a VAE); a missing or
+        // misshapen one is refused by `Model::load` in `from_parts`.
         let start = WeightMap {
-            source_name: weights.source_name.clone(),
-            tensors: keys
+            tensors: weights
                 .tensors
-                .keys()
-                .filter_map(|k| weights.tensors.get(k).map(|t| (k.clone(), t.clone())))
+                .into_iter()
+                .filter(|(k, _)| crate::weights::is_mar_tensor(k))
                 .collect(),
+            ..weights
         };
         Self::from_parts(config, settings, start.clone(), start, 0, None, device)
     }
