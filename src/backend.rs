@@ -6,6 +6,16 @@ use burn::tensor::Device;
 use std::fmt;
 use std::str::FromStr;
 
+/// Whether `device` is the plain CPU backend, where the host-side kernels (GELU, SiLU, fused
+/// attention, threaded parts) may take a tensor's values out and put new ones back.
+///
+/// Not `device == Device::flex()`: Burn's device equality ignores autodiff, so a training
+/// device (`Device::flex().autodiff()`) compares equal, and a host round trip there would cut
+/// the gradient (and orphan the forward graph, which then never frees).
+pub fn is_plain_cpu(device: &Device) -> bool {
+    *device == Device::flex() && !device.is_autodiff()
+}
+
 /// A backend a user can ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -607,7 +607,7 @@ impl Generation {
         let rows_b = labels.len();
         // On the CPU the sequences are independent parts: each runs on its own thread.
         let known = n - mask.first().map_or(0, |m| m.iter().filter(|&&u| u).count());
-        let parts = match g.device == Device::flex() {
+        let parts = match crate::backend::is_plain_cpu(&g.device) {
             true => parts_here(g.model.transformer.macs(rows_b, known), rows_b),
             false => 1,
         };
@@ -730,7 +730,7 @@ impl Generation {
             return Ok(self.head_tensor_start(prep)?.0);
         }
         let g = &self.generator;
-        let parts = match g.device == Device::flex() {
+        let parts = match crate::backend::is_plain_cpu(&g.device) {
             true => {
                 let rows = if prep.use_cfg { 2 } else { 1 } * prep.rows_n;
                 let macs = rows * prep.diffusion.len() * g.model.head.macs_per_row();

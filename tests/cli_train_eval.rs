@@ -237,6 +237,50 @@ fn train_can_start_from_the_shipped_model() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(err.contains("another configuration"), "{err}");
     assert!(!other.exists(), "nothing written");
+
+    // The timestep tail: logged, probed, saved with the run's settings; bad values refused.
+    let tail = temp_dir("train-init").join("tail");
+    let out = disa()
+        .args(["train", "--out", tail.to_str().unwrap(), "--batch", "4"])
+        .args([
+            "--steps",
+            "1",
+            "--init",
+            "builtin",
+            "--tail-timesteps",
+            "0.3:980",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out);
+    assert!(log.contains("30% of timesteps from [980, 999]"), "{log}");
+    assert!(log.contains("ε MSE on a fixed batch · t=999"), "{log}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::fs::read_dir(tail.join("checkpoints"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path()
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["settings"]["tail_fraction"], 0.3, "{state}");
+    assert_eq!(state["settings"]["tail_from"], 980, "{state}");
+    for bad in ["1.5", "0.3:1000", "most"] {
+        let refused = disa()
+            .args(["train", "--out", other.to_str().unwrap(), "--steps", "1"])
+            .args(["--tail-timesteps", bad])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("--tail-timesteps"), "{bad}: {err}");
+    }
 }
 
 #[test]

@@ -5,10 +5,10 @@ use super::params::{Init, ParamBuilder};
 use crate::error::Result;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
+use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
 
 /// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
@@ -129,7 +129,7 @@ impl Block {
         let q: Tensor<4> = qkv.clone().slice(0..1).squeeze_dim(0);
         let k: Tensor<4> = qkv.clone().slice(1..2).squeeze_dim(0);
         let v: Tensor<4> = qkv.slice(2..3).squeeze_dim(0);
-        let out = if q.device() == Device::flex() {
+        let out = if crate::backend::is_plain_cpu(&q.device()) {
             // The CPU backend's fused attention: scores, softmax and the weighted sum per
             // (image, head) in one op with one scratch buffer, instead of four whole-tensor ops.
             let options = AttentionModuleOptions {
@@ -149,7 +149,7 @@ impl Block {
 /// Exact-erf GELU, `x·(1 + erf(x/√2))/2`. On the CPU backend it is computed on the host with
 /// [`erf`] (a short polynomial the compiler vectorizes) instead of flex's scalar libm `erf`
 /// per element, which was a fifth of the transformer's CPU time; elsewhere Burn's `gelu`.
-fn gelu_erf(x: Tensor<2>) -> Tensor<2> {
+pub fn gelu_erf(x: Tensor<2>) -> Tensor<2> {
     map_on_cpu(
         x,
         |a| 0.5 * a * (1.0 + erf(a * std::f32::consts::FRAC_1_SQRT_2)),
@@ -182,7 +182,7 @@ fn map_on_cpu(
     f: impl Fn(f32) -> f32,
     fallback: impl FnOnce(Tensor<2>) -> Tensor<2>,
 ) -> Tensor<2> {
-    if x.device() != Device::flex() || x.dtype() != burn::tensor::DType::F32 {
+    if !crate::backend::is_plain_cpu(&x.device()) || x.dtype() != burn::tensor::DType::F32 {
         return fallback(x);
     }
     let device = x.device();
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn cpu_silu_matches_burns() {
-        let device = Device::flex();
+        let device = burn::tensor::Device::flex();
         let values: Vec<f32> = (0..400).map(|i| (i as f32 - 200.0) * 0.11).collect();
         let x = Tensor::<2>::from_data(TensorData::new(values.clone(), [8, 50]), &device);
         let ours = silu(x.clone()).into_data().try_to_vec::<f32>().unwrap();
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn cpu_gelu_matches_burns() {
-        let device = Device::flex();
+        let device = burn::tensor::Device::flex();
         let values: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) * 0.07).collect();
         let x = Tensor::<2>::from_data(TensorData::new(values, [4, 50]), &device);
         let ours = gelu_erf(x.clone())

@@ -158,9 +158,11 @@ impl TrainingDiffusion {
             kl
         };
 
+        // Detached before the reduction: a tracked `mean` that never reaches `backward` would
+        // be an orphan node keeping the whole step's graph (and its activations) alive.
         let parts = LossParts {
-            mse: scalar(mse.clone().mean())?,
-            vb: scalar(vb.clone().mean())?,
+            mse: scalar(mse.clone().detach().mean())?,
+            vb: scalar(vb.clone().detach().mean())?,
         };
         Ok(((mse + vb).mean(), parts))
     }
@@ -184,9 +186,9 @@ fn discretized_nll(x: Tensor<2>, means: Tensor<2>, log_scales: Tensor<2>) -> Ten
 }
 
 fn scalar(t: Tensor<1>) -> Result<f32> {
-    let v =
-        t.detach().into_data().try_to_vec::<f32>().map_err(|e| {
-            crate::error::DisaError::Device(format!("reading the loss back: {e:?}"))
-        })?;
+    let v = t
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| crate::error::DisaError::Device(format!("reading the loss back: {e:?}")))?;
     Ok(v[0])
 }

@@ -14,6 +14,7 @@ mod loss;
 pub use loss::{LossParts, TrainingDiffusion};
 
 use crate::data::{PatchLayout, Split};
+use crate::diffusion::NUM_BASE_TIMESTEPS;
 use crate::error::{DisaError, Result};
 use crate::model::{ImageDecoder, MarConfig, MaskLayout, Model, PatchDecoder};
 use crate::noise::{NoiseSource, SeededNoise};
@@ -42,6 +43,14 @@ pub struct TrainSettings {
     pub seed: u64,
     /// Pixels in [−1, 1] are multiplied by this to make tokens.
     pub token_scale: f32,
+    /// Share of the loss rows whose timestep is drawn from the tail `[tail_from, 999]` instead
+    /// of all of `[0, 999]` (0 = the official uniform draw, the same random stream as before).
+    /// The sampler's first reverse step from t = 999 (no clip) multiplies the error of ε̂ by
+    /// about 350, so the official baseline needs ε̂ far more accurate there than the uniform
+    /// draw (1 row in 1000 at t ≥ 999) trains it to be.
+    pub tail_fraction: f64,
+    /// First timestep of the tail (`tail_fraction`'s draws are uniform over `[tail_from, 999]`).
+    pub tail_from: usize,
 }
 
 impl Default for TrainSettings {
@@ -58,6 +67,8 @@ impl Default for TrainSettings {
             diffusion_batch_mul: 4,
             seed: 0,
             token_scale: 1.0,
+            tail_fraction: 0.0,
+            tail_from: 950,
         }
     }
 }
@@ -93,6 +104,12 @@ impl TrainSettings {
         if !(self.grad_clip > 0.0 && self.grad_clip.is_finite()) {
             return bad("gradient clip must be positive");
         }
+        if !(0.0..=1.0).contains(&self.tail_fraction) {
+            return bad("tail fraction of the timestep draw must be in [0, 1]");
+        }
+        if self.tail_from >= NUM_BASE_TIMESTEPS {
+            return bad("the timestep tail must start below 1000");
+        }
         Ok(())
     }
 
@@ -124,6 +141,33 @@ impl TrainSettings {
             crate::weights::limits::sampling_bytes(config, rows, false),
         )
     }
+}
+
+impl TrainSettings {
+    /// One training timestep in `[0, 1000)`: uniform as the official code, or with
+    /// probability `tail_fraction` uniform over `[tail_from, 999]`. With no tail the stream
+    /// draws exactly as the official-uniform runs always did (resumed runs continue exactly).
+    fn draw_timestep(&self, rng: &mut SeededNoise) -> usize {
+        let all = NUM_BASE_TIMESTEPS as u64;
+        if self.tail_fraction > 0.0 && rng.uniform() < self.tail_fraction {
+            let from = self.tail_from as u64;
+            (from + rng.below(all - from)) as usize
+        } else {
+            rng.below(all) as usize
+        }
+    }
+}
+
+/// One batch's images as tokens (`[B · N · C]`), labels, CFG label drops (1 = dropped), masks
+/// (`[B][N]`, true = masked) and the masked rows (`image · N + position`, sorted per image).
+struct Batch {
+    tokens: Vec<f32>,
+    labels: Vec<i64>,
+    dropped: Vec<f32>,
+    mask: Vec<Vec<bool>>,
+    masked_rows: Vec<usize>,
+    mask_ratio: f64,
+    token_dim: usize,
 }
 
 /// The largest batch size accepted before memory is estimated at all.
@@ -369,6 +413,48 @@ impl Trainer {
     /// One optimizer step on a random batch of `data`. The batch, orders, masks, timesteps
     /// and noise come from a stream seeded by (seed, step), so a resumed run continues exactly.
     pub fn train_step(&mut self, data: &Split) -> Result<StepStats> {
+        let mut rng =
+            SeededNoise::new(self.settings.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9));
+        let batch = self.draw_batch(data, &mut rng)?;
+        let s = &self.settings;
+        let rows = s.diffusion_batch_mul * batch.masked_rows.len();
+        let t: Vec<usize> = (0..rows).map(|_| s.draw_timestep(&mut rng)).collect();
+        let noise = rng.normal(crate::noise::DrawKind::InitialNoise, rows, batch.token_dim)?;
+        let model = self.model.take().expect("model present between steps");
+        let (loss, parts) = match self.batch_loss(&model, &self.device, &batch, &t, noise) {
+            Ok(v) => v,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        let loss_value = parts.mse + parts.vb;
+        if !loss_value.is_finite() {
+            self.model = Some(model);
+            return Err(DisaError::InvalidSetting(format!(
+                "loss became {loss_value} at step {}: lower the learning rate",
+                self.step
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = self.learning_rate();
+        let model = self.optim.step(lr, model, grads);
+        let current = model.state_dict("training")?;
+        self.model = Some(model);
+        self.update_ema(&current);
+        self.step += 1;
+        Ok(StepStats {
+            step: self.step,
+            loss: loss_value,
+            parts,
+            learning_rate: lr,
+            mask_ratio: batch.mask_ratio,
+        })
+    }
+
+    /// The images, labels, label drops and masks of one batch, drawn from `rng` in the
+    /// order every run has used (the timesteps and noise are drawn after it).
+    fn draw_batch(&self, data: &Split, rng: &mut SeededNoise) -> Result<Batch> {
         let s = &self.settings;
         let (b, n, c) = (s.batch_size, self.config.seq_len(), self.config.token_dim());
         let count = data.images.count;
@@ -388,7 +474,6 @@ impl Trainer {
                 "fewer labels or pixels than images".into(),
             ));
         }
-        let mut rng = SeededNoise::new(s.seed ^ (self.step as u64).wrapping_mul(0x9E37_79B9));
         let mut tokens = Vec::with_capacity(b * n * c);
         let mut labels = Vec::with_capacity(b);
         let mut dropped = Vec::with_capacity(b);
@@ -422,57 +507,81 @@ impl Trainer {
                 masked_rows.push(img * n + p);
             }
         }
-        let m = masked_rows.len();
-        let mul = s.diffusion_batch_mul;
-        let x0: Vec<f32> = (0..mul)
-            .flat_map(|_| masked_rows.iter())
-            .flat_map(|&r| tokens[r * c..(r + 1) * c].iter().copied())
-            .collect();
-        let t: Vec<usize> = (0..mul * m).map(|_| rng.below(1000) as usize).collect();
-        let noise = rng.normal(crate::noise::DrawKind::InitialNoise, mul * m, c)?;
+        Ok(Batch {
+            tokens,
+            labels,
+            dropped,
+            mask,
+            masked_rows,
+            mask_ratio: masked as f64 / n as f64,
+            token_dim: c,
+        })
+    }
 
-        let dev = &self.device;
-        let model = self.model.take().expect("model present between steps");
+    /// The diffusion loss of `model` (on `dev`) on `batch` with one timestep per loss row
+    /// (`t`, the `diffusion_batch_mul` repeats of the masked tokens) and its noise
+    /// (`[rows · C]`).
+    fn batch_loss(
+        &self,
+        model: &Model,
+        dev: &Device,
+        batch: &Batch,
+        t: &[usize],
+        noise: Vec<f32>,
+    ) -> Result<(Tensor<1>, LossParts)> {
+        let (b, n, c) = (batch.labels.len(), batch.mask[0].len(), batch.token_dim);
+        let m = batch.masked_rows.len();
+        let mul = self.settings.diffusion_batch_mul;
+        let x0: Vec<f32> = (0..mul)
+            .flat_map(|_| batch.masked_rows.iter())
+            .flat_map(|&r| batch.tokens[r * c..(r + 1) * c].iter().copied())
+            .collect();
         let tr = &model.transformer;
-        let tokens = Tensor::<3>::from_data(TensorData::new(tokens, [b, n, c]), dev);
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), dev);
-        let drop = Tensor::<2>::from_data(TensorData::new(dropped, [b, 1]), dev);
+        let tokens = Tensor::<3>::from_data(TensorData::new(batch.tokens.clone(), [b, n, c]), dev);
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), dev);
+        let drop = Tensor::<2>::from_data(TensorData::new(batch.dropped.clone(), [b, 1]), dev);
         let e = self.config.encoder_embed_dim;
         let class = tr.class_emb.val().select(0, idx) * (drop.clone().neg() + 1.0)
             + tr.fake_latent.val().expand([b, e]) * drop;
-        let layout = MaskLayout::new(&mask, self.config.buffer_size);
+        let layout = MaskLayout::new(&batch.mask, self.config.buffer_size);
         let z = tr.decode(tr.encode(tokens, &layout, class), &layout);
         let d = self.config.decoder_embed_dim;
         let rows = Tensor::<1, Int>::from_data(
-            TensorData::new(masked_rows.iter().map(|&r| r as i64).collect(), [m]),
+            TensorData::new(batch.masked_rows.iter().map(|&r| r as i64).collect(), [m]),
             dev,
         );
         let z = z.reshape([b * n, d]).select(0, rows);
         let x0 = Tensor::<2>::from_data(TensorData::new(x0, [mul * m, c]), dev);
         let noise = Tensor::<2>::from_data(TensorData::new(noise, [mul * m, c]), dev);
-        let (loss, parts) = self.diffusion.loss(&model.head, x0, z, &t, noise)?;
-        let loss_value = parts.mse + parts.vb;
-        if !loss_value.is_finite() {
-            self.model = Some(model);
-            return Err(DisaError::InvalidSetting(format!(
-                "loss became {loss_value} at step {}: lower the learning rate",
-                self.step
-            )));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = self.learning_rate();
-        let model = self.optim.step(lr, model, grads);
-        let current = model.state_dict("training")?;
-        self.model = Some(model);
-        self.update_ema(&current);
-        self.step += 1;
-        Ok(StepStats {
-            step: self.step,
-            loss: loss_value,
-            parts,
-            learning_rate: lr,
-            mask_ratio: masked as f64 / n as f64,
-        })
+        self.diffusion.loss(&model.head, x0, z, t, noise)
+    }
+
+    /// The ε-prediction MSE of the model as it trains at each of `timesteps`, on one fixed
+    /// batch of `data` (the same images, masks and noise for every timestep and every call,
+    /// so successive probes of a run compare). A diagnostic: the official no-clip sampler
+    /// needs it near 1e-6 at t = 999 (see [`TrainSettings::tail_fraction`]).
+    pub fn probe_mse(&self, data: &Split, timesteps: &[usize]) -> Result<Vec<f32>> {
+        let mut rng = SeededNoise::new(self.settings.seed ^ 0x5052_4f42_4521);
+        let batch = self.draw_batch(data, &mut rng)?;
+        let rows = self.settings.diffusion_batch_mul * batch.masked_rows.len();
+        let noise = rng.normal(crate::noise::DrawKind::InitialNoise, rows, batch.token_dim)?;
+        // Without autodiff: a forward whose graph is never consumed would be kept alive.
+        let model = self.model().clone().valid();
+        let dev = self.device.clone().inner();
+        timesteps
+            .iter()
+            .map(|&t| {
+                if t >= NUM_BASE_TIMESTEPS {
+                    return Err(DisaError::InvalidSetting(format!(
+                        "probe timestep {t} is not below 1000"
+                    )));
+                }
+                Ok(self
+                    .batch_loss(&model, &dev, &batch, &vec![t; rows], noise.clone())?
+                    .1
+                    .mse)
+            })
+            .collect()
     }
 
     fn update_ema(&mut self, current: &WeightMap) {
@@ -674,4 +783,45 @@ pub fn max_abs_difference(a: &WeightMap, b: &WeightMap) -> Option<f32> {
         }
     }
     Some(worst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draws(settings: &TrainSettings, n: usize) -> Vec<usize> {
+        let mut rng = SeededNoise::new(7);
+        (0..n).map(|_| settings.draw_timestep(&mut rng)).collect()
+    }
+
+    #[test]
+    fn no_tail_draws_the_official_uniform_stream() {
+        let mut rng = SeededNoise::new(7);
+        let uniform: Vec<usize> = (0..2000).map(|_| rng.below(1000) as usize).collect();
+        assert_eq!(draws(&TrainSettings::default(), 2000), uniform);
+    }
+
+    #[test]
+    fn the_tail_gets_its_share_of_the_draws() {
+        let all_tail = TrainSettings {
+            tail_fraction: 1.0,
+            tail_from: 990,
+            ..TrainSettings::default()
+        };
+        let d = draws(&all_tail, 5000);
+        assert!(d.iter().all(|&t| (990..1000).contains(&t)));
+        // Every tail timestep is reached, 999 included.
+        assert!((990..1000).all(|t| d.contains(&t)));
+
+        let some = TrainSettings {
+            tail_fraction: 0.3,
+            tail_from: 980,
+            ..TrainSettings::default()
+        };
+        let n = 20_000;
+        let in_tail = draws(&some, n).iter().filter(|&&t| t >= 980).count() as f64 / n as f64;
+        // 0.3 from the tail plus the uniform draws' own 2% of the other 70%.
+        let want = 0.3 + 0.7 * 0.02;
+        assert!((in_tail - want).abs() < 0.015, "{in_tail} vs {want}");
+    }
 }
