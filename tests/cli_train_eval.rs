@@ -248,13 +248,14 @@ fn train_can_start_from_the_shipped_model() {
             "--init",
             "builtin",
             "--tail-timesteps",
-            "0.3:980",
+            "0.3:980:30",
         ])
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     ok(out);
     assert!(log.contains("30% of timesteps from [980, 999]"), "{log}");
+    assert!(log.contains("ε MSE ×30 from t=980"), "{log}");
     assert!(log.contains("ε MSE on a fixed batch · t=999"), "{log}");
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
@@ -271,7 +272,8 @@ fn train_can_start_from_the_shipped_model() {
     .unwrap();
     assert_eq!(state["settings"]["tail_fraction"], 0.3, "{state}");
     assert_eq!(state["settings"]["tail_from"], 980, "{state}");
-    for bad in ["1.5", "0.3:1000", "most"] {
+    assert_eq!(state["settings"]["tail_weight"], 30.0, "{state}");
+    for bad in ["1.5", "0.3:1000", "most", "0.3:980:0", "0.3:980:2:1"] {
         let refused = disa()
             .args(["train", "--out", other.to_str().unwrap(), "--steps", "1"])
             .args(["--tail-timesteps", bad])

@@ -257,6 +257,10 @@ fn bad_training_settings_are_rejected() {
             tail_from: 1000,
             ..TrainSettings::default()
         },
+        TrainSettings {
+            tail_weight: f32::NAN,
+            ..TrainSettings::default()
+        },
     ] {
         assert!(Trainer::new(tiny(), bad, &device).is_err());
     }

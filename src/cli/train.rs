@@ -47,29 +47,46 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 250)]
     pub save_every: usize,
     /// Draw this share of the training timesteps from the tail `[FROM, 999]` instead of all
-    /// of `[0, 999]` (default: none, the official uniform draw). E.g. `0.25:950`, or `0.25`
-    /// for the tail from 950. The official no-clip sampler starts at t = 999, where ε̂ must
-    /// be accurate to about 1e-3; the uniform draw trains there once in a thousand rows.
-    #[arg(long, value_name = "FRACTION[:FROM]", value_parser = parse_tail)]
-    pub tail_timesteps: Option<(f64, usize)>,
+    /// of `[0, 999]`, and weight the ε MSE of tail rows by WEIGHT (default: no tail, the
+    /// official uniform, unweighted objective). E.g. `0.3:980:30`; FROM defaults to 950 and
+    /// WEIGHT to 1. The official no-clip sampler starts at t = 999, where ε̂ must be
+    /// accurate to about 1e-3; the uniform draw trains there once in a thousand rows.
+    #[arg(long, value_name = "FRACTION[:FROM[:WEIGHT]]", value_parser = parse_tail)]
+    pub tail_timesteps: Option<(f64, usize, f32)>,
     /// Directory of the Fashion-MNIST idx files.
     #[arg(long, default_value = DEBIAN_DIR)]
     pub data: PathBuf,
 }
 
-fn parse_tail(text: &str) -> std::result::Result<(f64, usize), String> {
-    let (fraction, from) = match text.split_once(':') {
-        Some((f, from)) => (f, from.parse::<usize>().map_err(|e| format!("FROM: {e}"))?),
-        None => (text, TrainSettings::default().tail_from),
+fn parse_tail(text: &str) -> std::result::Result<(f64, usize, f32), String> {
+    let defaults = TrainSettings::default();
+    let mut parts = text.split(':');
+    let fraction: f64 = parts
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| format!("FRACTION: {e}"))?;
+    let from = match parts.next() {
+        Some(f) => f.parse::<usize>().map_err(|e| format!("FROM: {e}"))?,
+        None => defaults.tail_from,
     };
-    let fraction: f64 = fraction.parse().map_err(|e| format!("FRACTION: {e}"))?;
+    let weight = match parts.next() {
+        Some(w) => w.parse::<f32>().map_err(|e| format!("WEIGHT: {e}"))?,
+        None => defaults.tail_weight,
+    };
+    if parts.next().is_some() {
+        return Err("expected FRACTION[:FROM[:WEIGHT]]".into());
+    }
     if !(0.0..=1.0).contains(&fraction) {
         return Err(format!("FRACTION must be in [0, 1], not {fraction}"));
     }
     if from >= 1000 {
         return Err(format!("FROM must be below 1000, not {from}"));
     }
-    Ok((fraction, from))
+    if !(weight > 0.0 && weight <= 1e4) {
+        return Err(format!("WEIGHT must be in (0, 10000], not {weight}"));
+    }
+    Ok((fraction, from, weight))
 }
 
 /// Timesteps whose ε MSE is logged at every checkpoint: the no-clip sampler's first steps
@@ -122,9 +139,11 @@ pub fn train(args: TrainArgs) -> Result<()> {
             )));
         }
         let defaults = TrainSettings::default();
-        let (tail_fraction, tail_from) = args
-            .tail_timesteps
-            .unwrap_or((defaults.tail_fraction, defaults.tail_from));
+        let (tail_fraction, tail_from, tail_weight) = args.tail_timesteps.unwrap_or((
+            defaults.tail_fraction,
+            defaults.tail_from,
+            defaults.tail_weight,
+        ));
         let settings = TrainSettings {
             batch_size: args.batch,
             learning_rate: args.lr,
@@ -133,6 +152,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             seed: args.seed,
             tail_fraction,
             tail_from,
+            tail_weight,
             ..defaults
         };
         let config = config(&args.config)?;
@@ -165,15 +185,17 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if args.resume && args.tail_timesteps.is_some() {
         eprintln!("--tail-timesteps is ignored with --resume: the run keeps its saved settings");
     }
-    let tail = if s.tail_fraction > 0.0 {
-        format!(
+    let mut tail = String::new();
+    if s.tail_fraction > 0.0 {
+        tail += &format!(
             " · {:.0}% of timesteps from [{}, 999]",
             s.tail_fraction * 100.0,
             s.tail_from
-        )
-    } else {
-        String::new()
-    };
+        );
+    }
+    if s.tail_weight != 1.0 {
+        tail += &format!(" · ε MSE ×{} from t={}", s.tail_weight, s.tail_from);
+    }
     eprintln!(
         "model {:.2}M parameters · batch {} · lr {} (warm-up {}) · EMA {} · seed {}{tail} · from step {}",
         trainer.config.num_params() as f64 / 1e6,

@@ -74,7 +74,8 @@ impl TrainingDiffusion {
     /// `training_losses` for rows `x0` at timesteps `t` with noise `noise`, conditioned on `z`.
     /// The rows are `n / m` stacked repeats of the `m` tokens whose conditions are `z` (MAR's
     /// `diffusion_batch_mul`). Returns the mean loss over rows (a scalar to differentiate) and
-    /// its parts.
+    /// its parts. `mse_weights` (one per row), when given, weight each row's ε MSE in the
+    /// loss to differentiate; the reported parts stay unweighted means.
     ///
     /// # Shapes
     /// `x0 [n, C]`, `z [m, dec]`, `t [n]` (values < 1000), `noise [n, C]` → `[1]`.
@@ -85,6 +86,7 @@ impl TrainingDiffusion {
         z: Tensor<2>,
         t: &[usize],
         noise: Tensor<2>,
+        mse_weights: Option<Vec<f32>>,
     ) -> Result<(Tensor<1>, LossParts)> {
         let device = x0.device();
         let [n, c] = x0.dims();
@@ -163,6 +165,18 @@ impl TrainingDiffusion {
         let parts = LossParts {
             mse: scalar(mse.clone().detach().mean())?,
             vb: scalar(vb.clone().detach().mean())?,
+        };
+        let mse = match mse_weights {
+            Some(w) if w.len() == n => {
+                mse * Tensor::<2>::from_data(TensorData::new(w, [n, 1]), &device)
+            }
+            Some(w) => {
+                return Err(crate::error::DisaError::InvalidSetting(format!(
+                    "{} loss weights for {n} rows",
+                    w.len()
+                )));
+            }
+            None => mse,
         };
         Ok(((mse + vb).mean(), parts))
     }
