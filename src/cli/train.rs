@@ -263,7 +263,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     }
     trainer.save(&args.out, &info)?;
-    bar.suspend(|| probe(&trainer))?;
+    // The last checkpoint's probe, unless the loop just printed it (or no step was taken).
+    if trainer.step > first && trainer.step % args.save_every.max(1) != 0 {
+        bar.suspend(|| probe(&trainer))?;
+    }
     bar.finish();
     let secs = start.elapsed().as_secs_f64();
     let steps = trainer.step - first;

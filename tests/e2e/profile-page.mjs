@@ -1,6 +1,9 @@
-// Where the page's CPU fallback spends its time: a Chromium CPU profile of generations run by
-// the wasm library in a blank page of a built dist (no worker, so the profiler sees the wasm):
+// Where the page spends its time: a Chromium CPU profile of generations run by the wasm library
+// in a blank page of a built dist (no worker, so the profiler sees the wasm):
 //   node tests/e2e/profile-page.mjs [DIST] [--runs N] [--schedule linear:50:5] [--ar-steps 16]
+//        [--backend cpu|webgpu] [--kernels auto|fused|tensor] [--cfg 3]
+// On WebGPU the GPU's own work runs in Chromium's GPU process: what the page thread does not
+// account for (wall minus profiled busy time) is waiting for it.
 // Prints the wall and sampling time of each profiled run and the functions with the most self
 // time (names appear when the build keeps wasm's name section, e.g. a dev build). Used to find
 // the per-export constructor runs (README, *CPU speed*).
@@ -15,32 +18,43 @@ const option = (name, fallback) => {
 const runs = Number(option('--runs', '5'));
 const schedule = option('--schedule', 'linear:50:5');
 const arSteps = Number(option('--ar-steps', '16'));
+const backend = option('--backend', 'cpu');
+const kernels = option('--kernels', 'auto');
+const cfg = Number(option('--cfg', '3'));
 const dist = args[0] || DIST;
-if (!(Number.isInteger(runs) && runs >= 1) || !(Number.isInteger(arSteps) && arSteps >= 1)) {
-  console.error('usage: node tests/e2e/profile-page.mjs [DIST] [--runs N] [--schedule S] [--ar-steps K]');
+if (!(Number.isInteger(runs) && runs >= 1) || !(Number.isInteger(arSteps) && arSteps >= 1)
+    || !['cpu', 'webgpu'].includes(backend) || !['auto', 'fused', 'tensor'].includes(kernels) || !(cfg >= 1)) {
+  console.error('usage: node tests/e2e/profile-page.mjs [DIST] [--runs N] [--schedule S] [--ar-steps K] [--backend cpu|webgpu] [--kernels auto|fused|tensor] [--cfg C]');
   process.exit(2);
 }
 
 const { server, baseUrl } = await serveDist(dist);
-const { context, page } = await launchBrowser({ webgpu: false });
+const { context, page } = await launchBrowser({ webgpu: backend === 'webgpu' });
 try {
   await gotoBlank(page, baseUrl);
-  await page.evaluate(async ({ schedule, arSteps }) => {
+  const info = await page.evaluate(async ({ schedule, arSteps, backend, kernels, cfg }) => {
     const wasm = await import('./disa.js');
     await wasm.default();
     const session = new wasm.Session();
-    await session.initBackend(true);
+    const info = await session.initBackend(backend === 'cpu');
+    if (backend === 'webgpu' && info.backend !== 'webgpu') throw new Error(`no WebGPU: ${JSON.stringify(info)}`);
     const bytes = new Uint8Array(await (await fetch('assets/model.safetensors')).arrayBuffer());
     session.loadModel('model.safetensors', bytes);
     window.generateOnce = async () => {
-      session.startGeneration({ classLabel: 0, seed: 0, arSteps, schedule, cfg: 3, cfgSchedule: 'linear', temperature: 1, previews: false });
+      session.startGeneration({ classLabel: 0, seed: 0, arSteps, schedule, cfg, cfgSchedule: 'linear', temperature: 1, previews: false, kernels });
       const t0 = performance.now();
-      let samplingMs = 0;
-      for (let r; (r = await session.step()) !== null;) samplingMs = r.event.samplingMs;
-      return [performance.now() - t0, samplingMs];
+      let samplingMs = 0, transformerMs = 0, headMs = 0;
+      for (let r; (r = await session.step()) !== null;) {
+        samplingMs = r.event.samplingMs;
+        transformerMs += r.event.transformerMs;
+        headMs += r.event.headMs;
+      }
+      return [performance.now() - t0, samplingMs, transformerMs, headMs];
     };
     for (let i = 0; i < 3; i++) await window.generateOnce(); // warm-up: wasm tiers up
-  }, { schedule, arSteps });
+    return info;
+  }, { schedule, arSteps, backend, kernels, cfg });
+  console.log(`backend: ${info.backend} (${info.adapter}), kernels: ${kernels}`);
   const cdp = await context.newCDPSession(page);
   await cdp.send('Profiler.enable');
   await cdp.send('Profiler.setSamplingInterval', { interval: 200 });
@@ -51,7 +65,7 @@ try {
     return t;
   }, runs);
   const { profile } = await cdp.send('Profiler.stop');
-  console.log(`${schedule}, K=${arSteps}: wall / sampling ms per image: ${times.map(([w, s]) => `${w.toFixed(0)} / ${s.toFixed(0)}`).join(', ')}`);
+  console.log(`${schedule}, K=${arSteps}: wall / sampling (transformer + head) ms per image: ${times.map(([w, s, tr, h]) => `${w.toFixed(0)} / ${s.toFixed(0)} (${tr.toFixed(0)} + ${h.toFixed(0)})`).join(', ')}`);
   const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map();
   let total = 0;
