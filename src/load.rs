@@ -39,7 +39,9 @@ impl Bundle {
         // The fused head kernels read the head's weights as the file stored them, so they are
         // uploaded before the model takes the f32 values.
         let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
-        let model = Model::load(&mut self.mar, &self.config, decoder, device)?;
+        let quantized = std::mem::take(&mut self.quantized);
+        let model =
+            Model::load_keeping_quantized(&mut self.mar, quantized, &self.config, decoder, device)?;
         Ok(LoadedModel::new(model, self.config, device.clone()).with_fused_head(fused))
     }
 }

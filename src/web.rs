@@ -672,7 +672,7 @@ impl Session {
                 launches_per_head_call: f.dispatches_per_head_call(),
                 launches: f.launch_summary(),
             }),
-            model_weight_bytes: 4 * c.num_params() as u64,
+            model_weight_bytes: generator.model.weight_bytes().bytes,
         };
         let out = to_js(&info)?;
         let mut s = self.inner.borrow_mut();

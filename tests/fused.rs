@@ -269,6 +269,33 @@ fn launches_and_weight_memory() {
     assert!(f16 < 0.55, "f16: {f16:.3}");
     assert!(int8 <= 0.35, "int8: {int8:.3}");
     assert!(int4 < int8, "int4: {int4:.3}");
+
+    // Burn's modules (the transformer and the tensor-path head) keep an int8/int4 file's
+    // Linear weights quantized on the GPU, and f32 on the CPU; the whole model's weights on the
+    // GPU (modules and the fused head's copy) stay within 0.35× of f32 for int8.
+    let module = |storage: Storage, device: &burn::tensor::Device| {
+        let b = Bundle::from_bytes("x", &bundle.to_bytes_as(storage).unwrap()).unwrap();
+        let g = b.into_generator(device).unwrap();
+        let head = g.fused_head().map_or(0, |f| f.weight_bytes());
+        (g.model.weight_bytes(), head)
+    };
+    let (cpu8, _) = module(Storage::Int8, &burn::tensor::Device::flex());
+    assert_eq!(cpu8.bytes, cpu8.f32_bytes, "the CPU runs f32 weights");
+    assert_eq!(cpu8.quantized_tensors, 0);
+    let (f32_modules, f32_head) = module(Storage::F32, &device());
+    assert_eq!(f32_modules.bytes, f32_modules.f32_bytes);
+    let all_f32 = (f32_modules.bytes + f32_head) as f64;
+    for (storage, at_most) in [(Storage::Int8, 0.35), (Storage::Int4, 0.25)] {
+        let (m, head) = module(storage, &device());
+        let whole = (m.bytes + head) as f64 / all_f32;
+        eprintln!(
+            "{storage:?} on the GPU: modules {:.3}× f32 ({} quantized tensors), with the fused head {whole:.3}×",
+            m.bytes as f64 / m.f32_bytes as f64,
+            m.quantized_tensors
+        );
+        assert!(m.quantized_tensors >= 20, "{storage:?}: {m:?}");
+        assert!(whole <= at_most, "{storage:?}: {whole:.3}× f32");
+    }
 }
 
 /// Asking for the fused kernels where there are none is an error that says why, not a

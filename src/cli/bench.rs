@@ -84,8 +84,10 @@ struct Report {
     clip: String,
     batch: usize,
     repeats: usize,
-    /// Bytes of the weights Burn's modules hold (f32).
+    /// Bytes of the weights Burn's modules hold on the device (quantized Linear weights stay
+    /// quantized on a GPU), and what they would take in f32.
     module_weight_bytes: u64,
+    module_weight_f32_bytes: u64,
     /// Bytes of the fused head's weights as stored on the GPU; absent without a fused head.
     fused_head_weight_bytes: Option<u64>,
     /// Why there is no fused head on a wgpu device.
@@ -156,7 +158,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let model = printable(&bundle.info.name);
     let generator = Arc::new(bundle.into_generator(&device)?);
     let classes = generator.config.class_num;
-    let module_weight_bytes = 4 * generator.config.num_params() as u64;
+    let module_weights = generator.model.weight_bytes();
+    let module_weight_bytes = module_weights.bytes;
+    let module_weight_f32_bytes = module_weights.f32_bytes;
     let mut report = Report {
         model,
         backend: backend.to_string(),
@@ -168,6 +172,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         batch: args.batch,
         repeats: args.repeats,
         module_weight_bytes,
+        module_weight_f32_bytes,
         fused_head_weight_bytes: generator.fused_head().map(|f| f.weight_bytes()),
         fused_unavailable: (backend == Backend::Wgpu && generator.fused_head().is_none())
             .then(|| generator.fused_unavailable().to_string()),
@@ -256,15 +261,19 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
     let mb = |bytes: u64| bytes as f64 / 1e6;
     match (generator.fused_head(), &r.fused_unavailable) {
         (Some(fused), _) => println!(
-            "GPU weights: {:.2} MB for Burn's modules (f32) + {:.2} MB for the fused head \
-             (as stored; {})",
+            "GPU weights: {:.2} MB for Burn's modules ({:.3}× their f32 {:.2} MB) + {:.2} MB for \
+             the fused head (as stored; {})",
             mb(r.module_weight_bytes),
+            r.module_weight_bytes as f64 / r.module_weight_f32_bytes.max(1) as f64,
+            mb(r.module_weight_f32_bytes),
             mb(fused.weight_bytes()),
             fused.launch_summary()
         ),
         (None, Some(why)) => println!(
-            "GPU weights: {:.2} MB (f32) · no fused head: {why}",
-            mb(r.module_weight_bytes)
+            "GPU weights: {:.2} MB ({:.3}× their f32 {:.2} MB) · no fused head: {why}",
+            mb(r.module_weight_bytes),
+            r.module_weight_bytes as f64 / r.module_weight_f32_bytes.max(1) as f64,
+            mb(r.module_weight_f32_bytes)
         ),
         (None, None) => {}
     }

@@ -53,7 +53,49 @@ pub struct Model {
     names: ParamNames,
 }
 
+/// Bytes the parameters of the transformer and head take on their device, by how each is
+/// held (f32, f16, int8/int4 blocks with their scales), and how many of them are quantized.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightBytes {
+    pub bytes: u64,
+    /// What the same parameters take in f32.
+    pub f32_bytes: u64,
+    pub quantized_tensors: usize,
+}
+
+struct CountBytes(WeightBytes);
+
+impl burn::module::ModuleVisitor for CountBytes {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        use burn::tensor::DType;
+        let n = param.shape().num_elements() as u64;
+        let value = param.val();
+        self.0.f32_bytes += 4 * n;
+        self.0.bytes += match value.dtype() {
+            DType::QFloat(scheme) => {
+                self.0.quantized_tensors += 1;
+                let bits = match scheme.value {
+                    burn::tensor::quantization::QuantValue::Q4F
+                    | burn::tensor::quantization::QuantValue::Q4S => 4,
+                    _ => 8,
+                };
+                n * bits / 8 + 4 * n / crate::weights::quant::BLOCK as u64
+            }
+            other => n * other.size() as u64,
+        };
+    }
+}
+
 impl Model {
+    /// What the transformer's and head's parameters take on their device (Burn's modules;
+    /// the fused GPU head's own copy is counted by [`crate::gpu::FusedHead`]).
+    pub fn weight_bytes(&self) -> WeightBytes {
+        let mut count = CountBytes(WeightBytes::default());
+        self.transformer.visit(&mut count);
+        self.head.visit(&mut count);
+        count.0
+    }
+
     /// Builds the transformer and head from MAR weights (official key names), and the decoder
     /// if given.
     pub fn load(
@@ -63,6 +105,19 @@ impl Model {
         device: &Device,
     ) -> Result<Self> {
         Self::build(&mut ParamBuilder::new(weights, device), config, decoder)
+    }
+
+    /// [`Model::load`], with the Linear weights a file stored quantized (by official name)
+    /// kept quantized where `device` is a GPU ([`ParamBuilder::keep_quantized`]).
+    pub fn load_keeping_quantized(
+        weights: &mut WeightMap,
+        quantized: std::collections::BTreeMap<String, crate::weights::quant::Bits>,
+        config: &MarConfig,
+        decoder: Option<ImageDecoder>,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut p = ParamBuilder::new(weights, device).keep_quantized(quantized);
+        Self::build(&mut p, config, decoder)
     }
 
     /// Builds the transformer and head with the parameters of `p`, and the decoder if given.

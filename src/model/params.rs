@@ -10,6 +10,7 @@
 use crate::base::{HostTensor, WeightMap};
 use crate::error::{DisaError, Result};
 use crate::noise::SeededNoise;
+use crate::weights::quant::{self, Bits};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::{Device, Shape, Tensor, TensorData};
@@ -122,6 +123,8 @@ pub struct ParamBuilder<'a> {
     /// Describing only ([`ParamBuilder::describe`]): the values go here, and the modules get
     /// lazy parameters that are never materialized.
     described: Option<BTreeMap<String, HostTensor>>,
+    /// Linear weights the file stored quantized ([`ParamBuilder::keep_quantized`]).
+    quantized: BTreeMap<String, Bits>,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -132,7 +135,17 @@ impl<'a> ParamBuilder<'a> {
             device: device.clone(),
             entries: HashMap::new(),
             described: None,
+            quantized: BTreeMap::new(),
         }
+    }
+
+    /// Linear weights that a file stored quantized (by official name) stay quantized on a GPU:
+    /// their stored integers and block scales are recovered exactly from the loaded values
+    /// ([`quant::requantize_exact`]) and Burn's matmul dequantizes them as it reads. The CPU
+    /// backend keeps f32 weights (its matmul is fastest there).
+    pub fn keep_quantized(mut self, quantized: BTreeMap<String, Bits>) -> Self {
+        self.quantized = quantized;
+        self
     }
 
     /// A builder that only collects the values of `source` under their official names (see
@@ -172,7 +185,10 @@ impl<'a> ParamBuilder<'a> {
     ) -> Result<Linear> {
         let key = format!("{prefix}.weight");
         let t = self.source.tensor(&key, &[d_out, d_in], init)?;
-        let weight = self.register(&key, t, true, [d_in, d_out]);
+        let weight = match self.quantized_weight(&key, &t)? {
+            Some(weight) => weight,
+            None => self.register(&key, t, true, [d_in, d_out]),
+        };
         let bias_init = if init == Init::Pretrained {
             Init::Pretrained
         } else {
@@ -183,6 +199,31 @@ impl<'a> ParamBuilder<'a> {
             weight,
             bias: Some(bias),
         })
+    }
+
+    /// The Linear weight `key` (`t`, `[out, in]`) as a quantized `[in, out]` parameter (a
+    /// transposed view of the stored `[out, in]` blocks), where [`ParamBuilder::keep_quantized`]
+    /// names it, the device is a GPU and the values are exactly a dequantization.
+    fn quantized_weight(&mut self, key: &str, t: &HostTensor) -> Result<Option<Param<Tensor<2>>>> {
+        if self.described.is_some() || crate::backend::is_plain_cpu(&self.device) {
+            return Ok(None);
+        }
+        let (Some(&bits), &[out, inp]) = (self.quantized.get(key), &t.shape[..]) else {
+            return Ok(None);
+        };
+        let Some(bytes) = quant::requantize_exact(t, bits) else {
+            return Ok(None);
+        };
+        let weight = quant::gpu_tensor(bytes, [out, inp], bits, &self.device)?.transpose();
+        let param = Param::from_tensor(weight).set_require_grad(false);
+        self.entries.insert(
+            param.id,
+            Entry::Official {
+                key: key.to_string(),
+                transposed: true,
+            },
+        );
+        Ok(Some(param))
     }
 
     /// A constant of ones that is no official tensor: never trained, never exported.
@@ -347,7 +388,12 @@ impl ModuleVisitor for Exporter<'_> {
             }
         };
         let shape = param.dims().to_vec();
-        let values = match param.val().into_data().try_to_vec::<f32>() {
+        let mut value = param.val();
+        if matches!(value.dtype(), burn::tensor::DType::QFloat(_)) {
+            // A Linear weight kept quantized on the GPU: exported as the f32 values it runs.
+            value = value.dequantize();
+        }
+        let values = match value.into_data().try_to_vec::<f32>() {
             Ok(v) => v,
             Err(e) => {
                 self.error = Some(DisaError::Device(format!("reading `{key}` back: {e:?}")));

@@ -622,6 +622,7 @@ impl Trainer {
             mar: weights,
             vae: None,
             stored: Default::default(),
+            quantized: Default::default(),
         }
     }
 

@@ -127,6 +127,9 @@ pub struct Bundle {
     /// The stored form of the diffusion head's tensors that the file kept in less than f32
     /// (their f32 values are in `mar`): the GPU kernels run them as stored.
     pub stored: BTreeMap<String, StoredForm>,
+    /// Every tensor the file stored quantized (official names): on a GPU these Linear weights
+    /// are put back into their stored form and stay quantized in Burn's modules.
+    pub quantized: BTreeMap<String, Bits>,
 }
 
 /// How a file stored a tensor that is not plain f32.
@@ -217,10 +220,12 @@ impl Bundle {
             })
             .map(|(name, _)| (name, StoredForm::F16))
             .collect();
+        let mut quantized = BTreeMap::new();
         if let Some(text) = meta.get("quantized") {
             let entries: BTreeMap<String, QuantEntry> = serde_json::from_str(text)
                 .map_err(|e| meta_error(source_name, format!("metadata `quantized`: {e}")))?;
             for (name, entry) in entries {
+                quantized.insert(name.clone(), entry.bits);
                 let view = st.tensor(&name).map_err(|_| {
                     meta_error(source_name, format!("quantized tensor `{name}` is missing"))
                 })?;
@@ -283,6 +288,7 @@ impl Bundle {
             },
             vae,
             stored,
+            quantized,
         })
     }
 
@@ -386,6 +392,7 @@ impl Bundle {
             info: BundleInfo::default(),
             vae: None,
             stored: BTreeMap::new(),
+            quantized: BTreeMap::new(),
         }
     }
 }

@@ -198,6 +198,7 @@ impl ModelFiles {
             mar,
             vae,
             stored: Default::default(),
+            quantized: Default::default(),
         })
     }
 }

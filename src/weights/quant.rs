@@ -2,7 +2,9 @@
 //! per block of 32 values along the input dimension (`QuantScheme` Q8F / Q4F, per-block 32),
 //! computed by Burn's `quantize_dynamic` on the CPU backend. A file stores Burn's quantized
 //! bytes (values, then scales); int4 values are packed two per byte in the file only. Loading
-//! dequantizes with Burn on the CPU, so the model then runs in f32 on every backend.
+//! dequantizes with Burn on the CPU, where the model runs in f32; on a GPU the Linear weights
+//! are put back into their stored form ([`requantize_exact`]) and stay int8 / int4 there
+//! ([`gpu_tensor`]).
 
 use super::map::HostTensor;
 use crate::error::{DisaError, Result};
@@ -22,6 +24,15 @@ pub enum Bits {
 }
 
 impl Bits {
+    /// The integers a value takes: Burn's symmetric scale is 2·max|block| / (2^bits − 1), so
+    /// the block's largest magnitude lands on −2^(bits−1) or 2^(bits−1) − 1.
+    fn levels(self) -> (f32, f32) {
+        match self {
+            Bits::Int8 => (-128.0, 127.0),
+            Bits::Int4 => (-8.0, 7.0),
+        }
+    }
+
     fn scheme(self) -> QuantScheme {
         let value = match self {
             Bits::Int8 => QuantValue::Q8F,
@@ -140,9 +151,121 @@ pub fn decode(bytes: &[u8], shape: &[usize], bits: Bits) -> Result<HostTensor> {
     })
 }
 
+/// Recovers the stored form of a tensor that [`decode`] produced, bit for bit: the file's
+/// bytes ([`encode`]'s layout: int8 values, or int4 values two per byte, then one f32 scale per
+/// block). Each block's scale is the one whose products with the integers give back every
+/// value exactly (searched next to max|block| / 127 and / 128 for int8, / 7 and / 8 for int4:
+/// the block's largest value is one of those multiples); `None` when the values are not such
+/// a product (e.g. a tensor that was never quantized).
+pub fn requantize_exact(t: &HostTensor, bits: Bits) -> Option<Vec<u8>> {
+    let [_, cols] = t.shape[..] else {
+        return None;
+    };
+    if cols == 0 || !cols.is_multiple_of(BLOCK) {
+        return None;
+    }
+    let (low, high) = bits.levels();
+    let mut ints: Vec<i8> = Vec::with_capacity(t.numel());
+    let mut scales: Vec<f32> = Vec::with_capacity(t.numel() / BLOCK);
+    for block in t.values.chunks(BLOCK) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if !max.is_finite() {
+            return None;
+        }
+        if max == 0.0 {
+            // Any scale decodes zeros; Burn's quantizer stores 1 for an all-zero block.
+            ints.extend(std::iter::repeat_n(0, BLOCK));
+            scales.push(1.0);
+            continue;
+        }
+        let candidates = [high, -low].into_iter().flat_map(|level| {
+            let guess = (max / level).to_bits() as i32;
+            [0, 1, -1, 2, -2].map(|d| f32::from_bits((guess + d) as u32))
+        });
+        let fits = |scale: f32| -> Option<Vec<i8>> {
+            block
+                .iter()
+                .map(|&v| {
+                    let q = (v / scale).round();
+                    ((low..=high).contains(&q) && q * scale == v).then_some(q as i8)
+                })
+                .collect()
+        };
+        let (scale, q) = candidates
+            .into_iter()
+            .find_map(|s| fits(s).map(|q| (s, q)))?;
+        ints.extend(q);
+        scales.push(scale);
+    }
+    let mut bytes: Vec<u8> = match bits {
+        Bits::Int8 => ints.iter().map(|&q| q as u8).collect(),
+        Bits::Int4 => ints
+            .chunks(2)
+            .map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8) << 4))
+            .collect(),
+    };
+    bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
+    Some(bytes)
+}
+
+/// A Linear weight `[out, in]` as a quantized tensor on `device` (a GPU), from its stored
+/// bytes ([`requantize_exact`]): the integers packed into 32-bit words along the input
+/// dimension (`QuantStore::PackedU32`, which WGSL can read; the file's byte order is already
+/// that packing) and one f32 scale per block of 32 inputs. Burn's matmul dequantizes it as
+/// `q · scale`, the values the CPU runs.
+pub fn gpu_tensor(
+    bytes: Vec<u8>,
+    shape: [usize; 2],
+    bits: Bits,
+    device: &Device,
+) -> Result<Tensor<2>> {
+    let scheme = bits.scheme().with_store(QuantStore::PackedU32(0));
+    let data = TensorData::try_from_bytes_vec(bytes, shape.to_vec(), DType::QFloat(scheme))
+        .map_err(|e| burn_error("quantized tensor", e))?;
+    Ok(Tensor::<2>::from_data(data, device))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requantizing_gives_back_the_stored_bytes() {
+        // Rows with a zero block, tiny and large magnitudes.
+        let mut t = matrix(6, 96);
+        t.values[32..64].iter_mut().for_each(|v| *v = 0.0);
+        t.values[96..128].iter_mut().for_each(|v| *v *= 1e-6);
+        t.values[128..160].iter_mut().for_each(|v| *v *= 3e4);
+        for bits in [Bits::Int8, Bits::Int4] {
+            let (bytes, loaded) = encode(&t, bits).unwrap();
+            let again = requantize_exact(&loaded, bits).expect("a dequantized tensor");
+            // The zero block's scale may differ; its integers are all zero either way.
+            let scales_at = bytes.len() - 4 * t.numel() / BLOCK;
+            assert_eq!(
+                again[..scales_at],
+                bytes[..scales_at],
+                "{bits:?}: the integers"
+            );
+            let scale = |b: &[u8], k: usize| {
+                f32::from_le_bytes(
+                    b[scales_at + 4 * k..scales_at + 4 * k + 4]
+                        .try_into()
+                        .unwrap(),
+                )
+            };
+            for k in (0..t.numel() / BLOCK).filter(|&k| k != 1) {
+                assert_eq!(
+                    scale(&again, k),
+                    scale(&bytes, k),
+                    "{bits:?}: block {k}'s scale"
+                );
+            }
+            assert_eq!(decode(&again, &t.shape, bits).unwrap(), loaded, "{bits:?}");
+        }
+        // Values that were never quantized have no stored form.
+        assert!(requantize_exact(&t, Bits::Int8).is_none());
+        assert!(requantize_exact(&matrix(2, 30), Bits::Int8).is_none());
+    }
 
     fn matrix(rows: usize, cols: usize) -> HostTensor {
         HostTensor {

@@ -393,7 +393,7 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
 
     // A/B: baseline and DiSA from the same seed, with the measured speed-up (median of the
     // rounds). Both baselines (DiSA's clip, the default; and no clip, as the official code)
-    // match the CLI; the official one says on the card why its image is noise.
+    // match the CLI; the official one says on the card how it differs (t = 999).
     const AB = { ...SETTINGS, seed: SETTINGS.seed + 1 };
     await applySettings(page, AB);
     for (const [baseline, clip, rounds] of [['clip', '950', '3'], ['official', 'none', '1']]) {
@@ -405,7 +405,7 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
       const spread = await text(page, 'speedup-spread');
       if (rounds === '3') assert.match(spread, /median of 3 · \d/, `the spread of 3 rounds: ${spread}`);
       if (baseline === 'official') {
-        assert.match(await text(page, 'ab-official-note'), /built-in model this baseline fails.*t = 999/, 'the card says the official baseline fails here');
+        assert.match(await text(page, 'ab-official-note'), /t = 999.*built-in model was trained for t = 999/, 'the card says how the official baseline differs');
         assert.ok(await page.isVisible('#ab-official-note'));
       }
       assert.match(await text(page, 'explain-measured'), /Measured here just now: \d/);
