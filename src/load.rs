@@ -5,7 +5,7 @@
 use crate::error::{DisaError, Result};
 use crate::model::{ImageDecoder, Model, PatchDecoder, VaeDecoder};
 use crate::sampler::LoadedModel;
-use crate::weights::{Bundle, DecoderSpec};
+use crate::weights::{Bundle, DecoderSpec, quant};
 use burn::tensor::Device;
 
 impl Bundle {
@@ -39,9 +39,20 @@ impl Bundle {
         // The fused head kernels read the head's weights as the file stored them, so they are
         // uploaded before the model takes the f32 values.
         let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
-        let quantized = std::mem::take(&mut self.quantized);
+        // On a GPU, the Linear weights the file stored quantized stay so: their integers and
+        // block scales are recovered exactly from the loaded values.
+        let stored_bits = std::mem::take(&mut self.quantized);
+        let quantized: crate::model::params::QuantizedWeights = Box::new(move |key, t, device| {
+            let (Some(&bits), &[out, inp]) = (stored_bits.get(key), &t.shape[..]) else {
+                return Ok(None);
+            };
+            match quant::requantize_exact(t, bits) {
+                Some(bytes) => quant::gpu_tensor(bytes, [out, inp], bits, device).map(Some),
+                None => Ok(None),
+            }
+        });
         let model =
-            Model::load_keeping_quantized(&mut self.mar, quantized, &self.config, decoder, device)?;
+            Model::load_with_quantized(&mut self.mar, quantized, &self.config, decoder, device)?;
         Ok(LoadedModel::new(model, self.config, device.clone()).with_fused_head(fused))
     }
 }

@@ -74,12 +74,18 @@ impl burn::module::ModuleVisitor for CountBytes {
         self.0.bytes += match value.dtype() {
             DType::QFloat(scheme) => {
                 self.0.quantized_tensors += 1;
-                let bits = match scheme.value {
-                    burn::tensor::quantization::QuantValue::Q4F
-                    | burn::tensor::quantization::QuantValue::Q4S => 4,
-                    _ => 8,
+                // The values at their width, then one scale per block (per tensor without).
+                let values = n * scheme.size_bits_value() as u64 / 8;
+                let blocks = scheme
+                    .block_size()
+                    .map_or(1, |b| n / b.num_elements().max(1) as u64);
+                use burn::tensor::quantization::ScaleDtype;
+                let scale_bytes = match scheme.scale_dtype() {
+                    ScaleDtype::F32 => 4,
+                    ScaleDtype::F16 | ScaleDtype::BF16 => 2,
+                    ScaleDtype::UE8M0 | ScaleDtype::UE4M3 => 1,
                 };
-                n * bits / 8 + 4 * n / crate::weights::quant::BLOCK as u64
+                values + blocks * scale_bytes
             }
             other => n * other.size() as u64,
         };
@@ -107,16 +113,16 @@ impl Model {
         Self::build(&mut ParamBuilder::new(weights, device), config, decoder)
     }
 
-    /// [`Model::load`], with the Linear weights a file stored quantized (by official name)
-    /// kept quantized where `device` is a GPU ([`ParamBuilder::keep_quantized`]).
-    pub fn load_keeping_quantized(
+    /// [`Model::load`], with Linear weights that `quantized` gives as quantized tensors
+    /// ([`params::QuantizedWeights`]: the file formats' business) kept so.
+    pub fn load_with_quantized(
         weights: &mut WeightMap,
-        quantized: std::collections::BTreeMap<String, crate::weights::quant::Bits>,
+        quantized: params::QuantizedWeights,
         config: &MarConfig,
         decoder: Option<ImageDecoder>,
         device: &Device,
     ) -> Result<Self> {
-        let mut p = ParamBuilder::new(weights, device).keep_quantized(quantized);
+        let mut p = ParamBuilder::new(weights, device).with_quantized(quantized);
         Self::build(&mut p, config, decoder)
     }
 

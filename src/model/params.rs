@@ -10,7 +10,6 @@
 use crate::base::{HostTensor, WeightMap};
 use crate::error::{DisaError, Result};
 use crate::noise::SeededNoise;
-use crate::weights::quant::{self, Bits};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::{Device, Shape, Tensor, TensorData};
@@ -123,9 +122,15 @@ pub struct ParamBuilder<'a> {
     /// Describing only ([`ParamBuilder::describe`]): the values go here, and the modules get
     /// lazy parameters that are never materialized.
     described: Option<BTreeMap<String, HostTensor>>,
-    /// Linear weights the file stored quantized ([`ParamBuilder::keep_quantized`]).
-    quantized: BTreeMap<String, Bits>,
+    /// Where Linear weights may come as quantized tensors ([`ParamBuilder::with_quantized`]).
+    quantized: Option<QuantizedWeights>,
 }
+
+/// Gives a Linear weight as a quantized tensor on the device, or `None` to keep f32: called
+/// with the official key, the loaded `[out, in]` values and the device, it returns the weight
+/// in the official `[out, in]` layout. The loader (`src/load.rs`) makes one from what a file
+/// stored quantized; the model needs to know nothing of file formats.
+pub type QuantizedWeights = Box<dyn FnMut(&str, &HostTensor, &Device) -> Result<Option<Tensor<2>>>>;
 
 impl<'a> ParamBuilder<'a> {
     /// A builder of modules on `device` with the values of `source`.
@@ -135,16 +140,15 @@ impl<'a> ParamBuilder<'a> {
             device: device.clone(),
             entries: HashMap::new(),
             described: None,
-            quantized: BTreeMap::new(),
+            quantized: None,
         }
     }
 
-    /// Linear weights that a file stored quantized (by official name) stay quantized on a GPU:
-    /// their stored integers and block scales are recovered exactly from the loaded values
-    /// ([`quant::requantize_exact`]) and Burn's matmul dequantizes them as it reads. The CPU
-    /// backend keeps f32 weights (its matmul is fastest there).
-    pub fn keep_quantized(mut self, quantized: BTreeMap<String, Bits>) -> Self {
-        self.quantized = quantized;
+    /// Linear weights that `quantized` gives as quantized tensors stay quantized on a GPU
+    /// (Burn's matmul dequantizes them as it reads). The CPU backend always keeps f32 weights
+    /// (its matmul is fastest there), and describing builders never ask.
+    pub fn with_quantized(mut self, quantized: QuantizedWeights) -> Self {
+        self.quantized = Some(quantized);
         self
     }
 
@@ -202,20 +206,26 @@ impl<'a> ParamBuilder<'a> {
     }
 
     /// The Linear weight `key` (`t`, `[out, in]`) as a quantized `[in, out]` parameter (a
-    /// transposed view of the stored `[out, in]` blocks), where [`ParamBuilder::keep_quantized`]
-    /// names it, the device is a GPU and the values are exactly a dequantization.
+    /// transposed view of the `[out, in]` blocks), where [`ParamBuilder::with_quantized`] gives
+    /// one and the device is a GPU.
     fn quantized_weight(&mut self, key: &str, t: &HostTensor) -> Result<Option<Param<Tensor<2>>>> {
         if self.described.is_some() || crate::backend::is_plain_cpu(&self.device) {
             return Ok(None);
         }
-        let (Some(&bits), &[out, inp]) = (self.quantized.get(key), &t.shape[..]) else {
+        let Some(quantized) = self.quantized.as_mut() else {
             return Ok(None);
         };
-        let Some(bytes) = quant::requantize_exact(t, bits) else {
+        let Some(weight) = quantized(key, t, &self.device)? else {
             return Ok(None);
         };
-        let weight = quant::gpu_tensor(bytes, [out, inp], bits, &self.device)?.transpose();
-        let param = Param::from_tensor(weight).set_require_grad(false);
+        if weight.dims().to_vec() != t.shape {
+            return Err(DisaError::Internal(format!(
+                "quantized `{key}` is {:?}, not {:?}",
+                weight.dims(),
+                t.shape
+            )));
+        }
+        let param = Param::from_tensor(weight.transpose()).set_require_grad(false);
         self.entries.insert(
             param.id,
             Entry::Official {
