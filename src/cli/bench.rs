@@ -259,22 +259,20 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
         r.backend, r.ar_steps, r.cfg, r.cfg_schedule, r.temperature, r.clip, r.batch, r.repeats
     );
     let mb = |bytes: u64| bytes as f64 / 1e6;
+    let modules = format!(
+        "{:.2} MB ({:.3}× their f32 {:.2} MB)",
+        mb(r.module_weight_bytes),
+        r.module_weight_bytes as f64 / r.module_weight_f32_bytes.max(1) as f64,
+        mb(r.module_weight_f32_bytes)
+    );
     match (generator.fused_head(), &r.fused_unavailable) {
         (Some(fused), _) => println!(
-            "GPU weights: {:.2} MB for Burn's modules ({:.3}× their f32 {:.2} MB) + {:.2} MB for \
-             the fused head (as stored; {})",
-            mb(r.module_weight_bytes),
-            r.module_weight_bytes as f64 / r.module_weight_f32_bytes.max(1) as f64,
-            mb(r.module_weight_f32_bytes),
+            "GPU weights: {modules} for Burn's modules + {:.2} MB for the fused head (as \
+             stored; {})",
             mb(fused.weight_bytes()),
             fused.launch_summary()
         ),
-        (None, Some(why)) => println!(
-            "GPU weights: {:.2} MB ({:.3}× their f32 {:.2} MB) · no fused head: {why}",
-            mb(r.module_weight_bytes),
-            r.module_weight_bytes as f64 / r.module_weight_f32_bytes.max(1) as f64,
-            mb(r.module_weight_f32_bytes)
-        ),
+        (None, Some(why)) => println!("GPU weights: {modules} · no fused head: {why}"),
         (None, None) => {}
     }
     println!(

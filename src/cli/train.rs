@@ -77,15 +77,15 @@ fn parse_tail(text: &str) -> std::result::Result<(f64, usize, f32), String> {
     if parts.next().is_some() {
         return Err("expected FRACTION[:FROM[:WEIGHT]]".into());
     }
-    if !(0.0..=1.0).contains(&fraction) {
-        return Err(format!("FRACTION must be in [0, 1], not {fraction}"));
+    // The ranges are the settings' own checks (a resumed run's `state.json` meets them too).
+    TrainSettings {
+        tail_fraction: fraction,
+        tail_from: from,
+        tail_weight: weight,
+        ..defaults
     }
-    if from >= 1000 {
-        return Err(format!("FROM must be below 1000, not {from}"));
-    }
-    if !(weight > 0.0 && weight <= 1e4) {
-        return Err(format!("WEIGHT must be in (0, 10000], not {weight}"));
-    }
+    .validate()
+    .map_err(|e| e.to_string())?;
     Ok((fraction, from, weight))
 }
 

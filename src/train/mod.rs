@@ -149,9 +149,7 @@ impl TrainSettings {
             crate::weights::limits::sampling_bytes(config, rows, false),
         )
     }
-}
 
-impl TrainSettings {
     /// One training timestep in `[0, 1000)`: uniform as the official code, or with
     /// probability `tail_fraction` uniform over `[tail_from, 999]`. With no tail the stream
     /// draws exactly as the official-uniform runs always did (resumed runs continue exactly).
@@ -428,22 +426,17 @@ impl Trainer {
         let rows = s.diffusion_batch_mul * batch.masked_rows.len();
         let t: Vec<usize> = (0..rows).map(|_| s.draw_timestep(&mut rng)).collect();
         let noise = rng.normal(crate::noise::DrawKind::InitialNoise, rows, batch.token_dim)?;
-        let model = self.model.take().expect("model present between steps");
-        let (loss, parts) = match self.batch_loss(&model, &self.device, &batch, &t, noise) {
-            Ok(v) => v,
-            Err(e) => {
-                self.model = Some(model);
-                return Err(e);
-            }
-        };
+        let model = self.model();
+        let z = self.batch_conditions(model, &self.device, &batch);
+        let (loss, parts) = self.batch_loss(model, &batch, z, &t, noise)?;
         let loss_value = parts.mse + parts.vb;
         if !loss_value.is_finite() {
-            self.model = Some(model);
             return Err(DisaError::InvalidSetting(format!(
                 "loss became {loss_value} at step {}: lower the learning rate",
                 self.step
             )));
         }
+        let model = self.model.take().expect("model present between steps");
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = self.learning_rate();
         let model = self.optim.step(lr, model, grads);
@@ -526,24 +519,10 @@ impl Trainer {
         })
     }
 
-    /// The diffusion loss of `model` (on `dev`) on `batch` with one timestep per loss row
-    /// (`t`, the `diffusion_batch_mul` repeats of the masked tokens) and its noise
-    /// (`[rows · C]`).
-    fn batch_loss(
-        &self,
-        model: &Model,
-        dev: &Device,
-        batch: &Batch,
-        t: &[usize],
-        noise: Vec<f32>,
-    ) -> Result<(Tensor<1>, LossParts)> {
+    /// The condition rows `z` of `batch`'s masked tokens (`[masked rows, dec]`): the
+    /// transformer of `model` (on `dev`) over the batch with its masks and label drops.
+    fn batch_conditions(&self, model: &Model, dev: &Device, batch: &Batch) -> Tensor<2> {
         let (b, n, c) = (batch.labels.len(), batch.mask[0].len(), batch.token_dim);
-        let m = batch.masked_rows.len();
-        let mul = self.settings.diffusion_batch_mul;
-        let x0: Vec<f32> = (0..mul)
-            .flat_map(|_| batch.masked_rows.iter())
-            .flat_map(|&r| batch.tokens[r * c..(r + 1) * c].iter().copied())
-            .collect();
         let tr = &model.transformer;
         let tokens = Tensor::<3>::from_data(TensorData::new(batch.tokens.clone(), [b, n, c]), dev);
         let idx = Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), dev);
@@ -554,13 +533,35 @@ impl Trainer {
         let layout = MaskLayout::new(&batch.mask, self.config.buffer_size);
         let z = tr.decode(tr.encode(tokens, &layout, class), &layout);
         let d = self.config.decoder_embed_dim;
+        let m = batch.masked_rows.len();
         let rows = Tensor::<1, Int>::from_data(
             TensorData::new(batch.masked_rows.iter().map(|&r| r as i64).collect(), [m]),
             dev,
         );
-        let z = z.reshape([b * n, d]).select(0, rows);
-        let x0 = Tensor::<2>::from_data(TensorData::new(x0, [mul * m, c]), dev);
-        let noise = Tensor::<2>::from_data(TensorData::new(noise, [mul * m, c]), dev);
+        z.reshape([b * n, d]).select(0, rows)
+    }
+
+    /// The diffusion loss of `model`'s head on `batch` given its conditions `z`
+    /// ([`Trainer::batch_conditions`]), with one timestep per loss row (`t`, the
+    /// `diffusion_batch_mul` repeats of the masked tokens) and its noise (`[rows · C]`).
+    fn batch_loss(
+        &self,
+        model: &Model,
+        batch: &Batch,
+        z: Tensor<2>,
+        t: &[usize],
+        noise: Vec<f32>,
+    ) -> Result<(Tensor<1>, LossParts)> {
+        let c = batch.token_dim;
+        let m = batch.masked_rows.len();
+        let mul = self.settings.diffusion_batch_mul;
+        let x0: Vec<f32> = (0..mul)
+            .flat_map(|_| batch.masked_rows.iter())
+            .flat_map(|&r| batch.tokens[r * c..(r + 1) * c].iter().copied())
+            .collect();
+        let dev = z.device();
+        let x0 = Tensor::<2>::from_data(TensorData::new(x0, [mul * m, c]), &dev);
+        let noise = Tensor::<2>::from_data(TensorData::new(noise, [mul * m, c]), &dev);
         let weights = (self.settings.tail_weight != 1.0).then(|| {
             t.iter()
                 .map(|&t| match t >= self.settings.tail_from {
@@ -584,18 +585,19 @@ impl Trainer {
         // Without autodiff: a forward whose graph is never consumed would be kept alive.
         let model = self.model().clone().valid();
         let dev = self.device.clone().inner();
+        if let Some(t) = timesteps.iter().find(|&&t| t >= NUM_BASE_TIMESTEPS) {
+            return Err(DisaError::InvalidSetting(format!(
+                "probe timestep {t} is not below 1000"
+            )));
+        }
+        // The conditions do not depend on the timestep: one transformer pass for all.
+        let z = self.batch_conditions(&model, &dev, &batch);
         timesteps
             .iter()
             .map(|&t| {
-                if t >= NUM_BASE_TIMESTEPS {
-                    return Err(DisaError::InvalidSetting(format!(
-                        "probe timestep {t} is not below 1000"
-                    )));
-                }
-                Ok(self
-                    .batch_loss(&model, &dev, &batch, &vec![t; rows], noise.clone())?
-                    .1
-                    .mse)
+                let parts =
+                    self.batch_loss(&model, &batch, z.clone(), &vec![t; rows], noise.clone())?;
+                Ok(parts.1.mse)
             })
             .collect()
     }

@@ -79,10 +79,7 @@ pub fn encode(t: &HostTensor, bits: Bits) -> Result<(Vec<u8>, HostTensor)> {
     if bits == Bits::Int4 {
         // Burn keeps int4 values one per byte (−7..7); pack two per byte for the file.
         let (values, scales) = bytes.split_at(numel);
-        let mut packed: Vec<u8> = values
-            .chunks(2)
-            .map(|p| (p[0] & 0x0f) | (p.get(1).copied().unwrap_or(0) << 4))
-            .collect();
+        let mut packed = pack_int4(values);
         packed.extend_from_slice(scales);
         bytes = packed;
     }
@@ -98,6 +95,15 @@ pub fn encode(t: &HostTensor, bits: Bits) -> Result<(Vec<u8>, HostTensor)> {
             values,
         },
     ))
+}
+
+/// int4 values (one two's-complement value per byte, −8..7) packed two per byte, the first in
+/// the low nibble: the file's layout, and Burn's `PackedU32` word layout read as bytes.
+fn pack_int4(values: &[u8]) -> Vec<u8> {
+    values
+        .chunks(2)
+        .map(|p| (p[0] & 0x0f) | (p.get(1).copied().unwrap_or(0) << 4))
+        .collect()
 }
 
 /// Decodes file bytes written by [`encode`] back to f32 values of `shape`.
@@ -173,7 +179,7 @@ pub fn requantize_exact(t: &HostTensor, bits: Bits) -> Option<Vec<u8>> {
             return None;
         }
         if max == 0.0 {
-            // Any scale decodes zeros; Burn's quantizer stores 1 for an all-zero block.
+            // Any scale decodes zeros (so the file's may differ from this 1).
             ints.extend(std::iter::repeat_n(0, BLOCK));
             scales.push(1.0);
             continue;
@@ -197,12 +203,10 @@ pub fn requantize_exact(t: &HostTensor, bits: Bits) -> Option<Vec<u8>> {
         ints.extend(q);
         scales.push(scale);
     }
-    let mut bytes: Vec<u8> = match bits {
-        Bits::Int8 => ints.iter().map(|&q| q as u8).collect(),
-        Bits::Int4 => ints
-            .chunks(2)
-            .map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8) << 4))
-            .collect(),
+    let ints: Vec<u8> = ints.iter().map(|&q| q as u8).collect();
+    let mut bytes = match bits {
+        Bits::Int8 => ints,
+        Bits::Int4 => pack_int4(&ints),
     };
     bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
     Some(bytes)
