@@ -403,11 +403,19 @@ const TL: u32 = 256u;      // token_loop threads per workgroup
 const TLW: u32 = 256u;     // widest head (and condition) token_loop holds in shared memory
 
 var<workgroup> th: array<f32, 512>;   // h, [2][W]
-var<workgroup> ty: array<f32, 512>;   // y = silu(cond + temb[t]), [2][W]
-var<workgroup> ta: array<f32, 512>;   // a gemm's left operand, [2][W]
-var<workgroup> tu: array<f32, 512>;   // the MLP's hidden activation, [2][W]
+// The gemms' left operands, three row pairs [2][TLW] in one array (WGSL functions take no
+// pointers to workgroup memory, so one `tl_dot` indexes them by offset):
+// y = silu(cond + temb[t]) at T_Y, a modulated LayerNorm at T_A, the MLP's hidden at T_U.
+var<workgroup> tops: array<f32, 1536>;
+const T_Y: u32 = 0u;
+const T_A: u32 = 512u;
+const T_U: u32 = 1024u;
 var<workgroup> tc: array<f32, 512>;   // cond, [2][W]
 var<workgroup> tstats: array<vec2<f32>, 2>;
+
+fn tops4(k: u32) -> vec4<f32> {
+    return vec4<f32>(tops[k], tops[k + 1u], tops[k + 2u], tops[k + 3u]);
+}
 
 // A word of the layer table, stored in `mat` after the matrices: four words per matrix (word
 // offset, scale offset, bias offset, `FMT_*`) for the condition embedding (entry 0), the
@@ -440,11 +448,10 @@ fn load_quad_raw(fmt: u32, w_off: u32, out_dim: u32, i: u32, o: u32) -> vec4<f32
                      f32(extractBits(word, 16u, 8u)), f32(extractBits(word, 24u, 8u)));
 }
 
-// Σ_i src[j·W + i] · M[i, o] over i < in_dim for both rows j (the second only with CFG) and
-// the matrix at table entry `m` (its word offset and scale offset): one weight read serves
-// both rows. `src` is one of the shared row pairs (WGSL passes no pointers to workgroup
-// memory, hence one function per source).
-fn tl_dot_ty(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
+// Σ_i tops[src + j·TLW + i] · M[i, o] over i < in_dim for both rows j (the second only with
+// CFG) and the matrix at table entry `m` (its word offset and scale offset): one weight read
+// serves both rows. `src` is one of the operand pairs `T_Y`, `T_A`, `T_U` in `tops`.
+fn tl_dot(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
     var acc = vec2<f32>(0.0);
     let w_off = table(m);
     let scale_off = table(m + 1u);
@@ -456,10 +463,9 @@ fn tl_dot_ty(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
             var part = vec2<f32>(0.0);
             for (var i = blk; i < blk + 32u; i += 4u) {
                 let q = load_quad_raw(fmt, w_off, out_dim, i, o);
-                part.x += dot(vec4<f32>(ty[i], ty[i + 1u], ty[i + 2u], ty[i + 3u]), q);
+                part.x += dot(tops4(src + i), q);
                 if nr == 2u {
-                    let b = TLW + i;
-                    part.y += dot(vec4<f32>(ty[b], ty[b + 1u], ty[b + 2u], ty[b + 3u]), q);
+                    part.y += dot(tops4(src + TLW + i), q);
                 }
             }
             acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
@@ -468,76 +474,9 @@ fn tl_dot_ty(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
     }
     for (var i = 0u; i < in_dim; i += 4u) {
         let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
-        acc.x += dot(vec4<f32>(ty[i], ty[i + 1u], ty[i + 2u], ty[i + 3u]), w);
+        acc.x += dot(tops4(src + i), w);
         if nr == 2u {
-            let b = TLW + i;
-            acc.y += dot(vec4<f32>(ty[b], ty[b + 1u], ty[b + 2u], ty[b + 3u]), w);
-        }
-    }
-    return acc;
-}
-
-fn tl_dot_ta(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
-    var acc = vec2<f32>(0.0);
-    let w_off = table(m);
-    let scale_off = table(m + 1u);
-    let fmt = table(m + 3u);
-    if fmt == FMT_I8 || fmt == FMT_I4 {
-        // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
-        // (the scale read once per block, not per weight).
-        for (var blk = 0u; blk < in_dim; blk += 32u) {
-            var part = vec2<f32>(0.0);
-            for (var i = blk; i < blk + 32u; i += 4u) {
-                let q = load_quad_raw(fmt, w_off, out_dim, i, o);
-                part.x += dot(vec4<f32>(ta[i], ta[i + 1u], ta[i + 2u], ta[i + 3u]), q);
-                if nr == 2u {
-                    let b = TLW + i;
-                    part.y += dot(vec4<f32>(ta[b], ta[b + 1u], ta[b + 2u], ta[b + 3u]), q);
-                }
-            }
-            acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
-        }
-        return acc;
-    }
-    for (var i = 0u; i < in_dim; i += 4u) {
-        let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
-        acc.x += dot(vec4<f32>(ta[i], ta[i + 1u], ta[i + 2u], ta[i + 3u]), w);
-        if nr == 2u {
-            let b = TLW + i;
-            acc.y += dot(vec4<f32>(ta[b], ta[b + 1u], ta[b + 2u], ta[b + 3u]), w);
-        }
-    }
-    return acc;
-}
-
-fn tl_dot_tu(nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
-    var acc = vec2<f32>(0.0);
-    let w_off = table(m);
-    let scale_off = table(m + 1u);
-    let fmt = table(m + 3u);
-    if fmt == FMT_I8 || fmt == FMT_I4 {
-        // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
-        // (the scale read once per block, not per weight).
-        for (var blk = 0u; blk < in_dim; blk += 32u) {
-            var part = vec2<f32>(0.0);
-            for (var i = blk; i < blk + 32u; i += 4u) {
-                let q = load_quad_raw(fmt, w_off, out_dim, i, o);
-                part.x += dot(vec4<f32>(tu[i], tu[i + 1u], tu[i + 2u], tu[i + 3u]), q);
-                if nr == 2u {
-                    let b = TLW + i;
-                    part.y += dot(vec4<f32>(tu[b], tu[b + 1u], tu[b + 2u], tu[b + 3u]), q);
-                }
-            }
-            acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
-        }
-        return acc;
-    }
-    for (var i = 0u; i < in_dim; i += 4u) {
-        let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
-        acc.x += dot(vec4<f32>(tu[i], tu[i + 1u], tu[i + 2u], tu[i + 3u]), w);
-        if nr == 2u {
-            let b = TLW + i;
-            acc.y += dot(vec4<f32>(tu[b], tu[b + 1u], tu[b + 2u], tu[b + 3u]), w);
+            acc.y += dot(tops4(src + TLW + i), w);
         }
     }
     return acc;
@@ -579,7 +518,7 @@ fn tl_project(lid: u32, nr: u32, t: u32) {
     for (var k = lid; k < nr * w; k += TL) {
         let j = k / w;
         let i = k % w;
-        ty[j * TLW + i] = silu(tc[j * TLW + i] + vecs[p.temb_off + t * w + i]);
+        tops[T_Y + j * TLW + i] = silu(tc[j * TLW + i] + vecs[p.temb_off + t * w + i]);
     }
     workgroupBarrier();
 }
@@ -617,7 +556,7 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         // Every adaLN modulation at once (table entry 3): [shift|scale|gate] per block, then
         // [shift|scale] of the final layer.
         for (var o = lid; o < ada_n; o += TL) {
-            let v = tl_dot_ty(nr, 4u, w, ada_n, o) + vec2<f32>(vecs[table(6u) + o]);
+            let v = tl_dot(T_Y, nr, 4u, w, ada_n, o) + vec2<f32>(vecs[table(6u) + o]);
             act[p.mod_off + tok * ada_n + o] = v.x;
             if nr == 2u {
                 act[p.mod_off + (tok + p.n_tok) * ada_n + o] = v.y;
@@ -636,17 +575,17 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
                 let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mrow + i;
                 let st2 = tstats[j];
                 let ln = (th[j * TLW + i] - st2.x) * st2.y * vecs[table(e + 8u) + i] + vecs[table(e + 9u) + i];
-                ta[j * TLW + i] = ln * (act[m + w] + 1.0) + act[m];
+                tops[T_A + j * TLW + i] = ln * (act[m + w] + 1.0) + act[m];
             }
             workgroupBarrier();
             for (var o = lid; o < w; o += TL) {
-                let v = tl_dot_ta(nr, e, w, w, o) + vec2<f32>(vecs[table(e + 2u) + o]);
-                tu[o] = silu(v.x);
-                tu[TLW + o] = silu(v.y);
+                let v = tl_dot(T_A, nr, e, w, w, o) + vec2<f32>(vecs[table(e + 2u) + o]);
+                tops[T_U + o] = silu(v.x);
+                tops[T_U + TLW + o] = silu(v.y);
             }
             workgroupBarrier();
             for (var o = lid; o < w; o += TL) {
-                let v = tl_dot_tu(nr, e + 4u, w, w, o) + vec2<f32>(vecs[table(e + 6u) + o]);
+                let v = tl_dot(T_U, nr, e + 4u, w, w, o) + vec2<f32>(vecs[table(e + 6u) + o]);
                 let g = p.mod_off + tok * ada_n + mrow + 2u * w + o;
                 th[o] += act[g] * v.x;
                 if nr == 2u {
@@ -664,11 +603,11 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             let i = k % w;
             let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mfin + i;
             let st2 = tstats[j];
-            ta[j * TLW + i] = (th[j * TLW + i] - st2.x) * st2.y * (act[m + w] + 1.0) + act[m];
+            tops[T_A + j * TLW + i] = (th[j * TLW + i] - st2.x) * st2.y * (act[m + w] + 1.0) + act[m];
         }
         workgroupBarrier();
         for (var o = lid; o < nout; o += TL) {
-            let v = tl_dot_ta(nr, 8u, w, nout, o) + vec2<f32>(vecs[table(10u) + o]);
+            let v = tl_dot(T_A, nr, 8u, w, nout, o) + vec2<f32>(vecs[table(10u) + o]);
             outs[o] = v.x;
             outs[nout + o] = v.y;
         }
