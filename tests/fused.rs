@@ -300,6 +300,45 @@ fn launches_and_weight_memory() {
 
 /// Asking for the fused kernels where there are none is an error that says why, not a
 /// silent fallback.
+/// Timestamp queries around each AR step's pass time the fused head's kernels on the GPU,
+/// read back with `x_0` (no extra wait): the GPU time is positive and within the head's
+/// host-measured time, which also holds the uploads and the read-back.
+#[test]
+fn gpu_timestamps_time_the_fused_head() {
+    let bundle =
+        Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors")).unwrap();
+    let g = Arc::new(bundle.into_generator(&device()).unwrap());
+    let fused = g.fused_head().expect("fused head for the built-in model");
+    let adapter = fused.adapter().name.to_ascii_lowercase();
+    let Some(before) = fused.gpu_time_ns() else {
+        // Only adapters without `TIMESTAMP_QUERY` may lack it; lavapipe (CI) has it.
+        assert!(
+            !adapter.contains("llvmpipe"),
+            "lavapipe offers timestamp queries, but the fused head has no timer"
+        );
+        return;
+    };
+    let request = Request {
+        labels: vec![Some(4)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 10, end: 5 },
+        cfg: 2.0,
+        ..Request::default()
+    };
+    let events = Generation::new(g.clone(), request, Box::new(SeededNoise::new(2)))
+        .unwrap()
+        .run_to_end()
+        .unwrap();
+    let host_ms: f64 = events.iter().map(|e| e.timings.head_ms).sum();
+    let gpu_ms = (fused.gpu_time_ns().unwrap() - before) as f64 / 1e6;
+    eprintln!("fused head: {gpu_ms:.2} ms on the GPU, {host_ms:.2} ms on the host's clock");
+    assert!(gpu_ms > 0.0, "no GPU time recorded");
+    assert!(
+        gpu_ms <= host_ms * 1.05 + 1.0,
+        "GPU time {gpu_ms:.2} ms exceeds the host's {host_ms:.2} ms"
+    );
+}
+
 #[test]
 fn fused_on_the_cpu_is_a_clear_error() {
     let g = Arc::new(official().into_generator(&Device::flex()).unwrap());

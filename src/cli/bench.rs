@@ -108,6 +108,9 @@ struct Row {
     seconds_per_image: f64,
     /// Median head time per image.
     head_seconds_per_image: f64,
+    /// Median GPU time per image of the fused head's kernels, from timestamp queries around
+    /// each AR step's pass (absent on the tensor path and where the adapter has none).
+    head_gpu_seconds_per_image: Option<f64>,
     /// Sequential head calls per image (the plan's).
     head_calls: usize,
     /// Token·steps per image (the plan's).
@@ -194,9 +197,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         for &kernels in &args.kernels {
             let mut times = Vec::new();
             let mut head_times = Vec::new();
+            let mut gpu_times = Vec::new();
             let mut fused = false;
             let before = generator.fused_head().map_or(0, |f| f.dispatches());
             for rep in 0..=args.repeats {
+                let gpu_before = generator.fused_head().and_then(|f| f.gpu_time_ns());
                 let start = disa::sampler::now_ms();
                 let mut generation = Generation::new(
                     generator.clone(),
@@ -211,6 +216,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     head_times.push(
                         events.iter().map(|e| e.timings.head_ms).sum::<f64>() / args.batch as f64,
                     );
+                    let gpu_after = generator.fused_head().and_then(|f| f.gpu_time_ns());
+                    if let (true, Some(a), Some(b)) = (fused, gpu_before, gpu_after) {
+                        gpu_times.push((b - a) as f64 / 1e6 / args.batch as f64);
+                    }
                 }
             }
             // Fused launches are counted exactly; Burn's are not visible from here.
@@ -223,6 +232,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 v[v.len() / 2]
             };
             let (ms, head_ms) = (median(&mut times), median(&mut head_times));
+            let head_gpu_ms = (!gpu_times.is_empty()).then(|| median(&mut gpu_times));
             let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
             let row = Row {
                 schedule: schedule.to_string(),
@@ -230,6 +240,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 head: if fused { "fused" } else { "tensor" },
                 seconds_per_image: ms / 1e3,
                 head_seconds_per_image: head_ms / 1e3,
+                head_gpu_seconds_per_image: head_gpu_ms.map(|ms| ms / 1e3),
                 head_calls,
                 token_steps: plan.token_steps(),
                 launches,
@@ -276,11 +287,12 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
         (None, None) => {}
     }
     println!(
-        "{:<18}{:>8}{:>12}{:>12}{:>12}{:>12}{:>10}{:>12}",
+        "{:<18}{:>8}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>12}",
         "schedule",
         "head",
         "ms/image",
         "head ms",
+        "head GPU ms",
         "head calls",
         "launches",
         "speed-up",
@@ -290,8 +302,11 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
 
 fn print_row(r: &Row) {
     let launches = r.launches.map_or("-".to_string(), |n| n.to_string());
+    let gpu = r
+        .head_gpu_seconds_per_image
+        .map_or("-".to_string(), |s| format!("{:.1}", s * 1e3));
     println!(
-        "{:<18}{:>8}{:>12.1}{:>12.1}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
+        "{:<18}{:>8}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
         r.schedule,
         r.head,
         r.seconds_per_image * 1e3,

@@ -382,7 +382,58 @@ pub struct HeadJob<'a> {
 
 /// A submitted AR step whose `x_0` has not been read yet.
 pub struct Submitted {
+    /// `x_0` (`values` floats), then, when the adapter has timestamp queries, the begin and
+    /// end ticks of the step's compute pass (two u64 at byte `ticks_at`).
     staging: wgpu::Buffer,
+    values: usize,
+    ticks_at: Option<u64>,
+}
+
+/// GPU timestamps around each AR step's compute pass (where the adapter has
+/// `TIMESTAMP_QUERY`): the kernels' own time, read back with `x_0`, so timing adds no wait.
+struct GpuTimer {
+    queries: wgpu::QuerySet,
+    /// The two resolved ticks, copied into each step's staging buffer.
+    resolved: wgpu::Buffer,
+    /// Nanoseconds per tick.
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    fn new(ctx: &GpuContext) -> Option<Self> {
+        if !ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return None;
+        }
+        let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("disa head timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("disa head timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        Some(Self {
+            queries,
+            resolved,
+            period_ns: f64::from(ctx.queue.get_timestamp_period()),
+        })
+    }
+
+    /// Timestamp writes at the beginning and end of a compute pass.
+    fn pass_writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
 }
 
 /// The diffusion head as fused kernels on one GPU.
@@ -416,6 +467,9 @@ pub struct FusedHead {
     uniform_stride: u64,
     weight_bytes: u64,
     dispatches: AtomicU64,
+    timer: Option<GpuTimer>,
+    /// GPU nanoseconds of the AR steps read so far (timestamp queries).
+    gpu_ns: AtomicU64,
 }
 
 impl std::fmt::Debug for FusedHead {
@@ -767,6 +821,8 @@ impl FusedHead {
             uniform_stride,
             weight_bytes,
             dispatches: AtomicU64::new(0),
+            timer: GpuTimer::new(&ctx),
+            gpu_ns: AtomicU64::new(0),
         })
     }
 
@@ -812,6 +868,14 @@ impl FusedHead {
     /// Kernel launches recorded so far.
     pub fn dispatches(&self) -> u64 {
         self.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// GPU time of the AR steps read back so far, in nanoseconds, from timestamp queries
+    /// around each step's compute pass; `None` where the adapter has no timestamp queries.
+    pub fn gpu_time_ns(&self) -> Option<u64> {
+        self.timer
+            .as_ref()
+            .map(|_| self.gpu_ns.load(Ordering::Relaxed))
     }
 
     /// The adapter the kernels run on.
@@ -985,7 +1049,7 @@ impl FusedHead {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("disa head token loop"),
-                    timestamp_writes: None,
+                    timestamp_writes: self.timer.as_ref().map(GpuTimer::pass_writes),
                 });
                 pass.set_pipeline(&self.pipelines[&pipeline_key(Kernel::TokenLoop, &self.cond)]);
                 pass.set_bind_group(0, &ws.bind_groups[self.cond.buffer], &[0, 0]);
@@ -1124,7 +1188,7 @@ impl FusedHead {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("disa head"),
-                timestamp_writes: None,
+                timestamp_writes: self.timer.as_ref().map(GpuTimer::pass_writes),
             });
             let stride = self.uniform_stride as u32;
             let mut run = |index: usize, step: usize, pass: &mut wgpu::ComputePass<'_>| {
@@ -1155,8 +1219,8 @@ impl FusedHead {
         Ok(self.finish_step(encoder, &ws.act, x_off, n * c, launched))
     }
 
-    /// Copies `x_0` (`len` floats at `x_off` of `act`) to a staging buffer after the recorded
-    /// work, and submits it all.
+    /// Copies `x_0` (`len` floats at `x_off` of `act`) and the pass's timestamps to a staging
+    /// buffer after the recorded work, and submits it all.
     fn finish_step(
         &self,
         mut encoder: wgpu::CommandEncoder,
@@ -1165,16 +1229,29 @@ impl FusedHead {
         len: usize,
         launched: u64,
     ) -> Submitted {
+        let values_bytes = 4 * len as u64;
+        let ticks_at = self
+            .timer
+            .as_ref()
+            .map(|_| values_bytes.next_multiple_of(8));
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("disa head x0"),
-            size: 4 * len as u64,
+            size: ticks_at.map_or(values_bytes, |at| at + 16),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        encoder.copy_buffer_to_buffer(act, 4 * x_off as u64, &staging, 0, 4 * len as u64);
+        encoder.copy_buffer_to_buffer(act, 4 * x_off as u64, &staging, 0, values_bytes);
+        if let (Some(timer), Some(at)) = (&self.timer, ticks_at) {
+            encoder.resolve_query_set(&timer.queries, 0..2, &timer.resolved, 0);
+            encoder.copy_buffer_to_buffer(&timer.resolved, 0, &staging, at, 16);
+        }
         self.ctx.queue.submit([encoder.finish()]);
         self.dispatches.fetch_add(launched, Ordering::Relaxed);
-        Submitted { staging }
+        Submitted {
+            staging,
+            values: len,
+            ticks_at,
+        }
     }
 
     fn workspace_for(&self, act_floats: u64, step_capacity: usize, kinds: usize) -> Workspace {
@@ -1290,7 +1367,17 @@ impl FusedHead {
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| gpu_error("reading results back", e))?;
-            view.chunks_exact(4)
+            if let (Some(timer), Some(at)) = (&self.timer, submitted.ticks_at) {
+                let tick = |k: usize| {
+                    let b = &view[at as usize + 8 * k..at as usize + 8 * k + 8];
+                    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+                };
+                // A pass the implementation did not time reads as 0 → 0 (adds nothing).
+                let ns = tick(1).saturating_sub(tick(0)) as f64 * timer.period_ns;
+                self.gpu_ns.fetch_add(ns.round() as u64, Ordering::Relaxed);
+            }
+            view[..4 * submitted.values]
+                .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
         };

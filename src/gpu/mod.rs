@@ -89,6 +89,9 @@ impl FusedHead {
     pub fn dispatches(&self) -> u64 {
         match *self {}
     }
+    pub fn gpu_time_ns(&self) -> Option<u64> {
+        match *self {}
+    }
     pub fn has_time_table(&self) -> bool {
         match *self {}
     }
