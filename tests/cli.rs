@@ -275,6 +275,59 @@ fn model_defaults_apply_unless_a_flag_overrides_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `disa convert --defaults` merges suggested settings over the source's: the keys given win,
+/// the others stay; a bad value is refused and nothing is written.
+#[test]
+fn convert_sets_the_suggested_settings() {
+    let dir =
+        std::env::temp_dir().join(format!("disa-cli-convert-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("suggests.safetensors");
+    let run = |defaults: &str, out: &std::path::Path| {
+        disa()
+            .args([
+                "convert",
+                "--storage",
+                "int8",
+                "--defaults",
+                defaults,
+                "--out",
+            ])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let done = run(r#"{"cfg": 4.5, "temperature": 0.9}"#, &out);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let line = summary_line(Some(&out), &["--ar-steps", "2"]);
+    assert!(
+        line.contains("schedule linear:50:5 · K=2 · cfg 4.5 (linear) · temperature 0.9 ·"),
+        "{line}"
+    );
+    for (defaults, needle) in [
+        (r#"{"cfg": 0.5}"#, "cfg"),
+        (r#"{"arSteps": 65}"#, "K ≤ 64"),
+        (r#"{"ar_steps": 4}"#, "ar_steps"),
+        ("[4]", "JSON object"),
+        ("cfg=4", "not JSON"),
+    ] {
+        let never = dir.join("never.safetensors");
+        let refused = run(defaults, &never);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{defaults} was accepted");
+        assert!(
+            err.contains("--defaults") && err.contains(needle),
+            "{defaults}: {err}"
+        );
+        assert!(!never.exists(), "{defaults}: a file was written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn generate_writes_a_png() {
     let dir = std::env::temp_dir().join(format!("disa-cli-{}", std::process::id()));

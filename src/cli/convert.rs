@@ -4,6 +4,7 @@
 use super::args::ModelArgs;
 use super::common::write_file;
 use clap::{Args, ValueEnum};
+use disa::defaults::SamplingDefaults;
 use disa::weights::{Bundle, DecoderSpec, Storage};
 use disa::{DisaError, Result};
 use std::path::PathBuf;
@@ -15,6 +16,11 @@ pub struct ConvertArgs {
     /// A name shown by the page and the CLI.
     #[arg(long)]
     pub name: Option<String>,
+    /// Sampling settings the file suggests (what `generate`, `bench`, `eval` and the page use
+    /// where the user sets nothing): a JSON object with any of `arSteps`, `schedule`, `cfg`,
+    /// `cfgSchedule`, `temperature`, merged over the source's suggestions, e.g. '{"cfg": 4}'.
+    #[arg(long, value_name = "JSON")]
+    pub defaults: Option<String>,
     /// Output file: safetensors with disa metadata; with `--to official`, a PyTorch checkpoint
     /// (`.pth`, `.pt`, `.ckpt`) or safetensors (`.safetensors`).
     #[arg(long)]
@@ -108,9 +114,33 @@ impl ConvertOutput {
 pub fn convert(args: ConvertArgs) -> Result<()> {
     let output = ConvertOutput::of(&args)?;
     disa::weights::atomic::check_output_file(&args.out, "--out", &[])?;
+    let given = args.defaults.as_deref().map(parse_defaults).transpose()?;
+    if given.is_some() && !matches!(output, ConvertOutput::Disa(_)) {
+        return Err(DisaError::InvalidSetting(
+            "--defaults: the official layout has no place for suggested settings (only a disa \
+             model file keeps them)"
+                .into(),
+        ));
+    }
     let mut bundle = args.model.bundle()?;
     if let Some(name) = args.name {
         bundle.info.name = name;
+    }
+    if let Some(given) = given {
+        let merged = super::args::suggested(&bundle)?.overridden_by(&given);
+        // A suggestion the model cannot run (K above its token count) is refused here, not
+        // when someone samples with it.
+        merged
+            .resolve()
+            .request(vec![None], disa::sampler::Clip::default())
+            .plan(&bundle.config)
+            .map_err(|e| match e {
+                DisaError::InvalidSetting(why) => {
+                    DisaError::InvalidSetting(format!("--defaults: {why}"))
+                }
+                other => other,
+            })?;
+        bundle.info.defaults = merged.to_info();
     }
     if matches!(output, ConvertOutput::Disa(_))
         && bundle.decoder == DecoderSpec::None
@@ -131,10 +161,11 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
             let bytes = bundle.to_bytes_as(storage)?;
             write_file(&args.out, &bytes)?;
             println!(
-                "wrote {out} ({:.2} MB, {} tensors, decoder {:?})",
+                "wrote {out} ({:.2} MB, {} tensors, decoder {:?}; suggests {})",
                 mb(bytes.len() as u64),
                 bundle.mar.tensors.len() + bundle.vae.as_ref().map_or(0, |v| v.tensors.len()),
-                bundle.decoder
+                bundle.decoder,
+                bundle.info.defaults
             );
         }
         ConvertOutput::TorchCheckpoint => {
@@ -167,6 +198,18 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--defaults`: a JSON object of suggested settings, checked as a model file's are.
+fn parse_defaults(text: &str) -> Result<SamplingDefaults> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| DisaError::InvalidSetting(format!("--defaults is not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(DisaError::InvalidSetting(format!(
+            "--defaults {value}: give a JSON object, e.g. '{{\"cfg\": 4}}'"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| DisaError::InvalidSetting(format!("--defaults: {e}")))
 }
 
 /// Said after an official export of a model that has a VAE.
