@@ -5,8 +5,9 @@
 use crate::error::{DisaError, Result};
 use crate::model::{ImageDecoder, Model, PatchDecoder, VaeDecoder};
 use crate::sampler::LoadedModel;
-use crate::weights::{Bundle, DecoderSpec, quant};
+use crate::weights::{Bundle, DecoderSpec, StoredForm, quant};
 use burn::tensor::Device;
+use std::collections::BTreeMap;
 
 impl Bundle {
     /// Builds the model on `device`, keeping this bundle (its weights are copied).
@@ -39,14 +40,26 @@ impl Bundle {
         // The fused head kernels read the head's weights as the file stored them, so they are
         // uploaded before the model takes the f32 values.
         let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
-        // On a GPU, the Linear weights the file stored quantized stay so: their integers and
-        // block scales are recovered exactly from the loaded values.
+        // On a GPU, the Linear weights the file stored quantized stay so: the head's with the
+        // file's bytes (kept for the fused kernels), the others with their integers and block
+        // scales recovered exactly from the loaded values.
         let stored_bits = std::mem::take(&mut self.quantized);
+        let mut head_bytes: BTreeMap<String, Vec<u8>> = std::mem::take(&mut self.stored)
+            .into_iter()
+            .filter_map(|(key, form)| match form {
+                StoredForm::Quantized { bytes, .. } => Some((key, bytes)),
+                StoredForm::F16 => None,
+            })
+            .collect();
         let quantized: crate::model::params::QuantizedWeights = Box::new(move |key, t, device| {
             let (Some(&bits), &[out, inp]) = (stored_bits.get(key), &t.shape[..]) else {
                 return Ok(None);
             };
-            match quant::requantize_exact(t, bits) {
+            let bytes = match head_bytes.remove(key) {
+                Some(bytes) => Some(bytes),
+                None => quant::requantize_exact(t, bits),
+            };
+            match bytes {
                 Some(bytes) => quant::gpu_tensor(bytes, [out, inp], bits, device).map(Some),
                 None => Ok(None),
             }
