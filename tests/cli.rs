@@ -203,10 +203,10 @@ fn summary_line(weights: Option<&std::path::Path>, flags: &[&str]) -> String {
 
 #[test]
 fn model_defaults_apply_unless_a_flag_overrides_them() {
-    // The built-in model suggests K = 16, linear 50→5, cfg 3 (linear), temperature 1.
+    // The built-in model suggests K = 16, linear 50→5, cfg 5 (linear), temperature 1.
     let line = summary_line(None, &["--ar-steps", "2"]);
     assert!(
-        line.contains("schedule linear:50:5 · K=2 · cfg 3 (linear) · temperature 1 ·"),
+        line.contains("schedule linear:50:5 · K=2 · cfg 5 (linear) · temperature 1 ·"),
         "{line}"
     );
     // A model that suggests every field: each is used, and each flag wins over it.
