@@ -45,6 +45,25 @@ fn generator(storage: Storage) -> Arc<LoadedModel> {
     Arc::new(g)
 }
 
+/// The shipped model's file and the model built from it on the GPU.
+fn shipped_on_gpu() -> (Bundle, Arc<LoadedModel>) {
+    let bundle =
+        Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors")).unwrap();
+    let g = Arc::new(bundle.clone().into_generator(&device()).unwrap());
+    (bundle, g)
+}
+
+/// A short CFG generation of one image of `label` (K = 4, linear 10→5, CFG 2).
+fn short_request(label: usize) -> Request {
+    Request {
+        labels: vec![Some(label)],
+        ar_steps: 4,
+        schedule: StepSchedule::Linear { start: 10, end: 5 },
+        cfg: 2.0,
+        ..Request::default()
+    }
+}
+
 fn scaled(actual: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(actual.len(), reference.len());
     let absmax = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
@@ -214,17 +233,9 @@ fn generations_match_the_tensor_path_for_every_storage() {
 /// 0.35× the f32 file's bytes on the GPU; f16 about half.
 #[test]
 fn launches_and_weight_memory() {
-    let bundle =
-        Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors")).unwrap();
-    let g = Arc::new(bundle.clone().into_generator(&device()).unwrap());
+    let (bundle, g) = shipped_on_gpu();
     let fused = g.fused_head().expect("fused head for the built-in model");
-    let request = Request {
-        labels: vec![Some(2)],
-        ar_steps: 4,
-        schedule: StepSchedule::Linear { start: 10, end: 5 },
-        cfg: 2.0,
-        ..Request::default()
-    };
+    let request = short_request(2);
     for (per_layer, per_call) in [(false, 1), (true, 8)] {
         fused.force_per_layer(per_layer);
         assert_eq!(fused.dispatches_per_head_call(), per_call);
@@ -298,16 +309,12 @@ fn launches_and_weight_memory() {
     }
 }
 
-/// Asking for the fused kernels where there are none is an error that says why, not a
-/// silent fallback.
 /// Timestamp queries around each AR step's pass time the fused head's kernels on the GPU,
 /// read back with `x_0` (no extra wait): the GPU time is positive and within the head's
 /// host-measured time, which also holds the uploads and the read-back.
 #[test]
 fn gpu_timestamps_time_the_fused_head() {
-    let bundle =
-        Bundle::from_bytes("shipped", include_bytes!("../www/assets/model.safetensors")).unwrap();
-    let g = Arc::new(bundle.into_generator(&device()).unwrap());
+    let (_, g) = shipped_on_gpu();
     let fused = g.fused_head().expect("fused head for the built-in model");
     let adapter = fused.adapter().name.to_ascii_lowercase();
     let Some(before) = fused.gpu_time_ns() else {
@@ -318,14 +325,7 @@ fn gpu_timestamps_time_the_fused_head() {
         );
         return;
     };
-    let request = Request {
-        labels: vec![Some(4)],
-        ar_steps: 4,
-        schedule: StepSchedule::Linear { start: 10, end: 5 },
-        cfg: 2.0,
-        ..Request::default()
-    };
-    let events = Generation::new(g.clone(), request, Box::new(SeededNoise::new(2)))
+    let events = Generation::new(g.clone(), short_request(4), Box::new(SeededNoise::new(2)))
         .unwrap()
         .run_to_end()
         .unwrap();
@@ -339,6 +339,8 @@ fn gpu_timestamps_time_the_fused_head() {
     );
 }
 
+/// Asking for the fused kernels where there are none is an error that says why, not a
+/// silent fallback.
 #[test]
 fn fused_on_the_cpu_is_a_clear_error() {
     let g = Arc::new(official().into_generator(&Device::flex()).unwrap());

@@ -383,10 +383,9 @@ pub struct HeadJob<'a> {
 /// A submitted AR step whose `x_0` has not been read yet.
 pub struct Submitted {
     /// `x_0` (`values` floats), then, when the adapter has timestamp queries, the begin and
-    /// end ticks of the step's compute pass (two u64 at byte `ticks_at`).
+    /// end ticks of the step's compute pass (two u64 at [`GpuTimer::ticks_at`]).
     staging: wgpu::Buffer,
     values: usize,
-    ticks_at: Option<u64>,
 }
 
 /// GPU timestamps around each AR step's compute pass (where the adapter has
@@ -424,6 +423,11 @@ impl GpuTimer {
             resolved,
             period_ns: f64::from(ctx.queue.get_timestamp_period()),
         })
+    }
+
+    /// Byte offset of the two ticks in a staging buffer after `values` floats (u64-aligned).
+    fn ticks_at(values: usize) -> u64 {
+        (4 * values as u64).next_multiple_of(8)
     }
 
     /// Timestamp writes at the beginning and end of a compute pass.
@@ -1230,19 +1234,19 @@ impl FusedHead {
         launched: u64,
     ) -> Submitted {
         let values_bytes = 4 * len as u64;
-        let ticks_at = self
-            .timer
-            .as_ref()
-            .map(|_| values_bytes.next_multiple_of(8));
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("disa head x0"),
-            size: ticks_at.map_or(values_bytes, |at| at + 16),
+            size: match self.timer {
+                Some(_) => GpuTimer::ticks_at(len) + 16,
+                None => values_bytes,
+            },
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         encoder.copy_buffer_to_buffer(act, 4 * x_off as u64, &staging, 0, values_bytes);
-        if let (Some(timer), Some(at)) = (&self.timer, ticks_at) {
+        if let Some(timer) = &self.timer {
             encoder.resolve_query_set(&timer.queries, 0..2, &timer.resolved, 0);
+            let at = GpuTimer::ticks_at(len);
             encoder.copy_buffer_to_buffer(&timer.resolved, 0, &staging, at, 16);
         }
         self.ctx.queue.submit([encoder.finish()]);
@@ -1250,7 +1254,6 @@ impl FusedHead {
         Submitted {
             staging,
             values: len,
-            ticks_at,
         }
     }
 
@@ -1367,9 +1370,10 @@ impl FusedHead {
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| gpu_error("reading results back", e))?;
-            if let (Some(timer), Some(at)) = (&self.timer, submitted.ticks_at) {
+            if let Some(timer) = &self.timer {
+                let at = GpuTimer::ticks_at(submitted.values) as usize;
                 let tick = |k: usize| {
-                    let b = &view[at as usize + 8 * k..at as usize + 8 * k + 8];
+                    let b = &view[at + 8 * k..at + 8 * k + 8];
                     u64::from_le_bytes(b.try_into().expect("8 bytes"))
                 };
                 // A pass the implementation did not time reads as 0 → 0 (adds nothing).
