@@ -399,22 +399,33 @@ fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 
 // ───────────────────────────── token_loop: small heads ─────────────────────────────
 
-const TL: u32 = 256u;      // token_loop threads per workgroup
+// token_loop threads per workgroup, set per adapter by the host (src/gpu/head.rs): 256 on a
+// GPU; 64 on a software adapter (lavapipe, SwiftShader), which runs a workgroup's invocations
+// as a loop on one CPU core, so threads beyond the work only add lanes to schedule at every
+// barrier. At least the token size (p_sample gives each value a thread).
+override TL: u32 = 256u;
 const TLW: u32 = 256u;     // widest head (and condition) token_loop holds in shared memory
 
 var<workgroup> th: array<f32, 512>;   // h, [2][W]
 // The gemms' left operands, three row pairs [2][TLW] in one array (WGSL functions take no
 // pointers to workgroup memory, so one `tl_dot` indexes them by offset):
 // y = silu(cond + temb[t]) at T_Y, a modulated LayerNorm at T_A, the MLP's hidden at T_U.
-var<workgroup> tops: array<f32, 1536>;
+// Stored as vec4s, so the dot products read four inputs with one load (a software adapter
+// emulates each shared-memory load per lane: scalar loads made its dot products 1.6× slower).
+var<workgroup> tops: array<vec4<f32>, 384>;
 const T_Y: u32 = 0u;
 const T_A: u32 = 512u;
 const T_U: u32 = 1024u;
 var<workgroup> tc: array<f32, 512>;   // cond, [2][W]
 var<workgroup> tstats: array<vec2<f32>, 2>;
 
+// Operand values k..k+4 (k a multiple of 4).
 fn tops4(k: u32) -> vec4<f32> {
-    return vec4<f32>(tops[k], tops[k + 1u], tops[k + 2u], tops[k + 3u]);
+    return tops[k / 4u];
+}
+
+fn tops_set(k: u32, v: f32) {
+    tops[k / 4u][k % 4u] = v;
 }
 
 // A word of the layer table, stored in `mat` after the matrices: four words per matrix (word
@@ -482,6 +493,69 @@ fn tl_dot(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<
     return acc;
 }
 
+// As `tl_dot` for two output columns o0 and o1 at once, a 2 × 2 tile: each operand read
+// serves both columns and each weight read both rows. Returns (row 0 · o0, row 1 · o0,
+// row 0 · o1, row 1 · o1).
+fn tl_dot2(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o0: u32, o1: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    let w_off = table(m);
+    let scale_off = table(m + 1u);
+    let fmt = table(m + 3u);
+    if fmt == FMT_I8 || fmt == FMT_I4 {
+        for (var blk = 0u; blk < in_dim; blk += 32u) {
+            var part = vec4<f32>(0.0);
+            for (var i = blk; i < blk + 32u; i += 4u) {
+                let q0 = load_quad_raw(fmt, w_off, out_dim, i, o0);
+                let q1 = load_quad_raw(fmt, w_off, out_dim, i, o1);
+                let a0 = tops4(src + i);
+                part.x += dot(a0, q0);
+                part.z += dot(a0, q1);
+                if nr == 2u {
+                    let a1 = tops4(src + TLW + i);
+                    part.y += dot(a1, q0);
+                    part.w += dot(a1, q1);
+                }
+            }
+            let sb = scale_off + (blk / 32u) * out_dim;
+            acc += part * vec4<f32>(vecs[sb + o0], vecs[sb + o0], vecs[sb + o1], vecs[sb + o1]);
+        }
+        return acc;
+    }
+    for (var i = 0u; i < in_dim; i += 4u) {
+        let w0 = load_quad(fmt, w_off, scale_off, out_dim, i, o0);
+        let w1 = load_quad(fmt, w_off, scale_off, out_dim, i, o1);
+        let a0 = tops4(src + i);
+        acc.x += dot(a0, w0);
+        acc.z += dot(a0, w1);
+        if nr == 2u {
+            let a1 = tops4(src + TLW + i);
+            acc.y += dot(a1, w0);
+            acc.w += dot(a1, w1);
+        }
+    }
+    return acc;
+}
+
+// `tl_dot` or `tl_dot2` for a thread's column(s) of a layer with `out_dim` outputs: where a
+// thread has at least two columns (out_dim ≥ 2·TL) it takes them in pairs (o, o + half),
+// half = out_dim / 2 (even), else one column at a time. `o` runs over `tl_columns(out_dim)`.
+// Returns the tile as `tl_dot2` does; with one column, z and w repeat x and y.
+fn tl_paired(out_dim: u32) -> bool {
+    return out_dim >= 2u * TL && out_dim % 2u == 0u;
+}
+
+fn tl_columns(out_dim: u32) -> u32 {
+    return select(out_dim, out_dim / 2u, tl_paired(out_dim));
+}
+
+fn tl_tile(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec4<f32> {
+    if tl_paired(out_dim) {
+        return tl_dot2(src, nr, m, in_dim, out_dim, o, o + out_dim / 2u);
+    }
+    let v = tl_dot(src, nr, m, in_dim, out_dim, o);
+    return vec4<f32>(v, v);
+}
+
 // LayerNorm statistics of the shared h rows, two passes as PyTorch (thread j: row j).
 fn tl_stats(lid: u32, nr: u32) {
     if lid < nr {
@@ -518,7 +592,7 @@ fn tl_project(lid: u32, nr: u32, t: u32) {
     for (var k = lid; k < nr * w; k += TL) {
         let j = k / w;
         let i = k % w;
-        tops[T_Y + j * TLW + i] = silu(tc[j * TLW + i] + vecs[p.temb_off + t * w + i]);
+        tops_set(T_Y + j * TLW + i, silu(tc[j * TLW + i] + vecs[p.temb_off + t * w + i]));
     }
     workgroupBarrier();
 }
@@ -526,7 +600,7 @@ fn tl_project(lid: u32, nr: u32, t: u32) {
 // One workgroup per token: the whole sampling loop of an AR step for the token's rows
 // (row `tok` and, with CFG, row `n + tok`). The adaLN modulations go to the token's rows of
 // `act` (too many for shared memory), everything else stays in shared memory.
-@compute @workgroup_size(256)
+@compute @workgroup_size(TL)
 fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let tok = wg.x;
     let w = p.width;
@@ -555,11 +629,21 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     for (var s = 0u; s < p.steps; s++) {
         // Every adaLN modulation at once (table entry 3): [shift|scale|gate] per block, then
         // [shift|scale] of the final layer.
-        for (var o = lid; o < ada_n; o += TL) {
-            let v = tl_dot(T_Y, nr, 4u, w, ada_n, o) + vec2<f32>(vecs[table(6u) + o]);
-            act[p.mod_off + tok * ada_n + o] = v.x;
+        let ada_pair = tl_paired(ada_n);
+        for (var o = lid; o < tl_columns(ada_n); o += TL) {
+            let v = tl_tile(T_Y, nr, 4u, w, ada_n, o);
+            let row0 = p.mod_off + tok * ada_n;
+            let row1 = p.mod_off + (tok + p.n_tok) * ada_n;
+            act[row0 + o] = v.x + vecs[table(6u) + o];
             if nr == 2u {
-                act[p.mod_off + (tok + p.n_tok) * ada_n + o] = v.y;
+                act[row1 + o] = v.y + vecs[table(6u) + o];
+            }
+            if ada_pair {
+                let o1 = o + ada_n / 2u;
+                act[row0 + o1] = v.z + vecs[table(6u) + o1];
+                if nr == 2u {
+                    act[row1 + o1] = v.w + vecs[table(6u) + o1];
+                }
             }
         }
         storageBarrier();
@@ -575,21 +659,39 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
                 let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mrow + i;
                 let st2 = tstats[j];
                 let ln = (th[j * TLW + i] - st2.x) * st2.y * vecs[table(e + 8u) + i] + vecs[table(e + 9u) + i];
-                tops[T_A + j * TLW + i] = ln * (act[m + w] + 1.0) + act[m];
+                tops_set(T_A + j * TLW + i, ln * (act[m + w] + 1.0) + act[m]);
             }
             workgroupBarrier();
-            for (var o = lid; o < w; o += TL) {
-                let v = tl_dot(T_A, nr, e, w, w, o) + vec2<f32>(vecs[table(e + 2u) + o]);
-                tops[T_U + o] = silu(v.x);
-                tops[T_U + TLW + o] = silu(v.y);
+            let pair = tl_paired(w);
+            let o1_step = w / 2u;
+            for (var o = lid; o < tl_columns(w); o += TL) {
+                let v = tl_tile(T_A, nr, e, w, w, o);
+                let b0 = vecs[table(e + 2u) + o];
+                tops_set(T_U + o, silu(v.x + b0));
+                tops_set(T_U + TLW + o, silu(v.y + b0));
+                if pair {
+                    let o1 = o + o1_step;
+                    let b1 = vecs[table(e + 2u) + o1];
+                    tops_set(T_U + o1, silu(v.z + b1));
+                    tops_set(T_U + TLW + o1, silu(v.w + b1));
+                }
             }
             workgroupBarrier();
-            for (var o = lid; o < w; o += TL) {
-                let v = tl_dot(T_U, nr, e + 4u, w, w, o) + vec2<f32>(vecs[table(e + 6u) + o]);
-                let g = p.mod_off + tok * ada_n + mrow + 2u * w + o;
-                th[o] += act[g] * v.x;
+            for (var o = lid; o < tl_columns(w); o += TL) {
+                let v = tl_tile(T_U, nr, e + 4u, w, w, o);
+                let g = p.mod_off + tok * ada_n + mrow + 2u * w;
+                let b0 = vecs[table(e + 6u) + o];
+                th[o] += act[g + o] * (v.x + b0);
                 if nr == 2u {
-                    th[TLW + o] += act[g + p.n_tok * ada_n] * v.y;
+                    th[TLW + o] += act[g + p.n_tok * ada_n + o] * (v.y + b0);
+                }
+                if pair {
+                    let o1 = o + o1_step;
+                    let b1 = vecs[table(e + 6u) + o1];
+                    th[o1] += act[g + o1] * (v.z + b1);
+                    if nr == 2u {
+                        th[TLW + o1] += act[g + p.n_tok * ada_n + o1] * (v.w + b1);
+                    }
                 }
             }
             workgroupBarrier();
@@ -603,7 +705,7 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             let i = k % w;
             let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mfin + i;
             let st2 = tstats[j];
-            tops[T_A + j * TLW + i] = (th[j * TLW + i] - st2.x) * st2.y * (act[m + w] + 1.0) + act[m];
+            tops_set(T_A + j * TLW + i, (th[j * TLW + i] - st2.x) * st2.y * (act[m + w] + 1.0) + act[m]);
         }
         workgroupBarrier();
         for (var o = lid; o < nout; o += TL) {

@@ -546,10 +546,7 @@ impl Session {
                 Ok((device, setup)) => {
                     use burn::tensor::wgpu::wgpu::DeviceType;
                     let adapter = setup.adapter.get_info();
-                    let lower = adapter.name.to_ascii_lowercase();
-                    info.software = matches!(adapter.device_type, DeviceType::Cpu)
-                        || lower.contains("swiftshader")
-                        || lower.contains("llvmpipe");
+                    info.software = crate::gpu::is_software(&adapter);
                     // Browsers often hide the adapter's name; say what is known.
                     let name = if adapter.name.trim().is_empty() {
                         "unnamed adapter".to_string()

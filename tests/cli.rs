@@ -604,7 +604,8 @@ fn bench_times_preset_shapes_and_takes_a_clip() {
 }
 
 /// On a GPU, `--kernels tensor,fused` times both heads in one run: the fused rows count their
-/// launches and the report gives the fused head's weight bytes.
+/// launches and the report gives the fused head's weight bytes; `--token-loop-threads 64,128`
+/// gives the fused head one row per workgroup size, and asks for a fused head.
 #[cfg(feature = "wgpu")]
 #[test]
 fn bench_json_reports_fused_launches_on_wgpu() {
@@ -625,7 +626,12 @@ fn bench_json_reports_fused_launches_on_wgpu() {
             "--repeats",
             "1",
         ])
-        .args(["--kernels", "tensor,fused"])
+        .args([
+            "--kernels",
+            "tensor,fused",
+            "--token-loop-threads",
+            "64,128",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -641,16 +647,43 @@ fn bench_json_reports_fused_launches_on_wgpu() {
         "{report:#}"
     );
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2, "{report:#}");
+    assert_eq!(rows.len(), 3, "{report:#}");
     assert_eq!(
         (&rows[0]["kernels"], &rows[0]["head"]),
         (&"tensor".into(), &"tensor".into())
     );
     assert!(rows[0]["launches"].is_null(), "{report:#}");
-    assert_eq!(
-        (&rows[1]["kernels"], &rows[1]["head"]),
-        (&"fused".into(), &"fused".into())
-    );
-    // Counted, not guessed: the fused head's dispatches during the run.
-    assert!(rows[1]["launches"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(rows[0]["tokenLoopThreads"].is_null(), "{report:#}");
+    for (row, threads) in rows[1..].iter().zip([64, 128]) {
+        assert_eq!(
+            (&row["kernels"], &row["head"], &row["tokenLoopThreads"]),
+            (&"fused".into(), &"fused".into(), &threads.into()),
+            "{report:#}"
+        );
+        // Counted, not guessed: the fused head's dispatches during the run.
+        assert!(row["launches"].as_u64().unwrap() > 0, "{report:#}");
+    }
+
+    for (kernels, threads, needle) in [
+        ("tensor", "64", "add --kernels fused"),
+        ("fused", "8", "token_loop threads 8"),
+        ("fused", "300", "token_loop threads 300"),
+    ] {
+        let out = disa()
+            .args(["bench", "--backend", "wgpu", "--shapes", "fashion"])
+            .args([
+                "--schedules",
+                "constant:2",
+                "--ar-steps",
+                "2",
+                "--repeats",
+                "1",
+            ])
+            .args(["--kernels", kernels, "--token-loop-threads", threads])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+        assert!(err.contains(needle), "{kernels} {threads}: {err}");
+    }
 }

@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
-use disa::gpu::{HeadJob, Kernels};
+use disa::gpu::{FusedHead, HeadJob, Kernels};
 use disa::noise::SeededNoise;
 use disa::sampler::{Generation, LoadedModel, Request};
 use disa::schedule::{CfgSchedule, StepSchedule};
@@ -64,6 +64,32 @@ fn short_request(label: usize) -> Request {
     }
 }
 
+/// Which form of the fused head a test runs.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// `token_loop` with this many threads per workgroup: 32 and 64 make every thread take
+    /// the tiny model's MLP columns (64) and adaLN columns (512) in pairs, 256 only the
+    /// adaLN columns (`tl_dot2`); 64 is what a software adapter runs, 256 a GPU.
+    TokenLoop(u32),
+    /// The per-layer kernels.
+    PerLayer,
+}
+
+fn use_form(fused: &FusedHead, form: Form) {
+    match form {
+        Form::TokenLoop(threads) => {
+            fused.force_per_layer(false);
+            fused.set_token_loop_threads(threads).unwrap();
+            assert!(fused.uses_token_loop(), "a small head runs token_loop");
+            assert_eq!(fused.token_loop_threads(), threads);
+        }
+        Form::PerLayer => {
+            fused.force_per_layer(true);
+            assert!(!fused.uses_token_loop());
+        }
+    }
+}
+
 fn scaled(actual: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(actual.len(), reference.len());
     let absmax = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
@@ -92,21 +118,20 @@ fn lcg(seed: u64, n: usize) -> Vec<f32> {
 /// timestep with noise and at the last one, with and without guidance.
 #[test]
 fn one_head_call_matches_the_tensor_path() {
-    for (storage, per_layer) in [
-        (Storage::F32, false),
-        (Storage::F32, true),
-        (Storage::Int8, false),
-        (Storage::Int8, true),
-        (Storage::Int4, false),
+    for (storage, form) in [
+        (Storage::F32, Form::TokenLoop(32)),
+        (Storage::F32, Form::TokenLoop(64)),
+        (Storage::F32, Form::TokenLoop(256)),
+        (Storage::F32, Form::PerLayer),
+        (Storage::Int8, Form::TokenLoop(32)),
+        (Storage::Int8, Form::TokenLoop(256)),
+        (Storage::Int8, Form::PerLayer),
+        (Storage::Int4, Form::TokenLoop(64)),
+        (Storage::Int4, Form::TokenLoop(256)),
     ] {
         let g = generator(storage);
         let fused = g.fused_head().unwrap();
-        fused.force_per_layer(per_layer);
-        assert_eq!(
-            fused.uses_token_loop(),
-            !per_layer,
-            "a small head runs token_loop"
-        );
+        use_form(fused, form);
         let time_table: Vec<f32> = g
             .model
             .head
@@ -159,12 +184,12 @@ fn one_head_call_matches_the_tensor_path() {
                 .unwrap();
             let err = scaled(&got, &want);
             eprintln!(
-                "{} (per layer: {per_layer}) cfg {cfg:?} step {idx}: scaled error {err:.2e}",
+                "{} ({form:?}) cfg {cfg:?} step {idx}: scaled error {err:.2e}",
                 storage.name()
             );
             assert!(
                 err <= FUSED_TOLERANCE,
-                "{} (per layer: {per_layer}): cfg {cfg:?}, step {idx}: {err:.3e}",
+                "{} ({form:?}): cfg {cfg:?}, step {idx}: {err:.3e}",
                 storage.name()
             );
         }
@@ -191,16 +216,18 @@ fn generations_match_the_tensor_path_for_every_storage() {
             ..Request::default()
         },
     ];
-    for (storage, per_layer) in [
-        (Storage::F32, false),
-        (Storage::F32, true),
-        (Storage::F16, false),
-        (Storage::Int8, false),
-        (Storage::Int8, true),
-        (Storage::Int4, false),
+    for (storage, form) in [
+        (Storage::F32, Form::TokenLoop(32)),
+        (Storage::F32, Form::TokenLoop(256)),
+        (Storage::F32, Form::PerLayer),
+        (Storage::F16, Form::TokenLoop(64)),
+        (Storage::Int8, Form::TokenLoop(64)),
+        (Storage::Int8, Form::TokenLoop(256)),
+        (Storage::Int8, Form::PerLayer),
+        (Storage::Int4, Form::TokenLoop(32)),
     ] {
         let g = generator(storage);
-        g.fused_head().unwrap().force_per_layer(per_layer);
+        use_form(g.fused_head().unwrap(), form);
         for request in &requests {
             let run = |kernels: Kernels| {
                 let mut generation =
@@ -219,7 +246,7 @@ fn generations_match_the_tensor_path_for_every_storage() {
                 let err = scaled(&b.values, &a.values);
                 assert!(
                     err <= FUSED_TOLERANCE,
-                    "{} (per layer: {per_layer}) step {}: {err:.3e}",
+                    "{} ({form:?}) step {}: {err:.3e}",
                     storage.name(),
                     a.k
                 );
@@ -307,6 +334,61 @@ fn launches_and_weight_memory() {
         assert!(m.quantized_tensors >= 20, "{storage:?}: {m:?}");
         assert!(whole <= at_most, "{storage:?}: {whole:.3}× f32");
     }
+}
+
+/// `token_loop` runs 64 threads per workgroup on a software adapter (lavapipe on CI) and 256
+/// on a GPU; counts outside [token size, 256] are refused; and the built-in model (width 128,
+/// so 64 threads take its MLP columns in pairs) generates the tensor path's tokens with
+/// either count.
+#[test]
+fn token_loop_threads_follow_the_adapter() {
+    let (_, g) = shipped_on_gpu();
+    let fused = g.fused_head().expect("fused head for the built-in model");
+    let expected = if disa::gpu::is_software(fused.adapter()) {
+        64
+    } else {
+        256
+    };
+    assert_eq!(
+        fused.token_loop_threads(),
+        expected,
+        "{:?}",
+        fused.adapter()
+    );
+    for bad in [0, g.config.token_dim() as u32 - 1, 257, 1024] {
+        let err = fused.set_token_loop_threads(bad).unwrap_err().to_string();
+        assert!(err.contains("token_loop threads"), "{bad}: {err}");
+    }
+    assert_eq!(
+        fused.token_loop_threads(),
+        expected,
+        "a refused count changes nothing"
+    );
+    let request = Request {
+        labels: vec![Some(5), None],
+        ..short_request(0)
+    };
+    let run = |kernels: Kernels| {
+        Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(4)))
+            .unwrap()
+            .kernels(kernels)
+            .run_to_end()
+            .unwrap()
+    };
+    let tensor = run(Kernels::Tensor);
+    for threads in [64, 256] {
+        fused.set_token_loop_threads(threads).unwrap();
+        let fused_events = run(Kernels::Fused);
+        for (a, b) in tensor.iter().zip(&fused_events) {
+            let err = scaled(&b.values, &a.values);
+            assert!(
+                err <= FUSED_TOLERANCE,
+                "{threads} threads, step {}: {err:.3e}",
+                a.k
+            );
+        }
+    }
+    fused.set_token_loop_threads(expected).unwrap();
 }
 
 /// Timestamp queries around each AR step's pass time the fused head's kernels on the GPU,

@@ -59,6 +59,12 @@ pub struct BenchArgs {
         default_value = "auto"
     )]
     pub kernels: Vec<KernelsArg>,
+    /// Threads per workgroup of the fused head's one-launch form (`token_loop`, small heads),
+    /// comma-separated: each fused row runs once per count, in one run [default: the
+    /// adapter's, 64 on a software adapter and 256 on a GPU]. Each count lies in [token size,
+    /// 256].
+    #[arg(long, value_delimiter = ',')]
+    pub token_loop_threads: Vec<u32>,
     /// Timestep clip for every schedule: default (950 for DiSA schedules, none for constant
     /// ones, as their reference code), none (MAR), or a timestep (950 gives every schedule
     /// DiSA's clip).
@@ -104,6 +110,8 @@ struct Row {
     kernels: String,
     /// `fused` or `tensor`: what ran (auto resolves to one of them).
     head: &'static str,
+    /// Threads per `token_loop` workgroup where the fused head ran as one launch per AR step.
+    token_loop_threads: Option<u32>,
     /// Median wall time per image of sampling (transformer + head; decoding is not timed).
     seconds_per_image: f64,
     /// Median head time per image.
@@ -126,6 +134,13 @@ struct Row {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     let backend = Backend::from(args.backend);
+    if !args.token_loop_threads.is_empty()
+        && args.kernels.iter().all(|k| matches!(k, KernelsArg::Tensor))
+    {
+        return Err(DisaError::InvalidSetting(
+            "--token-loop-threads sets the fused head's workgroups: add --kernels fused".into(),
+        ));
+    }
     if args.repeats == 0 || args.batch == 0 {
         return Err(DisaError::InvalidSetting(
             "repeats and batch must be at least 1".into(),
@@ -194,7 +209,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .request(labels.clone(), args.clip);
         let plan = request.plan(&generator.config)?;
         let head_calls = plan.head_calls();
+        // Each head implementation, and for the fused head each `token_loop` thread count asked.
+        let mut variants = Vec::new();
         for &kernels in &args.kernels {
+            if matches!(kernels, KernelsArg::Tensor) || args.token_loop_threads.is_empty() {
+                variants.push((kernels, None));
+            } else {
+                variants.extend(args.token_loop_threads.iter().map(|&t| (kernels, Some(t))));
+            }
+        }
+        for (kernels, threads) in variants {
+            if let Some(threads) = threads {
+                match generator.fused_head() {
+                    Some(f) if f.uses_token_loop() => f.set_token_loop_threads(threads)?,
+                    _ => {
+                        return Err(DisaError::InvalidSetting(format!(
+                            "--token-loop-threads: this model's head does not run token_loop \
+                             here ({})",
+                            generator.fused_head().map_or_else(
+                                || generator.fused_unavailable().to_string(),
+                                |f| f.launch_summary()
+                            )
+                        )));
+                    }
+                }
+            }
             let mut times = Vec::new();
             let mut head_times = Vec::new();
             let mut gpu_times = Vec::new();
@@ -238,6 +277,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 schedule: schedule.to_string(),
                 kernels: disa::sampler::Kernels::from(kernels).to_string(),
                 head: if fused { "fused" } else { "tensor" },
+                token_loop_threads: generator
+                    .fused_head()
+                    .filter(|f| fused && f.uses_token_loop())
+                    .map(|f| f.token_loop_threads()),
                 seconds_per_image: ms / 1e3,
                 head_seconds_per_image: head_ms / 1e3,
                 head_gpu_seconds_per_image: head_gpu_ms.map(|ms| ms / 1e3),
@@ -287,7 +330,7 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
         (None, None) => {}
     }
     println!(
-        "{:<18}{:>8}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>12}",
+        "{:<18}{:>10}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>12}",
         "schedule",
         "head",
         "ms/image",
@@ -305,10 +348,13 @@ fn print_row(r: &Row) {
     let gpu = r
         .head_gpu_seconds_per_image
         .map_or("-".to_string(), |s| format!("{:.1}", s * 1e3));
+    let head = match r.token_loop_threads {
+        Some(t) => format!("{}/{t}", r.head),
+        None => r.head.to_string(),
+    };
     println!(
-        "{:<18}{:>8}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
+        "{:<18}{head:>10}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
         r.schedule,
-        r.head,
         r.seconds_per_image * 1e3,
         r.head_seconds_per_image * 1e3,
         r.head_calls,

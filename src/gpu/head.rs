@@ -14,7 +14,7 @@ use crate::weights::quant::{BLOCK, Bits};
 use crate::weights::{StoredForm, WeightMap};
 use burn::tensor::wgpu::wgpu;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const SHADER: &str = include_str!("../../shaders/head.wgsl");
@@ -29,6 +29,14 @@ const MAX_TOKEN_DIM: usize = 64;
 const PARAMS_BYTES: u64 = 32 * 4;
 /// Widest head (and condition) `token_loop` holds in shared memory (`TLW` in the shader).
 const TOKEN_LOOP_MAX_WIDTH: usize = 256;
+/// Threads per `token_loop` workgroup (`TL` in the shader) on a GPU, and the most allowed.
+const TOKEN_LOOP_THREADS_GPU: u32 = 256;
+/// The same on a software adapter (lavapipe, SwiftShader), which runs a workgroup's threads as
+/// a loop on one core, so threads beyond the work only add lanes to step through at every
+/// barrier. On lavapipe, built-in model, K = 16, linear 50→5, one run (`disa bench --backend
+/// wgpu --kernels fused --token-loop-threads 64,128,256,64`): head 638 ms per image with 64,
+/// 797 with 128, 902 with 256, 638 with 64 again.
+const TOKEN_LOOP_THREADS_SOFTWARE: u32 = 64;
 const STEP_BYTES: u64 = 12 * 4;
 const PREFIX: &str = "diffloss.net";
 
@@ -313,7 +321,6 @@ enum Kernel {
     Gemm(GemmMode),
     InputInit,
     FinalStep,
-    TokenLoop,
 }
 
 /// The step table `token_loop` reads from `act`: `Step`'s twelve fields as floats (the
@@ -466,6 +473,12 @@ pub struct FusedHead {
     per_layer_only: AtomicBool,
     /// Pipelines by kernel and weight format.
     pipelines: BTreeMap<(Kernel, Format), wgpu::ComputePipeline>,
+    /// `token_loop`'s threads per workgroup, and its pipelines by that count (compiled when
+    /// first used; the shader's `TL` is an override constant).
+    token_loop_threads: AtomicU32,
+    token_loop_pipelines: Mutex<BTreeMap<u32, wgpu::ComputePipeline>>,
+    module: wgpu::ShaderModule,
+    pipeline_layout: wgpu::PipelineLayout,
     layout: wgpu::BindGroupLayout,
     workspace: Mutex<Option<Workspace>>,
     uniform_stride: u64,
@@ -768,9 +781,6 @@ impl FusedHead {
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpIn), &b.mlp_in));
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpOut), &b.mlp_out));
         }
-        if token_loop_table.is_some() {
-            wanted.push(pipeline_key(Kernel::TokenLoop, &cond));
-        }
         let mut pipelines = BTreeMap::new();
         for key in wanted {
             let (kernel, format) = key;
@@ -779,22 +789,22 @@ impl FusedHead {
                     Kernel::Gemm(m) => ("gemm", m as u32),
                     Kernel::InputInit => ("input_init", 0),
                     Kernel::FinalStep => ("final_step", 0),
-                    Kernel::TokenLoop => ("token_loop", 0),
                 };
                 let constants = [("WFMT", format as u32 as f64), ("MODE", mode as f64)];
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        // Every workgroup variable is written before it is read.
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
+                compile(device, &module, &pipeline_layout, entry, &constants)
             });
+        }
+        let token_loop_threads = if ctx.is_software() {
+            TOKEN_LOOP_THREADS_SOFTWARE
+        } else {
+            TOKEN_LOOP_THREADS_GPU
+        };
+        let mut token_loop_pipelines = BTreeMap::new();
+        if token_loop_table.is_some() {
+            token_loop_pipelines.insert(
+                token_loop_threads,
+                compile_token_loop(device, &module, &pipeline_layout, token_loop_threads),
+            );
         }
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = block_on(&ctx, scope.pop()) {
@@ -820,6 +830,10 @@ impl FusedHead {
             token_loop_table,
             per_layer_only: AtomicBool::new(false),
             pipelines,
+            token_loop_threads: AtomicU32::new(token_loop_threads),
+            token_loop_pipelines: Mutex::new(token_loop_pipelines),
+            module,
+            pipeline_layout,
             layout,
             workspace: Mutex::new(None),
             uniform_stride,
@@ -849,7 +863,10 @@ impl FusedHead {
     /// How the kernels launch, in words (for `disa bench` and the page).
     pub fn launch_summary(&self) -> String {
         if self.uses_token_loop() {
-            "one launch per AR step: token_loop".to_string()
+            format!(
+                "one launch per AR step: token_loop, {} threads per workgroup",
+                self.token_loop_threads()
+            )
         } else {
             format!(
                 "{} launches per head call + 2 per AR step",
@@ -867,6 +884,41 @@ impl FusedHead {
     /// them); `false` restores the default.
     pub fn force_per_layer(&self, on: bool) {
         self.per_layer_only.store(on, Ordering::Relaxed);
+    }
+
+    /// Threads per `token_loop` workgroup: 64 on a software adapter, 256 on a GPU.
+    pub fn token_loop_threads(&self) -> u32 {
+        self.token_loop_threads.load(Ordering::Relaxed)
+    }
+
+    /// Runs `token_loop` with `threads` per workgroup from now on (tests and measurements:
+    /// both counts on one adapter), compiling its pipeline if needed. `threads` must lie in
+    /// `[token size, 256]`: each of the token's values gets a thread in `p_sample`.
+    pub fn set_token_loop_threads(&self, threads: u32) -> Result<()> {
+        if !(self.token_dim as u32..=TOKEN_LOOP_THREADS_GPU).contains(&threads) {
+            return Err(crate::error::invalid!(
+                "token_loop threads {threads}: must lie in [{}, {TOKEN_LOOP_THREADS_GPU}] \
+                 (the token size and the most a workgroup may have)",
+                self.token_dim
+            ));
+        }
+        let mut pipelines = self
+            .token_loop_pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let std::collections::btree_map::Entry::Vacant(slot) = pipelines.entry(threads) {
+            let device = &self.ctx.device;
+            #[cfg(not(target_arch = "wasm32"))]
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let pipeline = compile_token_loop(device, &self.module, &self.pipeline_layout, threads);
+            #[cfg(not(target_arch = "wasm32"))]
+            if let Some(e) = block_on(&self.ctx, scope.pop()) {
+                return Err(gpu_error("compiling token_loop", e));
+            }
+            slot.insert(pipeline);
+        }
+        self.token_loop_threads.store(threads, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Kernel launches recorded so far.
@@ -1055,7 +1107,12 @@ impl FusedHead {
                     label: Some("disa head token loop"),
                     timestamp_writes: self.timer.as_ref().map(GpuTimer::pass_writes),
                 });
-                pass.set_pipeline(&self.pipelines[&pipeline_key(Kernel::TokenLoop, &self.cond)]);
+                let pipelines = self
+                    .token_loop_pipelines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                // Present: built with the head, or by `set_token_loop_threads` before storing.
+                pass.set_pipeline(&pipelines[&self.token_loop_threads()]);
                 pass.set_bind_group(0, &ws.bind_groups[self.cond.buffer], &[0, 0]);
                 pass.dispatch_workgroups(n as u32, 1, 1);
             }
@@ -1388,6 +1445,45 @@ impl FusedHead {
         submitted.staging.unmap();
         Ok(values)
     }
+}
+
+/// Compiles entry point `entry` of `shaders/head.wgsl` with its override constants.
+fn compile(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    layout: &wgpu::PipelineLayout,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(layout),
+        module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            // Every workgroup variable is written before it is read.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
+}
+
+/// `token_loop` with `threads` per workgroup (every weight format: it reads each matrix's
+/// format from its layer table).
+fn compile_token_loop(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    layout: &wgpu::PipelineLayout,
+    threads: u32,
+) -> wgpu::ComputePipeline {
+    compile(
+        device,
+        module,
+        layout,
+        "token_loop",
+        &[("TL", f64::from(threads))],
+    )
 }
 
 /// The pipeline a dispatch of `kernel` over matrix `m` runs.

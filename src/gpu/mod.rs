@@ -17,7 +17,7 @@ mod registry;
 #[cfg(any(feature = "wgpu", target_arch = "wasm32"))]
 pub use head::{FusedHead, HeadJob, Submitted};
 #[cfg(any(feature = "wgpu", target_arch = "wasm32"))]
-pub use registry::{GpuContext, context, register};
+pub use registry::{GpuContext, context, is_software, register};
 
 /// Which implementation runs the diffusion head's sampling loop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -21,6 +21,20 @@ impl GpuContext {
             adapter: setup.adapter.get_info(),
         }
     }
+
+    /// Whether the adapter is a software one that runs on the CPU (see [`is_software`]).
+    pub fn is_software(&self) -> bool {
+        is_software(&self.adapter)
+    }
+}
+
+/// Whether an adapter is software running on the CPU (lavapipe/llvmpipe, SwiftShader): by its
+/// device type, or by name where a browser reports no type.
+pub fn is_software(adapter: &wgpu::AdapterInfo) -> bool {
+    let name = adapter.name.to_ascii_lowercase();
+    matches!(adapter.device_type, wgpu::DeviceType::Cpu)
+        || name.contains("swiftshader")
+        || name.contains("llvmpipe")
 }
 
 // wgpu handles are not `Send` in the browser (one worker thread owns them), so the registry
