@@ -87,11 +87,7 @@ struct Step {
 @group(0) @binding(3) var<storage, read> vecs: array<f32>;
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
 
-// Weight format of the matrix a pipeline reads.
-const FMT_F32: u32 = 0u;
-const FMT_F16: u32 = 1u;
-const FMT_I8: u32 = 2u;
-const FMT_I4: u32 = 3u;
+// Weight format of the matrix a pipeline reads (`FMT_*` in weights.wgsl).
 override WFMT: u32 = 0u;
 
 // What a `gemm` dispatch computes around its matrix product.
@@ -116,33 +112,6 @@ var<workgroup> xs: array<f32, 64>;          // final kernel: the token's new x
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
-}
-
-// W[i..i+4, o] (i a multiple of 4) of a matrix at word `w_off`, stored input-major in
-// quads: the 4 (f32), 2 (f16), 1 (int8) or half a (int4) words holding inputs i..i+4 of output
-// o sit at [(i/4)·out + o] (int4: [(i/8)·out + o]), so neighbouring threads (outputs) read
-// neighbouring words; block scales sit at [(i/32)·out + o].
-fn load_quad(fmt: u32, w_off: u32, scale_off: u32, out_dim: u32, i: u32, o: u32) -> vec4<f32> {
-    if fmt == FMT_F16 {
-        let b = w_off + ((i / 4u) * out_dim + o) * 2u;
-        return vec4<f32>(unpack2x16float(mat[b]), unpack2x16float(mat[b + 1u]));
-    }
-    if fmt == FMT_I8 {
-        let word = bitcast<i32>(mat[w_off + (i / 4u) * out_dim + o]);
-        let s = vecs[scale_off + (i / 32u) * out_dim + o];
-        return vec4<f32>(f32(extractBits(word, 0u, 8u)) * s, f32(extractBits(word, 8u, 8u)) * s,
-                         f32(extractBits(word, 16u, 8u)) * s, f32(extractBits(word, 24u, 8u)) * s);
-    }
-    if fmt == FMT_I4 {
-        let word = bitcast<i32>(mat[w_off + (i / 8u) * out_dim + o]);
-        let sh = (i % 8u) * 4u;
-        let s = vecs[scale_off + (i / 32u) * out_dim + o];
-        return vec4<f32>(f32(extractBits(word, sh, 4u)) * s, f32(extractBits(word, sh + 4u, 4u)) * s,
-                         f32(extractBits(word, sh + 8u, 4u)) * s, f32(extractBits(word, sh + 12u, 4u)) * s);
-    }
-    let b = w_off + ((i / 4u) * out_dim + o) * 4u;
-    return vec4<f32>(bitcast<f32>(mat[b]), bitcast<f32>(mat[b + 1u]),
-                     bitcast<f32>(mat[b + 2u]), bitcast<f32>(mat[b + 3u]));
 }
 
 fn act4(b: u32) -> vec4<f32> {

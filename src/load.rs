@@ -40,6 +40,8 @@ impl Bundle {
         // The fused head kernels read the head's weights as the file stored them, so they are
         // uploaded before the model takes the f32 values.
         let fused = crate::gpu::fused_head_for(device, &self.mar, &self.stored, &self.config);
+        let fused_transformer =
+            crate::gpu::fused_transformer_for(device, &self.mar, &self.stored, &self.config);
         // On a GPU, the Linear weights the file stored quantized stay so: the head's with the
         // file's bytes (kept for the fused kernels), the others with their integers and block
         // scales recovered exactly from the loaded values.
@@ -66,6 +68,8 @@ impl Bundle {
         });
         let model =
             Model::load_with_quantized(&mut self.mar, quantized, &self.config, decoder, device)?;
-        Ok(LoadedModel::new(model, self.config, device.clone()).with_fused_head(fused))
+        Ok(LoadedModel::new(model, self.config, device.clone())
+            .with_fused_head(fused)
+            .with_fused_transformer(fused_transformer))
     }
 }

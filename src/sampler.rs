@@ -5,8 +5,8 @@
 
 use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, TimestepClip, p_sample};
 use crate::error::{DisaError, Result, invalid};
-use crate::gpu::FusedHead;
 pub use crate::gpu::Kernels;
+use crate::gpu::{FusedHead, FusedTransformer, TransformerJob, TransformerSubmitted};
 use crate::model::threads::{parts_here, run_parts, split_ranges};
 use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
@@ -27,6 +27,10 @@ pub struct LoadedModel {
     fused: Option<Arc<FusedHead>>,
     /// Why there is no fused head (for error messages).
     fused_unavailable: String,
+    /// The transformer's forward pass as fused GPU kernels, on GPU devices that have them.
+    fused_transformer: Option<Arc<FusedTransformer>>,
+    /// Why there is no fused transformer (for error messages).
+    fused_transformer_unavailable: String,
 }
 
 impl LoadedModel {
@@ -42,6 +46,8 @@ impl LoadedModel {
             time_table,
             fused: None,
             fused_unavailable: "the device is not a GPU".into(),
+            fused_transformer: None,
+            fused_transformer_unavailable: "the device is not a GPU".into(),
         }
     }
 
@@ -54,6 +60,22 @@ impl LoadedModel {
             Err(e) => self.fused_unavailable = e.to_string(),
         }
         self
+    }
+
+    /// Attaches the fused transformer kernels built for this model; an error leaves Burn's
+    /// transformer and is reported when the fused kernels are asked for.
+    pub fn with_fused_transformer(mut self, fused: Result<Option<FusedTransformer>>) -> Self {
+        match fused {
+            Ok(Some(f)) => self.fused_transformer = Some(Arc::new(f)),
+            Ok(None) => {}
+            Err(e) => self.fused_transformer_unavailable = e.to_string(),
+        }
+        self
+    }
+
+    /// The fused transformer kernels, where this generator has them.
+    pub fn fused_transformer(&self) -> Option<&FusedTransformer> {
+        self.fused_transformer.as_deref()
     }
 
     /// The fused head kernels, where this generator has them.
@@ -220,6 +242,10 @@ impl Request {
 pub struct StepTimings {
     pub transformer_ms: f64,
     pub head_ms: f64,
+    /// The fused head's kernels' own time on the GPU (timestamp queries around the step's
+    /// pass, read back with its result); `None` on the tensor path and where the adapter has
+    /// no timestamp queries.
+    pub head_gpu_ms: Option<f64>,
 }
 
 /// What one AR step did.
@@ -267,6 +293,9 @@ struct PendingStep {
     transformer_start: f64,
     transformer_ms: f64,
     head_start: f64,
+    /// The fused head's GPU time so far when the step began (`FusedHead::gpu_time_ns`), where
+    /// this step runs on the fused kernels of an adapter with timestamp queries.
+    gpu_ns_start: Option<u64>,
 }
 
 /// One AR step after the transformer: what the head samples and from which conditions.
@@ -277,7 +306,30 @@ struct Prepared {
     use_cfg: bool,
     diffusion: Arc<SpacedDiffusion>,
     /// The head's condition rows `z`, `[n or 2n, dec]` (uncond rows after cond rows).
-    z_sel: Tensor<2>,
+    z: Conditions,
+}
+
+/// Where an AR step's condition rows are.
+enum Conditions {
+    /// On the device, from Burn's transformer (or read back from the fused one). Boxed: a
+    /// tensor handle is far larger than the other variants.
+    Device(Box<Tensor<2>>),
+    /// Submitted to the fused transformer kernels, not read back yet.
+    Submitted(Arc<FusedTransformer>, TransformerSubmitted),
+    /// Moved out (while changing form).
+    Taken,
+}
+
+impl Prepared {
+    /// The condition rows as a tensor, once they are on the device.
+    fn z_sel(&self) -> Result<Tensor<2>> {
+        match &self.z {
+            Conditions::Device(t) => Ok((**t).clone()),
+            _ => Err(DisaError::Internal(
+                "the condition rows are not on the device".into(),
+            )),
+        }
+    }
 }
 
 impl Prepared {
@@ -380,6 +432,12 @@ impl Generation {
         self
     }
 
+    /// Whether the transformer runs on the fused kernels (where a step fits them).
+    pub fn uses_fused_transformer(&self) -> bool {
+        matches!(self.kernels, Kernels::Auto | Kernels::Fused)
+            && self.generator.fused_transformer.is_some()
+    }
+
     /// Whether the next step runs on the fused kernels.
     pub fn uses_fused_kernels(&self) -> bool {
         self.kernels != Kernels::Tensor && self.generator.fused.is_some()
@@ -453,7 +511,11 @@ impl Generation {
         };
         let (values, conditions) = match self.fused_head(&prep)? {
             Some(fused) => {
-                let z = read_f32(prep.z_sel.clone())?;
+                let z = match std::mem::replace(&mut prep.z, Conditions::Taken) {
+                    Conditions::Device(t) => read_f32(*t)?,
+                    Conditions::Submitted(ft, s) => ft.read(s)?,
+                    Conditions::Taken => return Err(taken()),
+                };
                 prep.transformer_done();
                 if !fused.has_time_table() {
                     fused.set_time_table(&read_f32(self.generator.time_table.clone())?)?;
@@ -463,11 +525,19 @@ impl Generation {
                 (values, self.record_conditions.then_some(z))
             }
             None => {
+                if let Conditions::Submitted(..) = prep.z {
+                    let Conditions::Submitted(ft, s) =
+                        std::mem::replace(&mut prep.z, Conditions::Taken)
+                    else {
+                        return Err(taken());
+                    };
+                    prep.z = Conditions::Device(Box::new(self.rows_tensor(ft.read(s)?)));
+                }
                 self.sync()?;
                 prep.transformer_done();
                 let sampled = self.head_tensor(&prep)?;
                 let conditions = match self.record_conditions {
-                    true => Some(read_f32(prep.z_sel.clone())?),
+                    true => Some(read_f32(prep.z_sel()?)?),
                     false => None,
                 };
                 (read_f32(sampled)?, conditions)
@@ -497,7 +567,11 @@ impl Generation {
         };
         let (values, conditions) = match self.fused_head(&prep)? {
             Some(fused) => {
-                let z = read_f32_async(prep.z_sel.clone()).await?;
+                let z = match std::mem::replace(&mut prep.z, Conditions::Taken) {
+                    Conditions::Device(t) => read_f32_async(*t).await?,
+                    Conditions::Submitted(ft, s) => ft.read_async(s).await?,
+                    Conditions::Taken => return Err(taken()),
+                };
                 prep.transformer_done();
                 if !fused.has_time_table() {
                     let table = read_f32_async(self.generator.time_table.clone()).await?;
@@ -511,11 +585,20 @@ impl Generation {
                 (values, self.record_conditions.then_some(z))
             }
             None => {
+                if let Conditions::Submitted(..) = prep.z {
+                    let Conditions::Submitted(ft, s) =
+                        std::mem::replace(&mut prep.z, Conditions::Taken)
+                    else {
+                        return Err(taken());
+                    };
+                    prep.z =
+                        Conditions::Device(Box::new(self.rows_tensor(ft.read_async(s).await?)));
+                }
                 self.sync()?;
                 prep.transformer_done();
                 let sampled = self.head_tensor_async(&prep, stop).await?;
                 let conditions = match self.record_conditions {
-                    true => Some(read_f32_async(prep.z_sel.clone()).await?),
+                    true => Some(read_f32_async(prep.z_sel()?).await?),
                     false => None,
                 };
                 (read_f32_async(sampled).await?, conditions)
@@ -544,7 +627,7 @@ impl Generation {
             Kernels::Auto => {
                 Ok(available.filter(|f| f.fits(prep.rows_n, prep.use_cfg, prep.diffusion.len())))
             }
-            Kernels::Fused => match available {
+            Kernels::Fused | Kernels::FusedHead => match available {
                 Some(f) => Ok(Some(f)),
                 None => Err(DisaError::Device(format!(
                     "the fused head kernels are not available here: {}",
@@ -563,11 +646,26 @@ impl Generation {
         let planned = self.plan.steps[k].clone();
         let use_cfg = self.request.uses_cfg();
         let t0 = now_ms();
-        let z = self.transformer(use_cfg); // [rows_b, N, dec]
         let mask_len = planned.mask_len_after;
         let to_pred = self.positions_to_reveal(mask_len, k + 1 == ar_steps)?;
         let rows_n = to_pred.iter().map(Vec::len).sum();
-        let z_sel = self.revealed_rows(z, &to_pred, use_cfg);
+        let select = self.revealed_index(&to_pred, use_cfg);
+        let z = match self.fused_transformer_for(use_cfg, select.len())? {
+            Some(ft) => {
+                let (labels, mask, tokens) = self.sequences(use_cfg);
+                let submitted = ft.submit(&TransformerJob {
+                    labels: &labels,
+                    mask: &mask,
+                    tokens: &tokens,
+                    select: &select,
+                })?;
+                Conditions::Submitted(ft, submitted)
+            }
+            // [rows_b, N, dec], then the revealed rows
+            None => Conditions::Device(Box::new(
+                self.revealed_rows(self.transformer(use_cfg), &select),
+            )),
+        };
 
         let diffusion = self
             .diffusions
@@ -582,11 +680,17 @@ impl Generation {
                 transformer_start: t0,
                 transformer_ms: 0.0,
                 head_start: t0,
+                gpu_ns_start: self
+                    .generator
+                    .fused
+                    .as_ref()
+                    .filter(|_| self.uses_fused_kernels())
+                    .and_then(|f| f.gpu_time_ns()),
             },
             rows_n,
             use_cfg,
             diffusion,
-            z_sel,
+            z,
         }))
     }
 
@@ -596,14 +700,7 @@ impl Generation {
     fn transformer(&self, use_cfg: bool) -> Tensor<3> {
         let g = &self.generator;
         let (n, c) = (g.config.seq_len(), g.config.token_dim());
-        let mut labels = self.request.labels.clone();
-        let mut mask = self.mask.clone();
-        let mut tokens = self.tokens.clone();
-        if use_cfg {
-            labels.extend(std::iter::repeat_n(None, self.request.labels.len()));
-            mask.extend(self.mask.iter().cloned());
-            tokens.extend_from_slice(&self.tokens);
-        }
+        let (labels, mask, tokens) = self.sequences(use_cfg);
         let rows_b = labels.len();
         // On the CPU the sequences are independent parts: each runs on its own thread.
         let known = n - mask.first().map_or(0, |m| m.iter().filter(|&&u| u).count());
@@ -616,6 +713,55 @@ impl Generation {
             Self::transformer_over(g, &labels[r.clone()], &mask[r], tokens)
         });
         cat_parts(zs)
+    }
+
+    /// The transformer's sequences: labels, masks and tokens (`[rows_b, N, C]`) of the B
+    /// images and, when guiding, their unconditional copies after them.
+    fn sequences(&self, use_cfg: bool) -> (Vec<Option<usize>>, Vec<Vec<bool>>, Vec<f32>) {
+        let mut labels = self.request.labels.clone();
+        let mut mask = self.mask.clone();
+        let mut tokens = self.tokens.clone();
+        if use_cfg {
+            labels.extend(std::iter::repeat_n(None, self.request.labels.len()));
+            mask.extend(self.mask.iter().cloned());
+            tokens.extend_from_slice(&self.tokens);
+        }
+        (labels, mask, tokens)
+    }
+
+    /// Whether this step's transformer runs on the fused kernels: per [`Kernels`], where the
+    /// generator has them (and, for `auto`, where the pass fits the GPU's limits).
+    fn fused_transformer_for(
+        &self,
+        use_cfg: bool,
+        selected: usize,
+    ) -> Result<Option<Arc<FusedTransformer>>> {
+        let available = self.generator.fused_transformer.clone();
+        let sequences = self.request.labels.len() * if use_cfg { 2 } else { 1 };
+        let n = self.generator.config.seq_len();
+        let known = n - self
+            .mask
+            .first()
+            .map_or(0, |m| m.iter().filter(|&&u| u).count());
+        match self.kernels {
+            Kernels::Tensor | Kernels::FusedHead => Ok(None),
+            Kernels::Auto => Ok(available.filter(|f| f.fits(sequences, known, selected))),
+            Kernels::Fused => match available {
+                Some(f) => Ok(Some(f)),
+                None => Err(DisaError::Device(format!(
+                    "the fused transformer kernels are not available here: {}",
+                    self.generator.fused_transformer_unavailable
+                ))),
+            },
+        }
+    }
+
+    /// Condition rows read back from the fused transformer as a tensor, `[rows, dec]`.
+    fn rows_tensor(&self, values: Vec<f32>) -> Tensor<2> {
+        let g = &self.generator;
+        let dec = g.config.decoder_embed_dim;
+        let rows = values.len() / dec;
+        Tensor::from_data(TensorData::new(values, [rows, dec]), &g.device)
     }
 
     /// The transformer over the sequences given (labels, masks, tokens `[rows, N, C]`
@@ -663,21 +809,27 @@ impl Generation {
         Ok(to_pred)
     }
 
-    /// The head's condition rows, `[rows, dec]`: `z` at the revealed positions in (image,
-    /// position) order, then (guiding) the same positions of the unconditional copies.
-    fn revealed_rows(&self, z: Tensor<3>, to_pred: &[Vec<usize>], use_cfg: bool) -> Tensor<2> {
-        let g = &self.generator;
-        let (n, dec) = (g.config.seq_len(), g.config.decoder_embed_dim);
+    /// The head's condition rows as `sequence·N + position`: the revealed positions in
+    /// (image, position) order, then (guiding) the same positions of the unconditional copies.
+    fn revealed_index(&self, to_pred: &[Vec<usize>], use_cfg: bool) -> Vec<usize> {
+        let n = self.generator.config.seq_len();
         let b = to_pred.len();
         let rows_b = if use_cfg { 2 * b } else { b };
-        let flat_index: Vec<i64> = (0..rows_b)
-            .flat_map(|r| to_pred[r % b].iter().map(move |&p| (r * n + p) as i64))
-            .collect();
-        if flat_index.is_empty() {
+        (0..rows_b)
+            .flat_map(|r| to_pred[r % b].iter().map(move |&p| r * n + p))
+            .collect()
+    }
+
+    /// The rows `select` ([`Self::revealed_index`]) of `z` (`[rows_b, N, dec]`): `[rows, dec]`.
+    fn revealed_rows(&self, z: Tensor<3>, select: &[usize]) -> Tensor<2> {
+        let g = &self.generator;
+        let dec = g.config.decoder_embed_dim;
+        let [rows_b, n, _] = z.dims();
+        if select.is_empty() {
             return Tensor::<2>::zeros([0, dec], &g.device);
         }
-        let rows = flat_index.len();
-        let idx = Tensor::from_data(TensorData::new(flat_index, [rows]), &g.device);
+        let flat_index: Vec<i64> = select.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::from_data(TensorData::new(flat_index, [select.len()]), &g.device);
         z.reshape([rows_b * n, dec]).select(0, idx)
     }
 
@@ -748,13 +900,14 @@ impl Generation {
         let (n, c) = (prep.rows_n, g.config.token_dim());
         let cfg = prep.use_cfg.then_some(prep.pending.cfg);
         let temperature = self.request.temperature;
-        let [_, dec] = prep.z_sel.dims();
+        let z_all = prep.z_sel()?;
+        let [_, dec] = z_all.dims();
         let rows = run_parts(split_ranges(n, parts), |r| {
             // This part's conditional rows, then (guiding) the same tokens' unconditional rows.
             let z = if r.len() == n {
-                prep.z_sel.clone()
+                z_all.clone()
             } else {
-                let rows = |at: usize| prep.z_sel.clone().slice([at + r.start..at + r.end, 0..dec]);
+                let rows = |at: usize| z_all.clone().slice([at + r.start..at + r.end, 0..dec]);
                 match cfg {
                     Some(_) => Tensor::cat(vec![rows(0), rows(n)], 0),
                     None => rows(0),
@@ -810,7 +963,7 @@ impl Generation {
             }
             return Ok((Tensor::<2>::zeros([0, c], &g.device), None));
         }
-        let cond = g.model.head.condition(prep.z_sel.clone());
+        let cond = g.model.head.condition(prep.z_sel()?);
         let init = self.noise.normal(DrawKind::InitialNoise, prep.rows_n, c)?;
         let x = Tensor::<2>::from_data(TensorData::new(init, [prep.rows_n, c]), &g.device);
         Ok((x, Some(cond)))
@@ -878,6 +1031,10 @@ impl Generation {
             timings: StepTimings {
                 transformer_ms: p.transformer_ms,
                 head_ms: now_ms() - p.head_start,
+                head_gpu_ms: p.gpu_ns_start.and_then(|start| {
+                    let now = self.generator.fused.as_ref()?.gpu_time_ns()?;
+                    Some(now.saturating_sub(start) as f64 / 1e6)
+                }),
             },
         };
         self.k += 1;
@@ -897,6 +1054,10 @@ impl Generation {
             Tensor::<3>::from_data(TensorData::new(self.tokens.clone(), [b, n, c]), &g.device);
         g.model.decode_tokens(tokens, &g.config)
     }
+}
+
+fn taken() -> DisaError {
+    DisaError::Internal("an AR step's condition rows were used twice".into())
 }
 
 fn read_f32(t: Tensor<2>) -> Result<Vec<f32>> {

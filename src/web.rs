@@ -349,6 +349,9 @@ struct StepDto {
     cfg: f32,
     transformer_ms: f64,
     head_ms: f64,
+    /// The fused head's kernels' time on the GPU (timestamp queries), where measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head_gpu_ms: Option<f64>,
     /// Head calls and token·steps of the AR steps run so far (the plan's prefix sums).
     #[serde(flatten)]
     so_far: Totals,
@@ -924,6 +927,7 @@ fn step_dto(e: &StepEvent, plan: &Plan, sampling_ms: f64) -> StepDto {
         cfg: e.cfg,
         transformer_ms: e.timings.transformer_ms,
         head_ms: e.timings.head_ms,
+        head_gpu_ms: e.timings.head_gpu_ms,
         so_far: Totals::from(&so_far),
         sampling_ms,
     }

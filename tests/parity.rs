@@ -579,6 +579,55 @@ mod wgpu_fused {
     fn generation_disa() {
         run(check_generation_disa);
     }
+
+    /// The fused transformer's whole forward pass (`shaders/transformer.wgsl`) against the
+    /// official decoder output of every MAE case: every position of every sequence.
+    #[test]
+    fn mae() {
+        run(check_mae_fused);
+    }
+
+    fn check_mae_fused(g: &Arc<LoadedModel>, _device: &Device, checker: &mut Checker) {
+        let fused = g.fused_transformer().expect("a fused transformer");
+        for (file, meta) in cases_of_kind("mae") {
+            let case = Case::load(&file);
+            let uncond = case.get("uncond").i64s();
+            let labels: Vec<Option<usize>> = case
+                .get("labels")
+                .i64s()
+                .iter()
+                .zip(&uncond)
+                .map(|(&l, &u)| if u != 0 { None } else { Some(l as usize) })
+                .collect();
+            for sub in meta["subcases"].as_array().expect("subcases") {
+                let p = sub["prefix"].as_str().unwrap();
+                let x = case.get(&format!("{p}x"));
+                let m = case.get(&format!("{p}mask"));
+                let (b, n) = (m.shape[0], m.shape[1]);
+                let mask: Vec<Vec<bool>> = m
+                    .values
+                    .chunks_exact(n)
+                    .map(|r| r.iter().map(|&v| v != 0.0).collect())
+                    .collect();
+                let select: Vec<usize> = (0..b * n).collect();
+                let submitted = fused
+                    .submit(&disa::gpu::TransformerJob {
+                        labels: &labels[..b],
+                        mask: &mask,
+                        tokens: &x.f32s(),
+                        select: &select,
+                    })
+                    .expect("the fused transformer runs");
+                let z = fused.read(submitted).expect("reads back");
+                checker.close(
+                    &file,
+                    &format!("{p}decoder_out (fused)"),
+                    &z,
+                    case.get(&format!("{p}decoder_out")),
+                );
+            }
+        }
+    }
 }
 
 type Check = fn(&Arc<LoadedModel>, &Device, &mut Checker);

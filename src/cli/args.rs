@@ -163,6 +163,8 @@ pub enum KernelsArg {
     Auto,
     /// The fused WGSL kernels of shaders/ (wgpu only; an error elsewhere).
     Fused,
+    /// The head's fused kernels with Burn's transformer (wgpu only).
+    FusedHead,
     /// Burn's tensor operations (every backend).
     Tensor,
 }
@@ -172,6 +174,7 @@ impl From<KernelsArg> for disa::sampler::Kernels {
         match k {
             KernelsArg::Auto => Self::Auto,
             KernelsArg::Fused => Self::Fused,
+            KernelsArg::FusedHead => Self::FusedHead,
             KernelsArg::Tensor => Self::Tensor,
         }
     }

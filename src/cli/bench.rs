@@ -108,8 +108,12 @@ struct Row {
     schedule: String,
     /// The `--kernels` value this row asked for.
     kernels: String,
-    /// `fused` or `tensor`: what ran (auto resolves to one of them).
+    /// `fused` or `tensor`: what ran the head (auto resolves to one of them).
     head: &'static str,
+    /// `fused` or `tensor`: what ran the transformer.
+    transformer: &'static str,
+    /// Median transformer time per image.
+    transformer_seconds_per_image: f64,
     /// Threads per `token_loop` workgroup where the fused head ran as one launch per AR step.
     token_loop_threads: Option<u32>,
     /// Median wall time per image of sampling (transformer + head; decoding is not timed).
@@ -123,8 +127,9 @@ struct Row {
     head_calls: usize,
     /// Token·steps per image (the plan's).
     token_steps: usize,
-    /// GPU dispatches per generation of the fused head (counted exactly); absent for Burn's
-    /// tensor ops, whose launches are not visible from here.
+    /// GPU dispatches per generation (per batch) of the fused head and transformer (counted
+    /// exactly); absent where Burn's tensor ops ran a part, whose launches are not visible
+    /// from here.
     launches: Option<u64>,
     /// Baseline seconds per image over this row's.
     speed_up: f64,
@@ -236,9 +241,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             }
             let mut times = Vec::new();
             let mut head_times = Vec::new();
+            let mut transformer_times = Vec::new();
             let mut gpu_times = Vec::new();
             let mut fused = false;
-            let before = generator.fused_head().map_or(0, |f| f.dispatches());
+            let mut fused_transformer = false;
+            let launched = || {
+                generator.fused_head().map_or(0, |f| f.dispatches())
+                    + generator.fused_transformer().map_or(0, |f| f.dispatches())
+            };
+            let before = launched();
             for rep in 0..=args.repeats {
                 let gpu_before = generator.fused_head().and_then(|f| f.gpu_time_ns());
                 let start = disa::sampler::now_ms();
@@ -249,12 +260,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 )?
                 .kernels(kernels.into());
                 fused = generation.uses_fused_kernels();
+                fused_transformer = generation.uses_fused_transformer();
                 let events = generation.run_to_end()?;
                 if rep > 0 {
                     times.push((disa::sampler::now_ms() - start) / args.batch as f64);
-                    head_times.push(
-                        events.iter().map(|e| e.timings.head_ms).sum::<f64>() / args.batch as f64,
-                    );
+                    let per_image = |f: fn(&disa::sampler::StepTimings) -> f64| {
+                        events.iter().map(|e| f(&e.timings)).sum::<f64>() / args.batch as f64
+                    };
+                    head_times.push(per_image(|t| t.head_ms));
+                    transformer_times.push(per_image(|t| t.transformer_ms));
                     let gpu_after = generator.fused_head().and_then(|f| f.gpu_time_ns());
                     if let (true, Some(a), Some(b)) = (fused, gpu_before, gpu_after) {
                         gpu_times.push((b - a) as f64 / 1e6 / args.batch as f64);
@@ -262,21 +276,23 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 }
             }
             // Fused launches are counted exactly; Burn's are not visible from here.
-            let launches = match generator.fused_head() {
-                Some(f) if fused => Some((f.dispatches() - before) / (args.repeats as u64 + 1)),
-                _ => None,
-            };
+            let launches = (fused
+                && (fused_transformer || generator.fused_transformer().is_none()))
+            .then(|| (launched() - before) / (args.repeats as u64 + 1));
             let median = |v: &mut Vec<f64>| {
                 v.sort_by(f64::total_cmp);
                 v[v.len() / 2]
             };
             let (ms, head_ms) = (median(&mut times), median(&mut head_times));
+            let transformer_ms = median(&mut transformer_times);
             let head_gpu_ms = (!gpu_times.is_empty()).then(|| median(&mut gpu_times));
             let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
             let row = Row {
                 schedule: schedule.to_string(),
                 kernels: disa::sampler::Kernels::from(kernels).to_string(),
                 head: if fused { "fused" } else { "tensor" },
+                transformer: if fused_transformer { "fused" } else { "tensor" },
+                transformer_seconds_per_image: transformer_ms / 1e3,
                 token_loop_threads: generator
                     .fused_head()
                     .filter(|f| fused && f.uses_token_loop())
@@ -329,11 +345,21 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
         (None, Some(why)) => println!("GPU weights: {modules} · no fused head: {why}"),
         (None, None) => {}
     }
+    if let Some(t) = generator.fused_transformer() {
+        println!(
+            "fused transformer: {:.2} MB of weights (as stored), {} launches per AR step \
+             with every token known, in one pass",
+            mb(t.weight_bytes()),
+            t.dispatches_per_forward(generator.config.seq_len())
+        );
+    }
     println!(
-        "{:<18}{:>10}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>12}",
+        "{:<18}{:>12}{:>10}{:>12}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>12}",
         "schedule",
+        "transformer",
         "head",
         "ms/image",
+        "transf. ms",
         "head ms",
         "head GPU ms",
         "head calls",
@@ -353,9 +379,11 @@ fn print_row(r: &Row) {
         None => r.head.to_string(),
     };
     println!(
-        "{:<18}{head:>10}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
+        "{:<18}{:>12}{head:>10}{:>12.1}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
         r.schedule,
+        r.transformer,
         r.seconds_per_image * 1e3,
+        r.transformer_seconds_per_image * 1e3,
         r.head_seconds_per_image * 1e3,
         r.head_calls,
         r.speed_up,

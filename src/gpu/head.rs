@@ -6,11 +6,16 @@
 //! noise, and the per-step coefficients, records `2 + steps · (ada segments + 2·depth + 1)`
 //! dispatches in one compute pass, submits once and reads `x_0` back once.
 
+#[cfg(not(target_arch = "wasm32"))]
+use super::common::block_on;
+use super::common::{
+    Format, HostMatrix, Matrix, WEIGHTS_WGSL, WeightPacker, compile, f32_bytes, max_binding,
+    read_mapped, storage_buffer, words_bytes,
+};
 use super::registry::GpuContext;
 use crate::diffusion::{NUM_BASE_TIMESTEPS, StepCoefficients};
 use crate::error::{DisaError, Result};
 use crate::model::MarConfig;
-use crate::weights::quant::{BLOCK, Bits};
 use crate::weights::{StoredForm, WeightMap};
 use burn::tensor::wgpu::wgpu;
 use std::collections::BTreeMap;
@@ -39,162 +44,6 @@ const TOKEN_LOOP_THREADS_GPU: u32 = 256;
 const TOKEN_LOOP_THREADS_SOFTWARE: u32 = 64;
 const STEP_BYTES: u64 = 12 * 4;
 const PREFIX: &str = "diffloss.net";
-
-/// How a matrix sits in the `mat` buffer (the shader's `FMT_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Format {
-    F32 = 0,
-    F16 = 1,
-    Int8 = 2,
-    Int4 = 3,
-}
-
-/// One weight matrix `[out, in]` in its GPU form, before upload.
-struct HostMatrix {
-    format: Format,
-    out: usize,
-    inp: usize,
-    words: Vec<u32>,
-    /// One per 32 inputs for int8/int4, row-major.
-    scales: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl HostMatrix {
-    /// `prefix.weight` (`[out, in]`) and `prefix.bias` in the form the file stored them.
-    fn read(
-        w: &WeightMap,
-        stored: &BTreeMap<String, StoredForm>,
-        prefix: &str,
-        out: usize,
-        inp: usize,
-        force_f32: bool,
-    ) -> Result<Self> {
-        let key = format!("{prefix}.weight");
-        let weight = w.get(&key, &[out, inp])?;
-        let bias = w.get(&format!("{prefix}.bias"), &[out])?.values.clone();
-        let (format, words, scales) = match stored.get(&key) {
-            _ if force_f32 => (Format::F32, f32_words(&weight.values), vec![]),
-            Some(StoredForm::Quantized { bits, bytes }) => {
-                let numel = out * inp;
-                let value_bytes = bits.stored_len(numel) - 4 * numel / BLOCK;
-                let (values, scale_bytes) = bytes.split_at(value_bytes);
-                let format = match bits {
-                    Bits::Int8 => Format::Int8,
-                    Bits::Int4 => Format::Int4,
-                };
-                let scales = scale_bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                (format, le_words(values), scales)
-            }
-            Some(StoredForm::F16) if inp.is_multiple_of(2) => {
-                let halves: Vec<u8> = weight
-                    .values
-                    .iter()
-                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                    .collect();
-                (Format::F16, le_words(&halves), vec![])
-            }
-            _ => (Format::F32, f32_words(&weight.values), vec![]),
-        };
-        Ok(Self {
-            format,
-            out,
-            inp,
-            words,
-            scales,
-            bias,
-        })
-    }
-
-    /// Stacks matrices of one format and width along the output dimension.
-    fn stack(parts: Vec<HostMatrix>) -> HostMatrix {
-        let mut it = parts.into_iter();
-        let mut first = it.next().expect("at least one matrix");
-        for m in it {
-            first.out += m.out;
-            first.words.extend(m.words);
-            first.scales.extend(m.scales);
-            first.bias.extend(m.bias);
-        }
-        first
-    }
-
-    fn bytes(&self) -> u64 {
-        4 * (self.words.len() + self.scales.len()) as u64
-    }
-
-    /// The words and scales input-major, as the kernels read them (`load_quad` in the shader):
-    /// the words holding a unit of consecutive inputs of one output (4 inputs: 4 f32 words,
-    /// 2 f16 words or 1 int8 word; 8 inputs: 1 int4 word) at `[(unit·out + o)·g + k]`, and the
-    /// block scales at `[(i/32)·out + o]`. Exact: only the order changes.
-    fn input_major(&self) -> (Vec<u32>, Vec<f32>) {
-        let (out, inp) = (self.out, self.inp);
-        let per_word = match self.format {
-            Format::F32 => 1,
-            Format::F16 => 2,
-            Format::Int8 => 4,
-            Format::Int4 => 8,
-        };
-        let words_per_row = inp / per_word;
-        let group = match self.format {
-            Format::F32 => 4,
-            Format::F16 => 2,
-            Format::Int8 | Format::Int4 => 1,
-        };
-        let units = words_per_row / group;
-        let mut words = vec![0u32; self.words.len()];
-        for o in 0..out {
-            for u in 0..units {
-                for k in 0..group {
-                    words[(u * out + o) * group + k] =
-                        self.words[o * words_per_row + u * group + k];
-                }
-            }
-        }
-        let blocks = if self.scales.is_empty() {
-            0
-        } else {
-            inp / BLOCK
-        };
-        let mut scales = vec![0f32; self.scales.len()];
-        for o in 0..out {
-            for b in 0..blocks {
-                scales[b * out + o] = self.scales[o * blocks + b];
-            }
-        }
-        (words, scales)
-    }
-}
-
-fn f32_words(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
-}
-
-fn le_words(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks(4)
-        .map(|c| {
-            let mut b = [0u8; 4];
-            b[..c.len()].copy_from_slice(c);
-            u32::from_le_bytes(b)
-        })
-        .collect()
-}
-
-/// Where an uploaded matrix lives.
-#[derive(Clone, Copy, Debug)]
-struct Matrix {
-    buffer: usize,
-    format: Format,
-    w_off: u32,
-    scale_off: u32,
-    bias_off: u32,
-    out: u32,
-    inp: u32,
-}
 
 /// The `Params` uniform block of the shader.
 #[derive(Clone, Copy, Default)]
@@ -543,9 +392,7 @@ impl FusedHead {
             )
         };
         let limits = ctx.device.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let max_binding = max_binding(&ctx);
 
         // The adaLN modulations of every block and of the final layer, stacked so one dispatch
         // computes them all (split where a stack would outgrow one binding).
@@ -598,62 +445,21 @@ impl FusedHead {
         // Read per element by the input projection: kept in f32 (it is W·C values).
         let input_host = read("input_proj", width, token_dim, true)?;
 
-        // `vecs`: the time table, then every bias, block scale and LayerNorm vector.
-        let mut vecs: Vec<f32> = vec![0.0; NUM_BASE_TIMESTEPS * width];
-        let mut mat_words: Vec<Vec<u32>> = Vec::new();
-        // Every matrix but the input projection is read input-major (`gemm`, `final_step`);
-        // the input projection is read per output row and stays as it is.
-        let mut place =
-            |m: &HostMatrix, vecs: &mut Vec<f32>, input_major: bool| -> Result<Matrix> {
-                let (words, scales) = if input_major {
-                    m.input_major()
-                } else {
-                    (m.words.clone(), m.scales.clone())
-                };
-                let bytes = 4 * m.words.len() as u64;
-                if bytes > max_binding {
-                    return Err(gpu_error(
-                        "a weight matrix is too large",
-                        format!("{bytes} bytes; this GPU binds at most {max_binding}"),
-                    ));
-                }
-                let fits = mat_words
-                    .last()
-                    .is_some_and(|w| 4 * (w.len() as u64) + bytes <= max_binding);
-                if !fits {
-                    mat_words.push(Vec::new());
-                }
-                let buffer = mat_words.len() - 1;
-                let buffer_words = mat_words.last_mut().expect("pushed");
-                let w_off = buffer_words.len() as u32;
-                buffer_words.extend_from_slice(&words);
-                let scale_off = vecs.len() as u32;
-                vecs.extend_from_slice(&scales);
-                let bias_off = vecs.len() as u32;
-                vecs.extend_from_slice(&m.bias);
-                Ok(Matrix {
-                    buffer,
-                    format: m.format,
-                    w_off,
-                    scale_off,
-                    bias_off,
-                    out: m.out as u32,
-                    inp: m.inp as u32,
-                })
-            };
+        // `vecs`: the time table, then every bias, block scale and LayerNorm vector. Every
+        // matrix but the input projection is read input-major (`gemm`, `final_step`); the
+        // input projection is read per output row and stays as it is.
+        let mut packer = WeightPacker::new(&ctx, NUM_BASE_TIMESTEPS * width, "fused head kernels");
         let ada: Vec<Matrix> = ada_host
             .iter()
-            .map(|m| place(m, &mut vecs, true))
+            .map(|m| packer.place(m, true))
             .collect::<Result<_>>()?;
-        let cond = place(&cond_host, &mut vecs, true)?;
+        let cond = packer.place(&cond_host, true)?;
         let mut blocks = Vec::new();
         for (mlp_in, mlp_out, ln_w, ln_b) in &block_host {
-            let mlp_in = place(mlp_in, &mut vecs, true)?;
-            let mlp_out = place(mlp_out, &mut vecs, true)?;
-            let ln_w_off = vecs.len() as u32;
-            vecs.extend_from_slice(ln_w);
-            let ln_b_off = vecs.len() as u32;
-            vecs.extend_from_slice(ln_b);
+            let mlp_in = packer.place(mlp_in, true)?;
+            let mlp_out = packer.place(mlp_out, true)?;
+            let ln_w_off = packer.push_vec(ln_w);
+            let ln_b_off = packer.push_vec(ln_b);
             blocks.push(BlockLayers {
                 mlp_in,
                 mlp_out,
@@ -661,14 +467,14 @@ impl FusedHead {
                 ln_b: ln_b_off,
             });
         }
-        let final_linear = place(&final_host, &mut vecs, true)?;
-        let input_proj = place(&input_host, &mut vecs, false)?;
+        let final_linear = packer.place(&final_host, true)?;
+        let input_proj = packer.place(&input_host, false)?;
         // `token_loop` for small heads: every matrix it reads in one buffer, and its layer
         // table after them (each matrix's format read at run time, so mixed files qualify).
         let token_loop_table = if width <= TOKEN_LOOP_MAX_WIDTH
             && cond_dim.is_multiple_of(4)
             && ada.len() == 1
-            && mat_words.len() == 1
+            && packer.mat_words.len() == 1
         {
             let entry = |m: &Matrix| [m.w_off, m.scale_off, m.bias_off, m.format as u32];
             let mut table = Vec::new();
@@ -680,22 +486,14 @@ impl FusedHead {
                 table.extend(entry(&b.mlp_out));
                 table.extend([b.ln_w, b.ln_b]);
             }
-            let words = &mut mat_words[0];
+            let words = &mut packer.mat_words[0];
             let at = words.len() as u32;
             words.extend(table);
             Some(at)
         } else {
             None
         };
-        if 4 * vecs.len() as u64 > max_binding {
-            return Err(gpu_error(
-                "the head's vectors are too large",
-                format!(
-                    "{} bytes; this GPU binds at most {max_binding}",
-                    4 * vecs.len()
-                ),
-            ));
-        }
+        packer.check_vecs()?;
         let mut ada_cols = Vec::new();
         let mut col = 0u32;
         for m in &ada {
@@ -706,26 +504,14 @@ impl FusedHead {
         let device = &ctx.device;
         #[cfg(not(target_arch = "wasm32"))]
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        use wgpu::util::DeviceExt;
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let WeightPacker {
+            mat_words, vecs, ..
+        } = packer;
         let mats: Vec<wgpu::Buffer> = mat_words
             .iter()
-            .map(|w| {
-                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("disa head weights"),
-                    contents: &words_bytes(w),
-                    usage: storage,
-                })
-            })
+            .map(|w| storage_buffer(&ctx, "disa head weights", &words_bytes(w)))
             .collect();
-        let vecs_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("disa head vectors"),
-            contents: &vecs
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-            usage: storage,
-        });
+        let vecs_buffer = storage_buffer(&ctx, "disa head vectors", &f32_bytes(&vecs));
         let weight_bytes = mat_words.iter().map(|w| 4 * w.len() as u64).sum::<u64>()
             + 4 * (vecs.len() - NUM_BASE_TIMESTEPS * width) as u64;
 
@@ -766,7 +552,7 @@ impl FusedHead {
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("shaders/head.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+            source: wgpu::ShaderSource::Wgsl(format!("{WEIGHTS_WGSL}\n{SHADER}").into()),
         });
         let mut wanted = vec![
             pipeline_key(Kernel::Gemm(GemmMode::Plain), &cond),
@@ -974,9 +760,7 @@ impl FusedHead {
     pub fn fits(&self, tokens: usize, cfg: bool, steps: usize) -> bool {
         let rows = if cfg { 2 * tokens } else { tokens };
         let limits = self.ctx.device.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let max_binding = max_binding(&self.ctx);
         4 * self.activation_floats(tokens, rows, steps) as u64 <= max_binding
             && tokens <= limits.max_compute_workgroups_per_dimension as usize
     }
@@ -1014,10 +798,7 @@ impl FusedHead {
         let steps_off = noise_off + steps * n * c;
         let total = steps_off + 12 * steps;
         debug_assert_eq!(total, self.activation_floats(n, rows, steps));
-        let limits = self.ctx.device.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let max_binding = max_binding(&self.ctx);
         if !self.fits(n, job.cfg.is_some(), steps) {
             return Err(gpu_error(
                 "too many tokens at once",
@@ -1046,7 +827,6 @@ impl FusedHead {
         let ws = guard.as_ref().expect("created above");
 
         // Uploads: activations' inputs, per-dispatch parameters, per-step coefficients.
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         queue.write_buffer(&ws.act, 4 * z_off as u64, &f32_bytes(job.z));
         queue.write_buffer(&ws.act, 4 * x_off as u64, &f32_bytes(job.init_noise));
         queue.write_buffer(&ws.act, 4 * noise_off as u64, &f32_bytes(job.step_noise));
@@ -1401,32 +1181,7 @@ impl FusedHead {
 
     /// Waits for a submitted step and reads `x_0` (`[n, C]`).
     pub async fn read_async(&self, submitted: Submitted) -> Result<Vec<f32>> {
-        let state = Arc::new(Mutex::new(MapState::default()));
-        let signal = state.clone();
-        submitted
-            .staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |result| {
-                let mut s = signal.lock().unwrap_or_else(|e| e.into_inner());
-                s.result = Some(result.map_err(|e| e.to_string()));
-                if let Some(w) = s.waker.take() {
-                    w.wake();
-                }
-            });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| gpu_error("waiting for the GPU", e))?;
-        MapFuture { state }
-            .await
-            .map_err(|e| gpu_error("reading results back", e))?;
-        let values = {
-            let view = submitted
-                .staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| gpu_error("reading results back", e))?;
+        read_mapped(&self.ctx, &submitted.staging, |view| {
             if let Some(timer) = &self.timer {
                 let at = GpuTimer::ticks_at(submitted.values) as usize;
                 let tick = |k: usize| {
@@ -1441,32 +1196,10 @@ impl FusedHead {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()
-        };
-        submitted.staging.unmap();
-        Ok(values)
+        })
+        .await
+        .map_err(|e| gpu_error("reading results back", e))
     }
-}
-
-/// Compiles entry point `entry` of `shaders/head.wgsl` with its override constants.
-fn compile(
-    device: &wgpu::Device,
-    module: &wgpu::ShaderModule,
-    layout: &wgpu::PipelineLayout,
-    entry: &str,
-    constants: &[(&str, f64)],
-) -> wgpu::ComputePipeline {
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(entry),
-        layout: Some(layout),
-        module,
-        entry_point: Some(entry),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants,
-            // Every workgroup variable is written before it is read.
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    })
 }
 
 /// `token_loop` with `threads` per workgroup (every weight format: it reads each matrix's
@@ -1489,51 +1222,4 @@ fn compile_token_loop(
 /// The pipeline a dispatch of `kernel` over matrix `m` runs.
 fn pipeline_key(kernel: Kernel, m: &Matrix) -> (Kernel, Format) {
     (kernel, m.format)
-}
-
-fn words_bytes(words: &[u32]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-#[derive(Default)]
-struct MapState {
-    result: Option<std::result::Result<(), String>>,
-    waker: Option<std::task::Waker>,
-}
-
-/// Resolves when a buffer's `map_async` callback has run.
-struct MapFuture {
-    state: Arc<Mutex<MapState>>,
-}
-
-impl std::future::Future for MapFuture {
-    type Output = std::result::Result<(), String>;
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match s.result.take() {
-            Some(r) => std::task::Poll::Ready(r),
-            None => {
-                s.waker = Some(cx.waker().clone());
-                std::task::Poll::Pending
-            }
-        }
-    }
-}
-
-/// Drives a future whose progress comes from polling the device (native wgpu resolves map
-/// and error-scope futures inside `Device::poll`).
-#[cfg(not(target_arch = "wasm32"))]
-fn block_on<F: std::future::Future>(ctx: &GpuContext, fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
-        std::thread::yield_now();
-    }
 }

@@ -154,21 +154,27 @@ pub fn generator(device: &burn::tensor::Device) -> std::sync::Arc<LoadedModel> {
     std::sync::Arc::new(LoadedModel::new(model, config, device.clone()))
 }
 
-/// [`generator`] with the diffusion head's fused GPU kernels attached (wgpu devices), so
-/// generations run the head's sampling loop on `shaders/head.wgsl`.
+/// [`generator`] with the fused GPU kernels attached (wgpu devices), so generations run the
+/// head's sampling loop on `shaders/head.wgsl` and the transformer on
+/// `shaders/transformer.wgsl`.
 pub fn generator_fused(device: &burn::tensor::Device) -> std::sync::Arc<LoadedModel> {
     let config = config();
     let vae = VaeDecoder::load(&mut vae_weights(), device).expect("VAE builds");
     let mut weights = mar_weights();
     let fused = disa::gpu::fused_head_for(device, &weights, &Default::default(), &config);
+    let transformer =
+        disa::gpu::fused_transformer_for(device, &weights, &Default::default(), &config);
     let model = Model::load(&mut weights, &config, Some(ImageDecoder::Vae(vae)), device)
         .expect("model builds");
-    let g = LoadedModel::new(model, config, device.clone()).with_fused_head(fused);
+    let g = LoadedModel::new(model, config, device.clone())
+        .with_fused_head(fused)
+        .with_fused_transformer(transformer);
     assert!(
         g.fused_head().is_some(),
         "no fused head: {}",
         g.fused_unavailable()
     );
+    assert!(g.fused_transformer().is_some(), "no fused transformer");
     std::sync::Arc::new(g)
 }
 

@@ -89,7 +89,7 @@ export function onStep(ev, preview) {
   }
   v.current = ev.positions || [];
   v.flashAt = performance.now();
-  v.timings[ev.k] = { tf: ev.transformerMs || 0, head: ev.headMs || 0 };
+  v.timings[ev.k] = { tf: ev.transformerMs || 0, head: ev.headMs || 0, gpu: ev.headGpuMs };
   v.headCalls = ev.headCalls;
   v.tokenSteps = ev.tokenSteps;
   v.last = ev;
@@ -338,7 +338,13 @@ function drawTiming() {
 
   const sumTf = times.reduce((a, t) => a + (t ? t.tf : 0), 0);
   const sumHead = times.reduce((a, t) => a + (t ? t.head : 0), 0);
+  // The fused head's kernels timed on the GPU itself (timestamp queries), where every step
+  // so far has that figure: the rest of the head's time is uploads, submits and read-backs.
+  const done = times.filter(Boolean);
+  const gpu = done.length && done.every((t) => typeof t.gpu === 'number')
+    ? ` · its kernels ${formatMs(done.reduce((a, t) => a + t.gpu, 0))} on the GPU`
+    : '';
   $('timing-sum').textContent = times.length
-    ? `Σ transformer ${formatMs(sumTf)} · Σ head ${formatMs(sumHead)} (${Math.round((100 * sumHead) / Math.max(1e-9, sumTf + sumHead))}%)`
+    ? `Σ transformer ${formatMs(sumTf)} · Σ head ${formatMs(sumHead)} (${Math.round((100 * sumHead) / Math.max(1e-9, sumTf + sumHead))}%)${gpu}`
     : 'Each bar: one AR step, split into transformer and head time.';
 }

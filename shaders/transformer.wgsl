@@ -1,0 +1,280 @@
+// The MAR transformer's forward pass (`forward_mae_encoder` + `forward_mae_decoder` of the
+// official `models/mar.py`, eval mode) as a few kernels, recorded by src/gpu/transformer.rs
+// as one compute pass per AR step:
+//
+//   linear   (MODE_PLAIN)     z_proj of the known tokens
+//   gather                    encoder rows: class embedding or projected token, + position
+//   layer_norm                z_proj_ln, in place
+//   per encoder block:
+//     linear (MODE_PLAIN, LN) qkv = LN₁(x)·W_qkvᵀ + b
+//     attention               softmax(q·kᵀ/√d)·v per sequence and head
+//     linear (MODE_RESIDUAL)  x += att·W_projᵀ + b
+//     linear (MODE_GELU, LN)  u = gelu(LN₂(x)·W_fc1ᵀ + b)
+//     linear (MODE_RESIDUAL)  x += u·W_fc2ᵀ + b
+//   linear   (MODE_PLAIN, LN) decoder_embed(encoder_norm(x))
+//   gather                    decoder rows: embedded row or mask token, + position
+//   per decoder block: the same five
+//   layer_norm                decoder_norm, in place
+//   gather                    the rows the head samples, + diffusion position embedding
+//
+// Buffers: `mat` and `vecs` as in weights.wgsl (matrices input-major; biases, LayerNorm
+// vectors, embeddings and position tables in `vecs`), `idx` the gather tables of this pass,
+// `act` every activation. Offsets come from `p`, one uniform block per dispatch.
+
+struct Params {
+    rows: u32,       // activation rows
+    in_dim: u32,
+    out_dim: u32,
+    w_off: u32,      // linear: matrix word offset in `mat`
+    scale_off: u32,  // linear: block scales in `vecs` (int8/int4)
+    bias_off: u32,   // linear: bias in `vecs`
+    a_off: u32,      // input rows in `act` (row stride in_dim; attention: 3·heads·head_dim)
+    out_off: u32,    // output rows in `act` (row stride out_dim)
+    ln_w: u32,       // LayerNorm weight and bias in `vecs`
+    ln_b: u32,
+    ln_on: u32,      // linear: 1 = LayerNorm the input rows first
+    seq_len: u32,    // attention: rows per sequence
+    heads: u32,
+    head_dim: u32,
+    idx_off: u32,    // gather: this dispatch's table in `idx`, two codes per row
+    scale: f32,      // attention: head_dim^(-1/2)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read> mat: array<u32>;
+@group(0) @binding(3) var<storage, read> vecs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> act: array<f32>;
+
+override WFMT: u32 = 0u;
+
+// What a `linear` dispatch does with its result.
+const MODE_PLAIN: u32 = 0u;    // out = v
+const MODE_GELU: u32 = 1u;     // out = gelu(v), exact-erf GELU
+const MODE_RESIDUAL: u32 = 2u; // out += v
+override MODE: u32 = 0u;
+
+const LN_EPS: f32 = 1e-6;
+const WG: u32 = 64u;       // threads per workgroup of every kernel here
+const RT: u32 = 8u;        // linear: activation rows per workgroup
+const CH: u32 = 256u;      // linear: inputs per shared-memory tile
+const MAX_SEQ: u32 = 1024u;    // attention: longest sequence
+const MAX_HEAD_DIM: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
+const IN_VECS: u32 = 0x80000000u;
+
+var<workgroup> tile: array<vec4<f32>, 512>;   // linear: RT × CH inputs as vec4s
+var<workgroup> stats: array<vec2<f32>, 8>;    // linear: per row mean, 1/sqrt(var + eps)
+var<workgroup> scores: array<f32, 1024>;      // attention: one query's scores / weights
+var<workgroup> qrow: array<f32, 256>;         // attention: the scaled query
+var<workgroup> red: array<f32, 64>;
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), as the CPU path.
+fn erf(x: f32) -> f32 {
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = ((((1.0614054 * t - 1.4531520) * t + 1.4214138) * t - 0.28449672) * t
+        + 0.2548296) * t;
+    return sign(x) * (1.0 - poly * exp(-a * a));
+}
+
+fn gelu(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
+}
+
+// Sum (`op` 0) or max (`op` 1) of one value per thread over the workgroup.
+fn reduce(lid: u32, v: f32, op: u32) -> f32 {
+    workgroupBarrier();
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            if op == 0u {
+                red[lid] += red[lid + s];
+            } else {
+                red[lid] = max(red[lid], red[lid + s]);
+            }
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Row index of a workgroup in a (x, y) grid of up to 65535 × 65535.
+fn row_of(wg: vec3<u32>) -> u32 {
+    return wg.y * 65535u + wg.x;
+}
+
+// out[r, o] = epilogue(LN?(a[r]) · W[o]ᵀ + b[o]) for rows r0..r0+RT, one output column per
+// thread; the (normalized) inputs are staged in shared memory CH at a time and read by every
+// thread at the same address, the weights input-major so neighbouring threads read
+// neighbouring words.
+@compute @workgroup_size(64)
+fn linear(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let o = wg.x * WG + lid;
+    let r0 = wg.y * RT;
+    let nrows = min(RT, p.rows - r0);
+    let ln = p.ln_on == 1u;
+    if ln && lid < nrows {
+        // Two passes, as PyTorch's LayerNorm.
+        let b = p.a_off + (r0 + lid) * p.in_dim;
+        var sum = 0.0;
+        for (var i = 0u; i < p.in_dim; i++) {
+            sum += act[b + i];
+        }
+        let mean = sum / f32(p.in_dim);
+        var sq = 0.0;
+        for (var i = 0u; i < p.in_dim; i++) {
+            let d = act[b + i] - mean;
+            sq += d * d;
+        }
+        stats[lid] = vec2<f32>(mean, 1.0 / sqrt(sq / f32(p.in_dim) + LN_EPS));
+    }
+    var acc: array<f32, 8>;
+    for (var r = 0u; r < RT; r++) {
+        acc[r] = 0.0;
+    }
+    for (var base = 0u; base < p.in_dim; base += CH) {
+        let len = min(CH, p.in_dim - base);
+        let quads = len / 4u;
+        workgroupBarrier();
+        for (var k = lid; k < RT * quads; k += WG) {
+            let r = k / quads;
+            let i = base + 4u * (k % quads);
+            var a = vec4<f32>(0.0);
+            if r < nrows {
+                let at = p.a_off + (r0 + r) * p.in_dim + i;
+                a = vec4<f32>(act[at], act[at + 1u], act[at + 2u], act[at + 3u]);
+                if ln {
+                    let s = stats[r];
+                    a = (a - s.x) * s.y * vec4<f32>(vecs[p.ln_w + i], vecs[p.ln_w + i + 1u],
+                        vecs[p.ln_w + i + 2u], vecs[p.ln_w + i + 3u])
+                        + vec4<f32>(vecs[p.ln_b + i], vecs[p.ln_b + i + 1u],
+                        vecs[p.ln_b + i + 2u], vecs[p.ln_b + i + 3u]);
+                }
+            }
+            tile[r * (CH / 4u) + k % quads] = a;
+        }
+        workgroupBarrier();
+        if o < p.out_dim {
+            for (var q = 0u; q < quads; q++) {
+                let w = load_quad(WFMT, p.w_off, p.scale_off, p.out_dim, base + 4u * q, o);
+                for (var r = 0u; r < RT; r++) {
+                    acc[r] += dot(tile[r * (CH / 4u) + q], w);
+                }
+            }
+        }
+    }
+    if o < p.out_dim {
+        let bias = vecs[p.bias_off + o];
+        for (var r = 0u; r < nrows; r++) {
+            let v = acc[r] + bias;
+            let dst = p.out_off + (r0 + r) * p.out_dim + o;
+            if MODE == MODE_GELU {
+                act[dst] = gelu(v);
+            } else if MODE == MODE_RESIDUAL {
+                act[dst] = act[dst] + v;
+            } else {
+                act[dst] = v;
+            }
+        }
+    }
+}
+
+// One query row of one head of one sequence per workgroup (grid: query, head, sequence):
+// out[row, h·hd..] = softmax(q·Kᵀ·scale)·V over the sequence's rows, reading q, k and v from
+// the qkv rows ([q | k | v], each heads × head_dim, timm's layout).
+@compute @workgroup_size(64)
+fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let hd = p.head_dim;
+    let d = p.heads * hd;
+    let stride = 3u * d;
+    let row0 = wg.z * p.seq_len;
+    let col = wg.y * hd;
+    let q_at = p.a_off + (row0 + wg.x) * stride + col;
+    for (var j = lid; j < hd; j += WG) {
+        qrow[j] = act[q_at + j] * p.scale;
+    }
+    workgroupBarrier();
+    var m = -3.4e38;
+    for (var k = lid; k < p.seq_len; k += WG) {
+        let k_at = p.a_off + (row0 + k) * stride + d + col;
+        var s = 0.0;
+        for (var j = 0u; j < hd; j++) {
+            s += qrow[j] * act[k_at + j];
+        }
+        scores[k] = s;
+        m = max(m, s);
+    }
+    m = reduce(lid, m, 1u);
+    var sum = 0.0;
+    for (var k = lid; k < p.seq_len; k += WG) {
+        let e = exp(scores[k] - m);
+        scores[k] = e;
+        sum += e;
+    }
+    sum = reduce(lid, sum, 0u);
+    let out_at = p.out_off + (row0 + wg.x) * d + col;
+    for (var j = lid; j < hd; j += WG) {
+        var acc = 0.0;
+        for (var k = 0u; k < p.seq_len; k++) {
+            acc += scores[k] * act[p.a_off + (row0 + k) * stride + 2u * d + col + j];
+        }
+        act[out_at + j] = acc / sum;
+    }
+}
+
+// LayerNorm with affine weight and bias of each row, in place or not; one row per workgroup.
+@compute @workgroup_size(64)
+fn layer_norm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let r = row_of(wg);
+    if r >= p.rows {
+        return;
+    }
+    let a = p.a_off + r * p.in_dim;
+    var sum = 0.0;
+    for (var i = lid; i < p.in_dim; i += WG) {
+        sum += act[a + i];
+    }
+    let mean = reduce(lid, sum, 0u) / f32(p.in_dim);
+    var sq = 0.0;
+    for (var i = lid; i < p.in_dim; i += WG) {
+        let d = act[a + i] - mean;
+        sq += d * d;
+    }
+    let inv = 1.0 / sqrt(reduce(lid, sq, 0u) / f32(p.in_dim) + LN_EPS);
+    let out = p.out_off + r * p.in_dim;
+    for (var i = lid; i < p.in_dim; i += WG) {
+        act[out + i] = (act[a + i] - mean) * inv * vecs[p.ln_w + i] + vecs[p.ln_b + i];
+    }
+}
+
+// One term of a gathered row: a row of `act` (code = its offset), of `vecs` (code | IN_VECS)
+// or nothing (NONE).
+fn term(code: u32, j: u32) -> f32 {
+    if code == NONE {
+        return 0.0;
+    }
+    if (code & IN_VECS) != 0u {
+        return vecs[(code & ~IN_VECS) + j];
+    }
+    return act[code + j];
+}
+
+// out[r] = term(idx[2r]) + term(idx[2r + 1]) over out_dim columns, one row per workgroup: the
+// transformer's row selections, embeddings and position tables in one kernel.
+@compute @workgroup_size(64)
+fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let r = row_of(wg);
+    if r >= p.rows {
+        return;
+    }
+    let a = idx[p.idx_off + 2u * r];
+    let b = idx[p.idx_off + 2u * r + 1u];
+    let out = p.out_off + r * p.out_dim;
+    for (var j = lid; j < p.out_dim; j += WG) {
+        act[out + j] = term(a, j) + term(b, j);
+    }
+}
