@@ -90,16 +90,6 @@ fn use_form(fused: &FusedHead, form: Form) {
     }
 }
 
-fn scaled(actual: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(actual.len(), reference.len());
-    let absmax = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    let diff = actual
-        .iter()
-        .zip(reference)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-    diff / absmax.max(f64::MIN_POSITIVE)
-}
-
 fn lcg(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)

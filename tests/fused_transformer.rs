@@ -44,16 +44,6 @@ fn generator(storage: Storage) -> Arc<LoadedModel> {
     Arc::new(g)
 }
 
-fn scaled(actual: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(actual.len(), reference.len());
-    let absmax = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-    let diff = actual
-        .iter()
-        .zip(reference)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-    diff / absmax.max(f64::MIN_POSITIVE)
-}
-
 /// A small deterministic generator of values in [-1, 1) and of permutations.
 struct Lcg(u64);
 

@@ -46,17 +46,21 @@ fn replay(case: &Case, prefix: &str) -> ReplayNoise {
     ReplayNoise::new(events, normal, perms)
 }
 
+/// An MAE case's labels, `None` where the row is unconditional.
+fn case_labels(case: &Case) -> Vec<Option<usize>> {
+    let uncond = case.get("uncond").i64s();
+    case.get("labels")
+        .i64s()
+        .iter()
+        .zip(&uncond)
+        .map(|(&l, &u)| if u != 0 { None } else { Some(l as usize) })
+        .collect()
+}
+
 fn check_mae(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
     for (file, meta) in cases_of_kind("mae") {
         let case = Case::load(&file);
-        let uncond = case.get("uncond").i64s();
-        let labels: Vec<Option<usize>> = case
-            .get("labels")
-            .i64s()
-            .iter()
-            .zip(&uncond)
-            .map(|(&l, &u)| if u != 0 { None } else { Some(l as usize) })
-            .collect();
+        let labels = case_labels(&case);
         let class_emb = g.model.transformer.class_embedding(&labels, device);
         checker.close(
             &file,
@@ -591,14 +595,7 @@ mod wgpu_fused {
         let fused = g.fused_transformer().expect("a fused transformer");
         for (file, meta) in cases_of_kind("mae") {
             let case = Case::load(&file);
-            let uncond = case.get("uncond").i64s();
-            let labels: Vec<Option<usize>> = case
-                .get("labels")
-                .i64s()
-                .iter()
-                .zip(&uncond)
-                .map(|(&l, &u)| if u != 0 { None } else { Some(l as usize) })
-                .collect();
+            let labels = case_labels(&case);
             for sub in meta["subcases"].as_array().expect("subcases") {
                 let p = sub["prefix"].as_str().unwrap();
                 let x = case.get(&format!("{p}x"));

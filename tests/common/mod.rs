@@ -287,3 +287,15 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// max|actual − reference| over max|reference| for two plain slices (the fused-kernel tests'
+/// comparisons against Burn's tensor path).
+pub fn scaled(actual: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(actual.len(), reference.len());
+    let absmax = reference.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let diff = actual
+        .iter()
+        .zip(reference)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+    diff / absmax.max(f64::MIN_POSITIVE)
+}
