@@ -38,6 +38,10 @@ struct Params {
     head_dim: u32,
     idx_off: u32,    // gather: this dispatch's table in `idx`, two codes per row
     scale: f32,      // attention: head_dim^(-1/2)
+    mode: u32,       // linear: MODE_*
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,21 +56,23 @@ override WFMT: u32 = 0u;
 const MODE_PLAIN: u32 = 0u;    // out = v
 const MODE_GELU: u32 = 1u;     // out = gelu(v), exact-erf GELU
 const MODE_RESIDUAL: u32 = 2u; // out += v
-override MODE: u32 = 0u;
+// linear: output columns per thread (1 to 4); the host picks it by the matrix's width.
+override COLS: u32 = 2u;
 
 const LN_EPS: f32 = 1e-6;
 const WG: u32 = 64u;       // threads per workgroup of every kernel here
 const RT: u32 = 8u;        // linear: activation rows per workgroup
 const CH: u32 = 256u;      // linear: inputs per shared-memory tile
-const MAX_SEQ: u32 = 1024u;    // attention: longest sequence
-const MAX_HEAD_DIM: u32 = 256u;
+const MAX_HEAD_DIM: u32 = 128u; // attention: widest head (a multiple of 4)
+const KV_VECS: u32 = 256u;     // attention: vec4s of keys (and of values) per chunk
+const MAX_CHUNK: u32 = 32u;    // attention: keys per chunk at most
 const NONE: u32 = 0xffffffffu;
 const IN_VECS: u32 = 0x80000000u;
 
 var<workgroup> tile: array<vec4<f32>, 512>;   // linear: RT × CH inputs as vec4s
 var<workgroup> stats: array<vec2<f32>, 8>;    // linear: per row mean, 1/sqrt(var + eps)
-var<workgroup> scores: array<f32, 1024>;      // attention: one query's scores / weights
-var<workgroup> qrow: array<f32, 256>;         // attention: the scaled query
+var<workgroup> kt: array<vec4<f32>, 256>;     // attention: a chunk of keys, KV_VECS
+var<workgroup> vt: array<vec4<f32>, 256>;     // attention: their values
 var<workgroup> red: array<f32, 64>;
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), as the CPU path.
@@ -107,13 +113,13 @@ fn row_of(wg: vec3<u32>) -> u32 {
     return wg.y * 65535u + wg.x;
 }
 
-// out[r, o] = epilogue(LN?(a[r]) · W[o]ᵀ + b[o]) for rows r0..r0+RT, one output column per
-// thread; the (normalized) inputs are staged in shared memory CH at a time and read by every
-// thread at the same address, the weights input-major so neighbouring threads read
-// neighbouring words.
+// out[r, o] = epilogue(LN?(a[r]) · W[o]ᵀ + b[o]) for rows r0..r0+RT and COLS output columns
+// per thread (o = lid, lid + WG, …: neighbouring threads read neighbouring weight words, the
+// weights being input-major); the (normalized) inputs are staged in shared memory CH at a
+// time and every thread reads them at the same address, each read serving COLS columns.
 @compute @workgroup_size(64)
 fn linear(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let o = wg.x * WG + lid;
+    let o0 = wg.x * WG * COLS + lid;
     let r0 = wg.y * RT;
     let nrows = min(RT, p.rows - r0);
     let ln = p.ln_on == 1u;
@@ -132,9 +138,15 @@ fn linear(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: 
         }
         stats[lid] = vec2<f32>(mean, 1.0 / sqrt(sq / f32(p.in_dim) + LN_EPS));
     }
-    var acc: array<f32, 8>;
-    for (var r = 0u; r < RT; r++) {
-        acc[r] = 0.0;
+    // acc[c * RT + r]: column o0 + c·WG, row r0 + r.
+    var acc: array<f32, 32>;
+    for (var k = 0u; k < RT * COLS; k++) {
+        acc[k] = 0.0;
+    }
+    // Columns past the matrix read its last column (in bounds) and are not stored.
+    var cols: array<u32, 4>;
+    for (var c = 0u; c < COLS; c++) {
+        cols[c] = min(o0 + c * WG, p.out_dim - 1u);
     }
     for (var base = 0u; base < p.in_dim; base += CH) {
         let len = min(CH, p.in_dim - base);
@@ -158,23 +170,31 @@ fn linear(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: 
             tile[r * (CH / 4u) + k % quads] = a;
         }
         workgroupBarrier();
-        if o < p.out_dim {
-            for (var q = 0u; q < quads; q++) {
-                let w = load_quad(WFMT, p.w_off, p.scale_off, p.out_dim, base + 4u * q, o);
-                for (var r = 0u; r < RT; r++) {
-                    acc[r] += dot(tile[r * (CH / 4u) + q], w);
+        for (var q = 0u; q < quads; q++) {
+            var w: array<vec4<f32>, 4>;
+            for (var c = 0u; c < COLS; c++) {
+                w[c] = load_quad(WFMT, p.w_off, p.scale_off, p.out_dim, base + 4u * q, cols[c]);
+            }
+            for (var r = 0u; r < RT; r++) {
+                let a = tile[r * (CH / 4u) + q];
+                for (var c = 0u; c < COLS; c++) {
+                    acc[c * RT + r] += dot(a, w[c]);
                 }
             }
         }
     }
-    if o < p.out_dim {
+    for (var c = 0u; c < COLS; c++) {
+        let o = o0 + c * WG;
+        if o >= p.out_dim {
+            break;
+        }
         let bias = vecs[p.bias_off + o];
         for (var r = 0u; r < nrows; r++) {
-            let v = acc[r] + bias;
+            let v = acc[c * RT + r] + bias;
             let dst = p.out_off + (r0 + r) * p.out_dim + o;
-            if MODE == MODE_GELU {
+            if p.mode == MODE_GELU {
                 act[dst] = gelu(v);
-            } else if MODE == MODE_RESIDUAL {
+            } else if p.mode == MODE_RESIDUAL {
                 act[dst] = act[dst] + v;
             } else {
                 act[dst] = v;
@@ -183,46 +203,79 @@ fn linear(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: 
     }
 }
 
-// One query row of one head of one sequence per workgroup (grid: query, head, sequence):
-// out[row, h·hd..] = softmax(q·Kᵀ·scale)·V over the sequence's rows, reading q, k and v from
-// the qkv rows ([q | k | v], each heads × head_dim, timm's layout).
+// softmax(q·Kᵀ·scale)·V for up to WG query rows of one head of one sequence per workgroup
+// (grid: query block, head, sequence), one query per thread, reading q, k and v from the qkv
+// rows ([q | k | v], each heads × head_dim, timm's layout). Keys and values are staged in
+// shared memory KV_VECS vec4s at a time, and each thread keeps a running softmax over them
+// (the running maximum rescales the sum and the output when it grows): no reductions across
+// threads, two barriers per chunk of keys.
 @compute @workgroup_size(64)
 fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let hd = p.head_dim;
-    let d = p.heads * hd;
+    let hd4 = p.head_dim / 4u;
+    let d = p.heads * p.head_dim;
     let stride = 3u * d;
     let row0 = wg.z * p.seq_len;
-    let col = wg.y * hd;
-    let q_at = p.a_off + (row0 + wg.x) * stride + col;
-    for (var j = lid; j < hd; j += WG) {
-        qrow[j] = act[q_at + j] * p.scale;
+    let col = wg.y * p.head_dim;
+    let query = wg.x * WG + lid;
+    let live = query < p.seq_len;
+    // Keys per chunk: as many as the shared arrays hold, at most MAX_CHUNK.
+    let chunk = min(KV_VECS / hd4, MAX_CHUNK);
+    var q: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
+    var o: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
+    var s: array<f32, MAX_CHUNK>;
+    if live {
+        let q_at = p.a_off + (row0 + query) * stride + col;
+        for (var c = 0u; c < hd4; c++) {
+            let at = q_at + 4u * c;
+            q[c] = vec4<f32>(act[at], act[at + 1u], act[at + 2u], act[at + 3u]) * p.scale;
+            o[c] = vec4<f32>(0.0);
+        }
     }
-    workgroupBarrier();
     var m = -3.4e38;
-    for (var k = lid; k < p.seq_len; k += WG) {
-        let k_at = p.a_off + (row0 + k) * stride + d + col;
-        var s = 0.0;
-        for (var j = 0u; j < hd; j++) {
-            s += qrow[j] * act[k_at + j];
+    var l = 0.0;
+    for (var k0 = 0u; k0 < p.seq_len; k0 += chunk) {
+        let n = min(chunk, p.seq_len - k0);
+        workgroupBarrier();
+        for (var t = lid; t < n * hd4; t += WG) {
+            let at = p.a_off + (row0 + k0 + t / hd4) * stride + d + col + 4u * (t % hd4);
+            kt[t] = vec4<f32>(act[at], act[at + 1u], act[at + 2u], act[at + 3u]);
+            vt[t] = vec4<f32>(act[at + d], act[at + d + 1u], act[at + d + 2u], act[at + d + 3u]);
         }
-        scores[k] = s;
-        m = max(m, s);
-    }
-    m = reduce(lid, m, 1u);
-    var sum = 0.0;
-    for (var k = lid; k < p.seq_len; k += WG) {
-        let e = exp(scores[k] - m);
-        scores[k] = e;
-        sum += e;
-    }
-    sum = reduce(lid, sum, 0u);
-    let out_at = p.out_off + (row0 + wg.x) * d + col;
-    for (var j = lid; j < hd; j += WG) {
-        var acc = 0.0;
-        for (var k = 0u; k < p.seq_len; k++) {
-            acc += scores[k] * act[p.a_off + (row0 + k) * stride + 2u * d + col + j];
+        workgroupBarrier();
+        if live {
+            var cm = m;
+            for (var j = 0u; j < n; j++) {
+                var dotp = 0.0;
+                for (var c = 0u; c < hd4; c++) {
+                    dotp += dot(q[c], kt[j * hd4 + c]);
+                }
+                s[j] = dotp;
+                cm = max(cm, dotp);
+            }
+            let corr = exp(m - cm);
+            l *= corr;
+            for (var c = 0u; c < hd4; c++) {
+                o[c] *= corr;
+            }
+            for (var j = 0u; j < n; j++) {
+                let e = exp(s[j] - cm);
+                l += e;
+                for (var c = 0u; c < hd4; c++) {
+                    o[c] += e * vt[j * hd4 + c];
+                }
+            }
+            m = cm;
         }
-        act[out_at + j] = acc / sum;
+    }
+    if live {
+        let out_at = p.out_off + (row0 + query) * d + col;
+        for (var c = 0u; c < hd4; c++) {
+            let v = o[c] / l;
+            act[out_at + 4u * c] = v.x;
+            act[out_at + 4u * c + 1u] = v.y;
+            act[out_at + 4u * c + 2u] = v.z;
+            act[out_at + 4u * c + 3u] = v.w;
+        }
     }
 }
 
