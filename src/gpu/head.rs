@@ -20,7 +20,7 @@ use crate::weights::{StoredForm, WeightMap};
 use burn::tensor::wgpu::wgpu;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 const SHADER: &str = include_str!("../../shaders/head.wgsl");
 /// Activation rows per `gemm` workgroup (`RT` in the shader).
@@ -320,8 +320,12 @@ pub struct FusedHead {
     token_loop_table: Option<u32>,
     /// Tests and benchmarks: record the per-layer kernels even where `token_loop` applies.
     per_layer_only: AtomicBool,
-    /// Pipelines by kernel and weight format.
-    pipelines: BTreeMap<(Kernel, Format), wgpu::ComputePipeline>,
+    /// The per-layer form's pipelines by kernel and weight format (`per_layer_keys`),
+    /// compiled at load where `token_loop` does not apply and on first use where it does: a
+    /// browser's software adapter spends about 5 s compiling them, for a form the built-in
+    /// model never runs.
+    per_layer_pipelines: OnceLock<BTreeMap<(Kernel, Format), wgpu::ComputePipeline>>,
+    per_layer_keys: Vec<(Kernel, Format)>,
     /// `token_loop`'s threads per workgroup, and its pipelines by that count (compiled when
     /// first used; the shader's `TL` is an override constant).
     token_loop_threads: AtomicU32,
@@ -567,18 +571,14 @@ impl FusedHead {
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpIn), &b.mlp_in));
             wanted.push(pipeline_key(Kernel::Gemm(GemmMode::MlpOut), &b.mlp_out));
         }
-        let mut pipelines = BTreeMap::new();
-        for key in wanted {
-            let (kernel, format) = key;
-            pipelines.entry(key).or_insert_with(|| {
-                let (entry, mode) = match kernel {
-                    Kernel::Gemm(m) => ("gemm", m as u32),
-                    Kernel::InputInit => ("input_init", 0),
-                    Kernel::FinalStep => ("final_step", 0),
-                };
-                let constants = [("WFMT", format as u32 as f64), ("MODE", mode as f64)];
-                compile(device, &module, &pipeline_layout, entry, &constants)
-            });
+        let per_layer_pipelines = OnceLock::new();
+        if token_loop_table.is_none() {
+            let _ = per_layer_pipelines.set(compile_per_layer(
+                device,
+                &module,
+                &pipeline_layout,
+                &wanted,
+            ));
         }
         let token_loop_threads = if ctx.is_software() {
             TOKEN_LOOP_THREADS_SOFTWARE
@@ -615,7 +615,8 @@ impl FusedHead {
             input_proj,
             token_loop_table,
             per_layer_only: AtomicBool::new(false),
-            pipelines,
+            per_layer_pipelines,
+            per_layer_keys: wanted,
             token_loop_threads: AtomicU32::new(token_loop_threads),
             token_loop_pipelines: Mutex::new(token_loop_pipelines),
             module,
@@ -705,6 +706,27 @@ impl FusedHead {
         }
         self.token_loop_threads.store(threads, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The per-layer form's pipelines, compiled on first use.
+    fn per_layer_pipelines(&self) -> Result<&BTreeMap<(Kernel, Format), wgpu::ComputePipeline>> {
+        if let Some(pipelines) = self.per_layer_pipelines.get() {
+            return Ok(pipelines);
+        }
+        let device = &self.ctx.device;
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipelines = compile_per_layer(
+            device,
+            &self.module,
+            &self.pipeline_layout,
+            &self.per_layer_keys,
+        );
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = block_on(&self.ctx, scope.pop()) {
+            return Err(gpu_error("compiling the per-layer kernels", e));
+        }
+        Ok(self.per_layer_pipelines.get_or_init(|| pipelines))
     }
 
     /// Kernel launches recorded so far.
@@ -1022,6 +1044,7 @@ impl FusedHead {
             ));
         }
 
+        let pipelines = self.per_layer_pipelines()?;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("disa head AR step"),
         });
@@ -1034,7 +1057,7 @@ impl FusedHead {
             let stride = self.uniform_stride as u32;
             let mut run = |index: usize, step: usize, pass: &mut wgpu::ComputePass<'_>| {
                 let (kernel, m, _, [gx, gy]) = &params[index];
-                let pipeline = &self.pipelines[&pipeline_key(*kernel, m)];
+                let pipeline = &pipelines[&pipeline_key(*kernel, m)];
                 pass.set_pipeline(pipeline);
                 let bind_group = match kernel {
                     Kernel::InputInit => &ws.bind_groups[self.input_proj.buffer],
@@ -1220,6 +1243,28 @@ fn compile_token_loop(
 }
 
 /// The pipeline a dispatch of `kernel` over matrix `m` runs.
+/// The per-layer form's pipelines for `keys` (kernel, weight format).
+fn compile_per_layer(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    layout: &wgpu::PipelineLayout,
+    keys: &[(Kernel, Format)],
+) -> BTreeMap<(Kernel, Format), wgpu::ComputePipeline> {
+    let mut pipelines = BTreeMap::new();
+    for &(kernel, format) in keys {
+        pipelines.entry((kernel, format)).or_insert_with(|| {
+            let (entry, mode) = match kernel {
+                Kernel::Gemm(m) => ("gemm", m as u32),
+                Kernel::InputInit => ("input_init", 0),
+                Kernel::FinalStep => ("final_step", 0),
+            };
+            let constants = [("WFMT", format as u32 as f64), ("MODE", mode as f64)];
+            compile(device, module, layout, entry, &constants)
+        });
+    }
+    pipelines
+}
+
 fn pipeline_key(kernel: Kernel, m: &Matrix) -> (Kernel, Format) {
     (kernel, m.format)
 }
