@@ -434,8 +434,8 @@ impl Generation {
 
     /// Whether the transformer runs on the fused kernels (where a step fits them).
     pub fn uses_fused_transformer(&self) -> bool {
-        let auto = self.kernels == Kernels::Auto && !cfg!(target_arch = "wasm32");
-        (auto || self.kernels == Kernels::Fused) && self.generator.fused_transformer.is_some()
+        matches!(self.kernels, Kernels::Auto | Kernels::Fused)
+            && self.generator.fused_transformer.is_some()
     }
 
     /// Whether the next step runs on the fused kernels.
@@ -745,9 +745,6 @@ impl Generation {
             .map_or(0, |m| m.iter().filter(|&&u| u).count());
         match self.kernels {
             Kernels::Tensor | Kernels::FusedHead => Ok(None),
-            // Not yet run on a browser's WebGPU (Tint, SwiftShader): the page asks for it with
-            // `kernels: 'fused'`, and `auto` keeps Burn's transformer there until it is.
-            Kernels::Auto if cfg!(target_arch = "wasm32") => Ok(None),
             Kernels::Auto => Ok(available.filter(|f| f.fits(sequences, known, selected))),
             Kernels::Fused => match available {
                 Some(f) => Ok(Some(f)),

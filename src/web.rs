@@ -125,7 +125,19 @@ struct ModelInfo {
     default_schedule: Option<ScheduleParts>,
     /// The head's fused WebGPU kernels, when the device has them.
     fused_head: Option<FusedHeadInfo>,
+    /// The transformer's fused WebGPU kernels, when the device has them.
+    fused_transformer: Option<FusedTransformerInfo>,
+    /// Bytes the weights of Burn's modules take on the device (as the file stores them).
     model_weight_bytes: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FusedTransformerInfo {
+    /// Bytes its copy of the transformer's weights takes on the GPU (as the file stores them).
+    weight_bytes: u64,
+    /// Launches of an AR step with some tokens known (one fewer at the first step).
+    launches_per_ar_step: usize,
 }
 
 #[derive(Serialize)]
@@ -196,8 +208,9 @@ struct WebRequest {
     /// constant, as in the reference code). The A/B card sends 950 for a clip-matched baseline.
     #[serde(default)]
     clip: Option<usize>,
-    /// The head's implementation: `fused` (WGSL kernels, WebGPU only), `tensor` (Burn's
-    /// operations) or `auto` (fused where available; the default).
+    /// The kernels: `fused` (the WGSL kernels of shaders/ for the transformer and the head,
+    /// WebGPU only), `fused-head` (WGSL head, Burn's transformer), `tensor` (Burn's operations)
+    /// or `auto` (fused where available; the default).
     #[serde(default)]
     kernels: Kernels,
     /// Decode a preview after every AR step (the default) or, `false`, only after the last:
@@ -671,6 +684,10 @@ impl Session {
                 weight_bytes: f.weight_bytes(),
                 launches_per_head_call: f.dispatches_per_head_call(),
                 launches: f.launch_summary(),
+            }),
+            fused_transformer: generator.fused_transformer().map(|f| FusedTransformerInfo {
+                weight_bytes: f.weight_bytes(),
+                launches_per_ar_step: f.dispatches_per_forward(1),
             }),
             model_weight_bytes: generator.model.weight_bytes().bytes,
         };

@@ -122,6 +122,18 @@ export function wireControls() {
 
 // ───────────────────────── a model arrives ─────────────────────────
 
+/**
+ * The memory the weights take, as the file stores them: Burn's modules plus the fused WebGPU
+ * kernels' own copies. Returns the badge's short text and its tooltip.
+ */
+function weightsMemory(info) {
+  const mb = (bytes) => `${(bytes / 1e6).toFixed(2)} MB`;
+  const parts = [[info.modelWeightBytes, 'the model'], [info.fusedHead?.weightBytes, 'the fused head kernels'],
+    [info.fusedTransformer?.weightBytes, 'the fused transformer kernels']].filter(([b]) => b > 0);
+  const total = parts.reduce((a, [b]) => a + b, 0);
+  return { text: `${mb(total)} of weights`, title: `Weights in memory: ${parts.map(([b, what]) => `${mb(b)} for ${what}`).join(', ')}` };
+}
+
 /** A `model` message (src/web.rs ModelInfo): classes, the AR-step limit, its suggested settings. */
 export function applyModel(info) {
   // Fresh defaults for a new model; a re-announce after a device fallback keeps the settings.
@@ -132,7 +144,9 @@ export function applyModel(info) {
   ui.model = info;
   ui.loadingFile = false;
   ui.plan = null; // plans of the previous model do not apply
-  $('model-info').textContent = `${info.name} · ${info.grid}×${info.grid} tokens · ${info.imageSize}px`;
+  const weights = weightsMemory(info);
+  $('model-info').textContent = `${info.name} · ${info.grid}×${info.grid} tokens · ${info.imageSize}px · ${weights.text}`;
+  $('model-info').title = `Loaded model. ${weights.title}`;
 
   fillClasses(info, fresh ? 0 : prevClass);
   $('ar-steps').max = String(info.seqLen);
