@@ -90,6 +90,17 @@ for (const row of result.rows) {
   summary.push({ schedule: row.schedule, kernels: row.kernels, headCalls: row.first.headCalls, firstImageSeconds: first, secondsPerImage: sampling, wallSecondsPerImage: wall, nativeSecondsPerImage: n });
   console.log(`| ${row.schedule} | ${row.kernels} | ${row.first.headCalls} | ${first.toFixed(3)} | ${sampling.toFixed(3)} | ${wall.toFixed(3)} | ${n ? `${n.toFixed(3)} | ${(sampling / n).toFixed(2)}× |` : ''}`);
 }
+// Where the time goes, first (cold) image and warm median: the step events' transformer and
+// head times (in wasm they include waiting for the GPU, which runs ahead asynchronously) and
+// the rest of the wall time (the request, the final decode, messages).
+console.log('');
+console.log('| schedule | kernels | first: transformer / head / rest (s) | warm: transformer / head / rest (s) |');
+console.log('|---|---|---|---|');
+for (const row of result.rows) {
+  const split = (r) => [r.transformerMs, r.headMs, r.wallMs - r.transformerMs - r.headMs].map((v) => (v / 1e3).toFixed(3)).join(' / ');
+  const warm = [...row.runs].sort((a, b) => a.wallMs - b.wallMs)[row.runs.length >> 1];
+  console.log(`| ${row.schedule} | ${row.kernels} | ${split(row.first)} | ${split(warm)} |`);
+}
 // Same request, same seed: every kernel choice must draw the same image (the first pixels).
 for (const schedule of o.schedules) {
   const rows = result.rows.filter((r) => r.schedule === schedule);

@@ -108,13 +108,18 @@ export async function workerRuns(page, o) {
         worker.onmessage = ({ data }) => { inbox.push(data); wake(); };
         worker.onerror = (e) => { inbox.push({ type: 'error', where: 'worker', message: e.message }); wake(); };
         // The next message of one of `types`, counting the `step`s passed; an `error` throws.
-        let steps = 0, previews = 0;
+        let steps = 0, previews = 0, transformerMs = 0, headMs = 0;
         const next = async (...types) => {
           for (;;) {
             while (inbox.length) {
               const m = inbox.shift();
               if (m.type === 'error') throw new Error(`worker error (${m.where}): ${m.message}`);
-              if (m.type === 'step') { steps++; if (m.preview) previews++; }
+              if (m.type === 'step') {
+                steps++;
+                if (m.preview) previews++;
+                transformerMs += m.event.transformerMs;
+                headMs += m.event.headMs;
+              }
               if (types.includes(m.type)) return m;
             }
             await new Promise((r) => { wake = r; });
@@ -127,11 +132,11 @@ export async function workerRuns(page, o) {
         const generate = async (seed) => {
           const request = { classLabel: o.classLabel ?? 0, seed, arSteps: o.arSteps, schedule, cfg: o.cfg,
             cfgSchedule: 'linear', temperature: 1, kernels, previews: false };
-          steps = 0; previews = 0;
+          steps = 0; previews = 0; transformerMs = 0; headMs = 0;
           const t0 = performance.now();
           worker.postMessage({ type: 'generate', runId: ++runId, request, lane: 'main' });
           const done = await next('done');
-          const run = { wallMs: performance.now() - t0, samplingMs: done.samplingMs, headCalls: done.headCalls, steps, previews };
+          const run = { wallMs: performance.now() - t0, samplingMs: done.samplingMs, headCalls: done.headCalls, steps, previews, transformerMs, headMs };
           if (done.image) {
             const { width, height, pixels } = done.image;
             if (o.keepImages) run.image = { width, height, data: Array.from(pixels) };
