@@ -56,7 +56,7 @@ override WFMT: u32 = 0u;
 const MODE_PLAIN: u32 = 0u;    // out = v
 const MODE_GELU: u32 = 1u;     // out = gelu(v), exact-erf GELU
 const MODE_RESIDUAL: u32 = 2u; // out += v
-// linear: output columns per thread (1 to 4); the host picks it by the matrix's width.
+// linear: output columns per thread, 1 to 4 (COLUMNS_PER_THREAD in src/gpu/transformer.rs).
 override COLS: u32 = 2u;
 
 const LN_EPS: f32 = 1e-6;

@@ -1242,7 +1242,6 @@ fn compile_token_loop(
     )
 }
 
-/// The pipeline a dispatch of `kernel` over matrix `m` runs.
 /// The per-layer form's pipelines for `keys` (kernel, weight format).
 fn compile_per_layer(
     device: &wgpu::Device,
@@ -1265,6 +1264,7 @@ fn compile_per_layer(
     pipelines
 }
 
+/// The pipeline a dispatch of `kernel` over matrix `m` runs.
 fn pipeline_key(kernel: Kernel, m: &Matrix) -> (Kernel, Format) {
     (kernel, m.format)
 }

@@ -33,6 +33,8 @@ const ROWS_PER_GROUP: u32 = 8;
 /// inputs serves that many columns. 2 measured best on lavapipe (transformer 2.1 s against
 /// 2.7 s for 1 and 2.3 s for 4, built-in model, K = 16).
 const COLUMNS_PER_THREAD: u32 = 2;
+// The shader's per-thread arrays hold 4 columns.
+const _: () = assert!(COLUMNS_PER_THREAD >= 1 && COLUMNS_PER_THREAD <= 4);
 /// Widest attention head the attention kernel holds in registers (`MAX_HEAD_DIM`).
 const MAX_HEAD_DIM: usize = 128;
 /// A gather code reading `vecs` (else `act`; `IN_VECS` in the shader).
