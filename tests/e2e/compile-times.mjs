@@ -1,0 +1,46 @@
+// How long the browser takes to compile each fused-kernel pipeline (Chromium's WebGPU; on a
+// machine without a GPU, SwiftShader): the cold part of the page's first image.
+//   node tests/e2e/compile-times.mjs            # the pipelines the built-in model compiles
+// Each pipeline is created with createComputePipelineAsync from shaders/weights.wgsl + its
+// module, with the override constants src/gpu/ passes (int8 weights: WFMT 2).
+import fs from 'node:fs';
+import path from 'node:path';
+import { ROOT, serveDist, launchBrowser, gotoBlank } from './harness.mjs';
+
+const INT8 = 2;
+const MODULES = {
+  'shaders/transformer.wgsl': [['linear', { WFMT: INT8, COLS: 2 }], ['attention', {}], ['layer_norm', {}], ['gather', {}]],
+  'shaders/head.wgsl': [['token_loop', { TL: 64 }], ['gemm', { WFMT: INT8, MODE: 0 }], ['gemm', { WFMT: INT8, MODE: 1 }],
+    ['gemm', { WFMT: INT8, MODE: 2 }], ['gemm', { WFMT: INT8, MODE: 3 }], ['input_init', { WFMT: INT8, MODE: 0 }],
+    ['final_step', { WFMT: INT8, MODE: 0 }]],
+};
+const read = (file) => fs.readFileSync(path.join(ROOT, file), 'utf8');
+const jobs = Object.entries(MODULES).map(([file, pipelines]) => ({ file, code: `${read('shaders/weights.wgsl')}\n${read(file)}`, pipelines }));
+
+const { server, baseUrl } = await serveDist();
+const { context, page } = await launchBrowser({ webgpu: true });
+try {
+  await gotoBlank(page, baseUrl);
+  const lines = await page.evaluate(async (jobs) => {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) throw new Error('no WebGPU adapter');
+    const device = await adapter.requestDevice();
+    const out = [];
+    for (const { file, code, pipelines } of jobs) {
+      const module = device.createShaderModule({ code });
+      const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+      if (errors.length) throw new Error(`${file}: ${errors.map((m) => m.message).join('; ')}`);
+      for (const [entryPoint, constants] of pipelines) {
+        const t0 = performance.now();
+        await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint, constants } });
+        out.push(`| ${file} | ${entryPoint} | ${JSON.stringify(constants)} | ${(performance.now() - t0).toFixed(0)} |`);
+      }
+    }
+    return out;
+  }, jobs);
+  console.log('| module | entry point | constants | compile ms |\n|---|---|---|---|');
+  console.log(lines.join('\n'));
+} finally {
+  await context.close();
+  server.close();
+}
