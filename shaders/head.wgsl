@@ -373,6 +373,15 @@ fn final_step(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 // as a loop on one CPU core, so threads beyond the work only add lanes to schedule at every
 // barrier. At least the token size (p_sample gives each value a thread).
 override TL: u32 = 256u;
+// The weight format every matrix of the layer table shares (`FMT_*`), set by the host when
+// they all share one, so each dot product compiles for that format alone; FMT_MIXED: read
+// each matrix's format from its table entry at run time. With ROWS below, this settles every
+// branch on a per-launch value when compiling: a software adapter pays for such a branch as
+// for a divergent one (SwiftShader ran the head 2.37× faster with both constants set).
+const FMT_MIXED: u32 = 4u;
+override TFMT: u32 = FMT_MIXED;
+// Rows per token: 2 with CFG (the token and its unconditional copy, `p.cfg_on`), else 1.
+override ROWS: u32 = 2u;
 const TLW: u32 = 256u;     // widest head (and condition) token_loop holds in shared memory
 
 var<workgroup> th: array<f32, 512>;   // h, [2][W]
@@ -405,6 +414,14 @@ fn table(k: u32) -> u32 {
     return mat[p.table_off + k];
 }
 
+// The weight format of the matrix at table entry `m`.
+fn tl_format(m: u32) -> u32 {
+    if TFMT != FMT_MIXED {
+        return TFMT;
+    }
+    return table(m + 3u);
+}
+
 // Field `field` of step `s` in the step table (12 floats per step in `Step`'s order; the
 // integer fields hold exact small integers, the noise offset is unused: it follows from `s`).
 fn step_f32(s: u32, field: u32) -> f32 {
@@ -435,7 +452,7 @@ fn tl_dot(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<
     var acc = vec2<f32>(0.0);
     let w_off = table(m);
     let scale_off = table(m + 1u);
-    let fmt = table(m + 3u);
+    let fmt = tl_format(m);
     if fmt == FMT_I8 || fmt == FMT_I4 {
         // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
         // (the scale read once per block, not per weight).
@@ -469,7 +486,7 @@ fn tl_dot2(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o0: u32, o1: u3
     var acc = vec4<f32>(0.0);
     let w_off = table(m);
     let scale_off = table(m + 1u);
-    let fmt = table(m + 3u);
+    let fmt = tl_format(m);
     if fmt == FMT_I8 || fmt == FMT_I4 {
         for (var blk = 0u; blk < in_dim; blk += 32u) {
             var part = vec4<f32>(0.0);
@@ -574,7 +591,7 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let tok = wg.x;
     let w = p.width;
     let cdim = p.tok_dim;
-    let nr = select(1u, 2u, p.cfg_on == 1u);
+    let nr = ROWS;
     let ada_n = p.mod_stride;          // (3·depth + 2)·W modulation columns per row
     let nout = 2u * cdim;
 
@@ -585,7 +602,7 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         let zrow = p.a_off + (tok + j * p.n_tok) * p.in_dim;
         var acc = 0.0;
         for (var i = 0u; i < p.in_dim; i += 4u) {
-            acc += dot(act4(zrow + i), load_quad(table(3u), table(0u), table(1u), w, i, o));
+            acc += dot(act4(zrow + i), load_quad(tl_format(0u), table(0u), table(1u), w, i, o));
         }
         tc[j * TLW + o] = acc + vecs[table(2u) + o];
     }
@@ -689,7 +706,7 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             let xi = p.x_off + tok * cdim + lid;
             let x = act[xi];
             var eps = outs[lid];
-            if p.cfg_on == 1u {
+            if nr == 2u {
                 let eps_u = outs[nout + lid];
                 eps = eps_u + (eps - eps_u) * step_f32(s, 10u);
             }

@@ -71,17 +71,31 @@ enum Form {
     /// the tiny model's MLP columns (64) and adaLN columns (512) in pairs, 256 only the
     /// adaLN columns (`tl_dot2`); 64 is what a software adapter runs, 256 a GPU.
     TokenLoop(u32),
+    /// `token_loop` reading each matrix's weight format at run time (what a file with mixed
+    /// formats runs), not compiled for the format they share.
+    TokenLoopAnyFormat(u32),
     /// The per-layer kernels.
     PerLayer,
 }
 
-fn use_form(fused: &FusedHead, form: Form) {
+fn use_form(fused: &FusedHead, storage: Storage, form: Form) {
     match form {
-        Form::TokenLoop(threads) => {
+        Form::TokenLoop(threads) | Form::TokenLoopAnyFormat(threads) => {
+            let any_format = matches!(form, Form::TokenLoopAnyFormat(_));
             fused.force_per_layer(false);
             fused.set_token_loop_threads(threads).unwrap();
+            fused.set_token_loop_any_format(any_format);
             assert!(fused.uses_token_loop(), "a small head runs token_loop");
             assert_eq!(fused.token_loop_threads(), threads);
+            // f32 and f16 files store every head matrix in one format, so `token_loop` is
+            // compiled for it; int8/int4 files keep matrices whose input count is no multiple
+            // of 32 in f16, and then the formats are read at run time.
+            if any_format {
+                assert!(!fused.token_loop_specialized());
+            } else if matches!(storage, Storage::F32 | Storage::F16) {
+                assert!(fused.token_loop_specialized(), "{}", fused.launch_summary());
+            }
+            eprintln!("{} ({form:?}): {}", storage.name(), fused.launch_summary());
         }
         Form::PerLayer => {
             fused.force_per_layer(true);
@@ -112,16 +126,20 @@ fn one_head_call_matches_the_tensor_path() {
         (Storage::F32, Form::TokenLoop(32)),
         (Storage::F32, Form::TokenLoop(64)),
         (Storage::F32, Form::TokenLoop(256)),
+        (Storage::F32, Form::TokenLoopAnyFormat(64)),
         (Storage::F32, Form::PerLayer),
+        (Storage::F16, Form::TokenLoop(64)),
         (Storage::Int8, Form::TokenLoop(32)),
         (Storage::Int8, Form::TokenLoop(256)),
+        (Storage::Int8, Form::TokenLoopAnyFormat(256)),
         (Storage::Int8, Form::PerLayer),
         (Storage::Int4, Form::TokenLoop(64)),
         (Storage::Int4, Form::TokenLoop(256)),
+        (Storage::Int4, Form::TokenLoopAnyFormat(64)),
     ] {
         let g = generator(storage);
         let fused = g.fused_head().unwrap();
-        use_form(fused, form);
+        use_form(fused, storage, form);
         let time_table: Vec<f32> = g
             .model
             .head
@@ -213,11 +231,12 @@ fn generations_match_the_tensor_path_for_every_storage() {
         (Storage::F16, Form::TokenLoop(64)),
         (Storage::Int8, Form::TokenLoop(64)),
         (Storage::Int8, Form::TokenLoop(256)),
+        (Storage::Int8, Form::TokenLoopAnyFormat(64)),
         (Storage::Int8, Form::PerLayer),
         (Storage::Int4, Form::TokenLoop(32)),
     ] {
         let g = generator(storage);
-        use_form(g.fused_head().unwrap(), form);
+        use_form(g.fused_head().unwrap(), storage, form);
         for request in &requests {
             let run = |kernels: Kernels| {
                 let mut generation =
@@ -277,6 +296,13 @@ fn launches_and_weight_memory() {
         );
     }
     fused.force_per_layer(false);
+    // Every matrix of the built-in int8 head is int8: `token_loop` is compiled for it.
+    assert!(fused.token_loop_specialized());
+    assert!(
+        fused.launch_summary().ends_with("compiled for int8"),
+        "{}",
+        fused.launch_summary()
+    );
     let bytes = |storage: Storage| {
         let b = Bundle::from_bytes("x", &bundle.to_bytes_as(storage).unwrap()).unwrap();
         b.into_generator(&device())
@@ -379,6 +405,54 @@ fn token_loop_threads_follow_the_adapter() {
         }
     }
     fused.set_token_loop_threads(expected).unwrap();
+}
+
+/// Where every head matrix shares one format (the built-in model as int8 and as int4),
+/// `token_loop` is compiled for that format and for the rows per token (2 with CFG, 1
+/// without), and generates the tensor path's tokens either way.
+#[test]
+fn token_loop_compiled_for_the_shared_format() {
+    let (bundle, _) = shipped_on_gpu();
+    for storage in [Storage::Int8, Storage::Int4] {
+        let bytes = bundle.to_bytes_as(storage).unwrap();
+        let g = Arc::new(
+            Bundle::from_bytes(storage.name(), &bytes)
+                .unwrap()
+                .into_generator(&device())
+                .unwrap(),
+        );
+        let fused = g.fused_head().expect("fused head for the built-in model");
+        assert!(fused.uses_token_loop() && fused.token_loop_specialized());
+        let summary = fused.launch_summary();
+        assert!(
+            summary.ends_with(&format!("compiled for {}", storage.name())),
+            "{summary}"
+        );
+        for cfg in [2.0, 1.0] {
+            let request = Request {
+                cfg,
+                ..short_request(7)
+            };
+            let run = |kernels: Kernels| {
+                Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(9)))
+                    .unwrap()
+                    .kernels(kernels)
+                    .run_to_end()
+                    .unwrap()
+            };
+            let (tensor, fused_events) = (run(Kernels::Tensor), run(Kernels::Fused));
+            assert_eq!(tensor.len(), fused_events.len());
+            for (a, b) in tensor.iter().zip(&fused_events) {
+                let err = scaled(&b.values, &a.values);
+                assert!(
+                    err <= FUSED_TOLERANCE,
+                    "{} cfg {cfg}, step {}: {err:.3e}",
+                    storage.name(),
+                    a.k
+                );
+            }
+        }
+    }
 }
 
 /// Timestamp queries around each AR step's pass time the fused head's kernels on the GPU,

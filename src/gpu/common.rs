@@ -23,6 +23,18 @@ pub(super) enum Format {
     Int4 = 3,
 }
 
+impl Format {
+    /// The format's name as `disa bench` and the page print it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+        }
+    }
+}
+
 /// One weight matrix `[out, in]` in its GPU form, before upload.
 pub(super) struct HostMatrix {
     pub(super) format: Format,

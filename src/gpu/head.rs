@@ -316,7 +316,7 @@ pub struct FusedHead {
     final_linear: Matrix,
     input_proj: Matrix,
     /// Where `token_loop`'s layer table starts in `mat` (word offset), when this head is small
-    /// enough for it (width ≤ 256, one weight format, one weight buffer).
+    /// enough for it (width ≤ 256, one weight buffer).
     token_loop_table: Option<u32>,
     /// Tests and benchmarks: record the per-layer kernels even where `token_loop` applies.
     per_layer_only: AtomicBool,
@@ -326,10 +326,16 @@ pub struct FusedHead {
     /// model never runs.
     per_layer_pipelines: OnceLock<BTreeMap<(Kernel, Format), wgpu::ComputePipeline>>,
     per_layer_keys: Vec<(Kernel, Format)>,
-    /// `token_loop`'s threads per workgroup, and its pipelines by that count (compiled when
-    /// first used; the shader's `TL` is an override constant).
+    /// The weight format every matrix of `token_loop`'s layer table shares, which its
+    /// pipeline is compiled for (the shader's `TFMT`); `None` where they differ, so the shader
+    /// reads each matrix's format at run time.
+    token_loop_format: Option<Format>,
+    /// Tests: run the run-time-format `token_loop` even where every matrix shares a format.
+    token_loop_any_format: AtomicBool,
+    /// `token_loop`'s threads per workgroup, and its pipelines by `TokenLoopKey`, each
+    /// compiled when an AR step first needs it.
     token_loop_threads: AtomicU32,
-    token_loop_pipelines: Mutex<BTreeMap<u32, wgpu::ComputePipeline>>,
+    token_loop_pipelines: Mutex<BTreeMap<TokenLoopKey, wgpu::ComputePipeline>>,
     module: wgpu::ShaderModule,
     pipeline_layout: wgpu::PipelineLayout,
     layout: wgpu::BindGroupLayout,
@@ -475,6 +481,7 @@ impl FusedHead {
         let input_proj = packer.place(&input_host, false)?;
         // `token_loop` for small heads: every matrix it reads in one buffer, and its layer
         // table after them (each matrix's format read at run time, so mixed files qualify).
+        let mut token_loop_format = None;
         let token_loop_table = if width <= TOKEN_LOOP_MAX_WIDTH
             && cond_dim.is_multiple_of(4)
             && ada.len() == 1
@@ -490,6 +497,12 @@ impl FusedHead {
                 table.extend(entry(&b.mlp_out));
                 table.extend([b.ln_w, b.ln_b]);
             }
+            let mut formats = [&cond, &ada[0], &final_linear]
+                .into_iter()
+                .chain(blocks.iter().flat_map(|b| [&b.mlp_in, &b.mlp_out]))
+                .map(|m| m.format);
+            let first = formats.next();
+            token_loop_format = first.filter(|&f| formats.all(|g| g == f));
             let words = &mut packer.mat_words[0];
             let at = words.len() as u32;
             words.extend(table);
@@ -585,13 +598,6 @@ impl FusedHead {
         } else {
             TOKEN_LOOP_THREADS_GPU
         };
-        let mut token_loop_pipelines = BTreeMap::new();
-        if token_loop_table.is_some() {
-            token_loop_pipelines.insert(
-                token_loop_threads,
-                compile_token_loop(device, &module, &pipeline_layout, token_loop_threads),
-            );
-        }
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = block_on(&ctx, scope.pop()) {
             return Err(gpu_error("compiling or uploading", e));
@@ -617,8 +623,10 @@ impl FusedHead {
             per_layer_only: AtomicBool::new(false),
             per_layer_pipelines,
             per_layer_keys: wanted,
+            token_loop_format,
+            token_loop_any_format: AtomicBool::new(false),
             token_loop_threads: AtomicU32::new(token_loop_threads),
-            token_loop_pipelines: Mutex::new(token_loop_pipelines),
+            token_loop_pipelines: Mutex::new(BTreeMap::new()),
             module,
             pipeline_layout,
             layout,
@@ -651,8 +659,15 @@ impl FusedHead {
     pub fn launch_summary(&self) -> String {
         if self.uses_token_loop() {
             format!(
-                "one launch per AR step: token_loop, {} threads per workgroup",
-                self.token_loop_threads()
+                "one launch per AR step: token_loop, {} threads per workgroup, {}",
+                self.token_loop_threads(),
+                match self
+                    .token_loop_format
+                    .filter(|_| self.token_loop_specialized())
+                {
+                    Some(f) => format!("compiled for {}", f.name()),
+                    None => "weight formats read at run time".to_string(),
+                }
             )
         } else {
             format!(
@@ -679,7 +694,7 @@ impl FusedHead {
     }
 
     /// Runs `token_loop` with `threads` per workgroup from now on (tests and measurements:
-    /// both counts on one adapter), compiling its pipeline if needed. `threads` must lie in
+    /// both counts on one adapter). `threads` must lie in
     /// `[token size, 256]`: each of the token's values gets a thread in `p_sample`.
     pub fn set_token_loop_threads(&self, threads: u32) -> Result<()> {
         if !(self.token_dim as u32..=TOKEN_LOOP_THREADS_GPU).contains(&threads) {
@@ -689,23 +704,49 @@ impl FusedHead {
                 self.token_dim
             ));
         }
+        self.token_loop_threads.store(threads, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs the `token_loop` that reads each matrix's weight format at run time (`true`, what
+    /// a file with mixed formats runs) or the one compiled for the format they share
+    /// (`false`, the default). Tests: both forms on one file.
+    pub fn set_token_loop_any_format(&self, on: bool) {
+        self.token_loop_any_format.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `token_loop` runs compiled for one weight format (every matrix of the layer
+    /// table shares it), not reading formats at run time.
+    pub fn token_loop_specialized(&self) -> bool {
+        self.token_loop_format.is_some() && !self.token_loop_any_format.load(Ordering::Relaxed)
+    }
+
+    /// The `token_loop` pipeline an AR step with `rows` rows per token (2 with CFG) runs now,
+    /// compiled on first use.
+    fn token_loop_pipeline(&self, rows: u32) -> Result<wgpu::ComputePipeline> {
+        let key = TokenLoopKey {
+            threads: self.token_loop_threads(),
+            format: self
+                .token_loop_format
+                .filter(|_| self.token_loop_specialized()),
+            rows,
+        };
         let mut pipelines = self
             .token_loop_pipelines
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let std::collections::btree_map::Entry::Vacant(slot) = pipelines.entry(threads) {
-            let device = &self.ctx.device;
-            #[cfg(not(target_arch = "wasm32"))]
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let pipeline = compile_token_loop(device, &self.module, &self.pipeline_layout, threads);
-            #[cfg(not(target_arch = "wasm32"))]
-            if let Some(e) = block_on(&self.ctx, scope.pop()) {
-                return Err(gpu_error("compiling token_loop", e));
-            }
-            slot.insert(pipeline);
+        if let Some(pipeline) = pipelines.get(&key) {
+            return Ok(pipeline.clone());
         }
-        self.token_loop_threads.store(threads, Ordering::Relaxed);
-        Ok(())
+        let device = &self.ctx.device;
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = compile_token_loop(device, &self.module, &self.pipeline_layout, key);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = block_on(&self.ctx, scope.pop()) {
+            return Err(gpu_error("compiling token_loop", e));
+        }
+        Ok(pipelines.entry(key).or_insert(pipeline).clone())
     }
 
     /// The per-layer form's pipelines, compiled on first use.
@@ -870,6 +911,7 @@ impl FusedHead {
 
         if let Some(table_off) = self.token_loop_table.filter(|_| self.uses_token_loop()) {
             // One launch: each workgroup runs its token's whole loop.
+            let pipeline = self.token_loop_pipeline(if job.cfg.is_some() { 2 } else { 1 })?;
             let table: Vec<f32> = job
                 .steps
                 .iter()
@@ -909,12 +951,7 @@ impl FusedHead {
                     label: Some("disa head token loop"),
                     timestamp_writes: self.timer.as_ref().map(GpuTimer::pass_writes),
                 });
-                let pipelines = self
-                    .token_loop_pipelines
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                // Present: built with the head, or by `set_token_loop_threads` before storing.
-                pass.set_pipeline(&pipelines[&self.token_loop_threads()]);
+                pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &ws.bind_groups[self.cond.buffer], &[0, 0]);
                 pass.dispatch_workgroups(n as u32, 1, 1);
             }
@@ -1225,20 +1262,41 @@ impl FusedHead {
     }
 }
 
-/// `token_loop` with `threads` per workgroup (every weight format: it reads each matrix's
-/// format from its layer table).
+/// What a `token_loop` pipeline is compiled for (the shader's override constants): a software
+/// adapter pays for a branch on a value fixed for the whole launch as for a divergent one, so
+/// such values are settled when compiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TokenLoopKey {
+    /// Threads per workgroup (`TL`).
+    threads: u32,
+    /// The weight format every matrix of the layer table shares (`TFMT`); `None`:
+    /// `FMT_MIXED`, each matrix's format read from the table at run time.
+    format: Option<Format>,
+    /// Rows per token (`ROWS`): 2 with CFG (the token and its unconditional copy), else 1.
+    rows: u32,
+}
+
+/// `TFMT` in the shader where `token_loop` reads each matrix's weight format at run time.
+const FMT_MIXED: u32 = 4;
+
+/// `token_loop` compiled for `key`.
 fn compile_token_loop(
     device: &wgpu::Device,
     module: &wgpu::ShaderModule,
     layout: &wgpu::PipelineLayout,
-    threads: u32,
+    key: TokenLoopKey,
 ) -> wgpu::ComputePipeline {
+    let tfmt = key.format.map_or(FMT_MIXED, |f| f as u32);
     compile(
         device,
         module,
         layout,
         "token_loop",
-        &[("TL", f64::from(threads))],
+        &[
+            ("TL", f64::from(key.threads)),
+            ("TFMT", f64::from(tfmt)),
+            ("ROWS", f64::from(key.rows)),
+        ],
     )
 }
 
