@@ -29,12 +29,10 @@ const PARAMS_BYTES: u64 = 20 * 4;
 const THREADS: u32 = 64;
 /// Activation rows per `linear` workgroup (`RT`).
 const ROWS_PER_GROUP: u32 = 8;
-/// Output columns per `linear` thread (`COLS`, at most 4): each shared-memory read of the
-/// inputs serves that many columns. 2 measured best on lavapipe (transformer 2.1 s against
-/// 2.7 s for 1 and 2.3 s for 4, built-in model, K = 16).
+/// Output columns per `linear` thread (`COLS` in the shader, whose accumulators are written
+/// out for exactly 2): each shared-memory read of the inputs serves both. 2 measured best on
+/// lavapipe (transformer 2.1 s against 2.7 s for 1 and 2.3 s for 4, built-in model, K = 16).
 const COLUMNS_PER_THREAD: u32 = 2;
-// The shader's per-thread arrays hold 4 columns.
-const _: () = assert!(COLUMNS_PER_THREAD >= 1 && COLUMNS_PER_THREAD <= 4);
 /// Widest attention head the attention kernel holds in registers (`MAX_HEAD_DIM`).
 const MAX_HEAD_DIM: usize = 128;
 /// A gather code reading `vecs` (else `act`; `IN_VECS` in the shader).
@@ -376,13 +374,7 @@ impl FusedTransformer {
         for kernel in wanted {
             pipelines.entry(kernel).or_insert_with(|| {
                 let (entry, constants) = match kernel {
-                    Kernel::Linear(format) => (
-                        "linear",
-                        vec![
-                            ("WFMT", format as u32 as f64),
-                            ("COLS", f64::from(COLUMNS_PER_THREAD)),
-                        ],
-                    ),
+                    Kernel::Linear(format) => ("linear", vec![("WFMT", format as u32 as f64)]),
                     Kernel::Attention => ("attention", vec![]),
                     Kernel::LayerNorm => ("layer_norm", vec![]),
                     Kernel::Gather => ("gather", vec![]),
