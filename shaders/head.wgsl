@@ -382,6 +382,10 @@ const FMT_MIXED: u32 = 4u;
 override TFMT: u32 = FMT_MIXED;
 // Rows per token: 2 with CFG (the token and its unconditional copy, `p.cfg_on`), else 1.
 override ROWS: u32 = 2u;
+// Whether threads take the adaLN modulations' columns (PAIR_ADA) and the MLP's (PAIR_W) in
+// pairs: the layer has at least 2·TL columns, an even number (see `tl_tile`).
+override PAIR_ADA: bool = false;
+override PAIR_W: bool = false;
 const TLW: u32 = 256u;     // widest head (and condition) token_loop holds in shared memory
 
 var<workgroup> th: array<f32, 512>;   // h, [2][W]
@@ -523,19 +527,16 @@ fn tl_dot2(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o0: u32, o1: u3
 }
 
 // `tl_dot` or `tl_dot2` for a thread's column(s) of a layer with `out_dim` outputs: where a
-// thread has at least two columns (out_dim ≥ 2·TL) it takes them in pairs (o, o + half),
-// half = out_dim / 2 (even), else one column at a time. `o` runs over `tl_columns(out_dim)`.
-// Returns the tile as `tl_dot2` does; with one column, z and w repeat x and y.
-fn tl_paired(out_dim: u32) -> bool {
-    return out_dim >= 2u * TL && out_dim % 2u == 0u;
+// thread has at least two columns (out_dim ≥ 2·TL, even: `paired`, set by the host per layer
+// kind as PAIR_ADA and PAIR_W) it takes them in pairs (o, o + half), half = out_dim / 2, else
+// one column at a time. `o` runs over `tl_columns(out_dim, paired)`. Returns the tile as
+// `tl_dot2` does; with one column, z and w repeat x and y.
+fn tl_columns(out_dim: u32, paired: bool) -> u32 {
+    return select(out_dim, out_dim / 2u, paired);
 }
 
-fn tl_columns(out_dim: u32) -> u32 {
-    return select(out_dim, out_dim / 2u, tl_paired(out_dim));
-}
-
-fn tl_tile(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec4<f32> {
-    if tl_paired(out_dim) {
+fn tl_tile(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32, paired: bool) -> vec4<f32> {
+    if paired {
         return tl_dot2(src, nr, m, in_dim, out_dim, o, o + out_dim / 2u);
     }
     let v = tl_dot(src, nr, m, in_dim, out_dim, o);
@@ -615,9 +616,9 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     for (var s = 0u; s < p.steps; s++) {
         // Every adaLN modulation at once (table entry 3): [shift|scale|gate] per block, then
         // [shift|scale] of the final layer.
-        let ada_pair = tl_paired(ada_n);
-        for (var o = lid; o < tl_columns(ada_n); o += TL) {
-            let v = tl_tile(T_Y, nr, 4u, w, ada_n, o);
+        let ada_pair = PAIR_ADA;
+        for (var o = lid; o < tl_columns(ada_n, ada_pair); o += TL) {
+            let v = tl_tile(T_Y, nr, 4u, w, ada_n, o, ada_pair);
             let row0 = p.mod_off + tok * ada_n;
             let row1 = p.mod_off + (tok + p.n_tok) * ada_n;
             act[row0 + o] = v.x + vecs[table(6u) + o];
@@ -648,10 +649,10 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
                 tops_set(T_A + j * TLW + i, ln * (act[m + w] + 1.0) + act[m]);
             }
             workgroupBarrier();
-            let pair = tl_paired(w);
+            let pair = PAIR_W;
             let o1_step = w / 2u;
-            for (var o = lid; o < tl_columns(w); o += TL) {
-                let v = tl_tile(T_A, nr, e, w, w, o);
+            for (var o = lid; o < tl_columns(w, pair); o += TL) {
+                let v = tl_tile(T_A, nr, e, w, w, o, pair);
                 let b0 = vecs[table(e + 2u) + o];
                 tops_set(T_U + o, silu(v.x + b0));
                 tops_set(T_U + TLW + o, silu(v.y + b0));
@@ -663,8 +664,8 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
                 }
             }
             workgroupBarrier();
-            for (var o = lid; o < tl_columns(w); o += TL) {
-                let v = tl_tile(T_U, nr, e + 4u, w, w, o);
+            for (var o = lid; o < tl_columns(w, pair); o += TL) {
+                let v = tl_tile(T_U, nr, e + 4u, w, w, o, pair);
                 let g = p.mod_off + tok * ada_n + mrow + 2u * w;
                 let b0 = vecs[table(e + 6u) + o];
                 th[o] += act[g + o] * (v.x + b0);

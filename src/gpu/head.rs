@@ -741,7 +741,16 @@ impl FusedHead {
         let device = &self.ctx.device;
         #[cfg(not(target_arch = "wasm32"))]
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = compile_token_loop(device, &self.module, &self.pipeline_layout, key);
+        let pipeline = compile_token_loop(
+            device,
+            &self.module,
+            &self.pipeline_layout,
+            key,
+            [
+                ((3 * self.depth + 2) * self.width) as u32,
+                self.width as u32,
+            ],
+        );
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = block_on(&self.ctx, scope.pop()) {
             return Err(gpu_error("compiling token_loop", e));
@@ -1279,14 +1288,18 @@ struct TokenLoopKey {
 /// `TFMT` in the shader where `token_loop` reads each matrix's weight format at run time.
 const FMT_MIXED: u32 = 4;
 
-/// `token_loop` compiled for `key`.
+/// `token_loop` compiled for `key`, for a head whose stacked adaLN modulations and MLP have
+/// `[ada, width]` output columns (a thread takes a layer's columns in pairs where it has at
+/// least two, and their count is even: `PAIR_ADA`, `PAIR_W`).
 fn compile_token_loop(
     device: &wgpu::Device,
     module: &wgpu::ShaderModule,
     layout: &wgpu::PipelineLayout,
     key: TokenLoopKey,
+    [ada, width]: [u32; 2],
 ) -> wgpu::ComputePipeline {
     let tfmt = key.format.map_or(FMT_MIXED, |f| f as u32);
+    let paired = |cols: u32| f64::from(u8::from(cols >= 2 * key.threads && cols % 2 == 0));
     compile(
         device,
         module,
@@ -1296,6 +1309,8 @@ fn compile_token_loop(
             ("TL", f64::from(key.threads)),
             ("TFMT", f64::from(tfmt)),
             ("ROWS", f64::from(key.rows)),
+            ("PAIR_ADA", paired(ada)),
+            ("PAIR_W", paired(width)),
         ],
     )
 }

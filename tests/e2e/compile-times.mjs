@@ -10,7 +10,7 @@ import { ROOT, serveDist, launchBrowser, gotoBlank } from './harness.mjs';
 const INT8 = 2;
 const MODULES = {
   'shaders/transformer.wgsl': [['linear', { WFMT: INT8 }], ['attention', {}], ['layer_norm', {}], ['gather', {}]],
-  'shaders/head.wgsl': [['token_loop', { TL: 64, TFMT: INT8, ROWS: 2 }], ['gemm', { WFMT: INT8, MODE: 0 }], ['gemm', { WFMT: INT8, MODE: 1 }],
+  'shaders/head.wgsl': [['token_loop', { TL: 64, TFMT: INT8, ROWS: 2, PAIR_ADA: 1, PAIR_W: 1 }], ['gemm', { WFMT: INT8, MODE: 0 }], ['gemm', { WFMT: INT8, MODE: 1 }],
     ['gemm', { WFMT: INT8, MODE: 2 }], ['gemm', { WFMT: INT8, MODE: 3 }], ['input_init', { WFMT: INT8, MODE: 0 }],
     ['final_step', { WFMT: INT8, MODE: 0 }]],
 };
