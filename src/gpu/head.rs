@@ -1299,7 +1299,7 @@ fn compile_token_loop(
     [ada, width]: [u32; 2],
 ) -> wgpu::ComputePipeline {
     let tfmt = key.format.map_or(FMT_MIXED, |f| f as u32);
-    let paired = |cols: u32| f64::from(u8::from(cols >= 2 * key.threads && cols % 2 == 0));
+    let paired = |cols: u32| f64::from(u8::from(cols >= 2 * key.threads && cols.is_multiple_of(2)));
     compile(
         device,
         module,
