@@ -14,7 +14,7 @@ use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
 use disa::gpu::{FusedHead, HeadJob, Kernels};
 use disa::noise::SeededNoise;
-use disa::sampler::{Generation, LoadedModel, Request};
+use disa::sampler::{Generation, LoadedModel, Request, StepEvent};
 use disa::schedule::{CfgSchedule, StepSchedule};
 use disa::weights::{Bundle, Storage};
 use std::sync::Arc;
@@ -62,6 +62,20 @@ fn short_request(label: usize) -> Request {
         cfg: 2.0,
         ..Request::default()
     }
+}
+
+/// Every step event of `request` on `g` with `kernels`, the noise seeded by `seed`.
+fn run_events(
+    g: &Arc<LoadedModel>,
+    request: &Request,
+    seed: u64,
+    kernels: Kernels,
+) -> Vec<StepEvent> {
+    Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(seed)))
+        .unwrap()
+        .kernels(kernels)
+        .run_to_end()
+        .unwrap()
 }
 
 /// Which form of the fused head a test runs.
@@ -384,17 +398,10 @@ fn token_loop_threads_follow_the_adapter() {
         labels: vec![Some(5), None],
         ..short_request(0)
     };
-    let run = |kernels: Kernels| {
-        Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(4)))
-            .unwrap()
-            .kernels(kernels)
-            .run_to_end()
-            .unwrap()
-    };
-    let tensor = run(Kernels::Tensor);
+    let tensor = run_events(&g, &request, 4, Kernels::Tensor);
     for threads in [64, 256] {
         fused.set_token_loop_threads(threads).unwrap();
-        let fused_events = run(Kernels::Fused);
+        let fused_events = run_events(&g, &request, 4, Kernels::Fused);
         for (a, b) in tensor.iter().zip(&fused_events) {
             let err = scaled(&b.values, &a.values);
             assert!(
@@ -433,14 +440,8 @@ fn token_loop_compiled_for_the_shared_format() {
                 cfg,
                 ..short_request(7)
             };
-            let run = |kernels: Kernels| {
-                Generation::new(g.clone(), request.clone(), Box::new(SeededNoise::new(9)))
-                    .unwrap()
-                    .kernels(kernels)
-                    .run_to_end()
-                    .unwrap()
-            };
-            let (tensor, fused_events) = (run(Kernels::Tensor), run(Kernels::Fused));
+            let tensor = run_events(&g, &request, 9, Kernels::Tensor);
+            let fused_events = run_events(&g, &request, 9, Kernels::Fused);
             assert_eq!(tensor.len(), fused_events.len());
             for (a, b) in tensor.iter().zip(&fused_events) {
                 let err = scaled(&b.values, &a.values);

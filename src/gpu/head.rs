@@ -738,23 +738,16 @@ impl FusedHead {
         if let Some(pipeline) = pipelines.get(&key) {
             return Ok(pipeline.clone());
         }
-        let device = &self.ctx.device;
-        #[cfg(not(target_arch = "wasm32"))]
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = compile_token_loop(
-            device,
-            &self.module,
-            &self.pipeline_layout,
-            key,
-            [
-                ((3 * self.depth + 2) * self.width) as u32,
-                self.width as u32,
-            ],
-        );
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(e) = block_on(&self.ctx, scope.pop()) {
-            return Err(gpu_error("compiling token_loop", e));
-        }
+        let ada = ((3 * self.depth + 2) * self.width) as u32;
+        let pipeline = self.compile_checked("compiling token_loop", |device| {
+            compile_token_loop(
+                device,
+                &self.module,
+                &self.pipeline_layout,
+                key,
+                [ada, self.width as u32],
+            )
+        })?;
         Ok(pipelines.entry(key).or_insert(pipeline).clone())
     }
 
@@ -763,20 +756,35 @@ impl FusedHead {
         if let Some(pipelines) = self.per_layer_pipelines.get() {
             return Ok(pipelines);
         }
+        let pipelines = self.compile_checked("compiling the per-layer kernels", |device| {
+            compile_per_layer(
+                device,
+                &self.module,
+                &self.pipeline_layout,
+                &self.per_layer_keys,
+            )
+        })?;
+        Ok(self.per_layer_pipelines.get_or_init(|| pipelines))
+    }
+
+    /// Runs `compile` on the device and returns its result, or natively the validation error
+    /// it raised as `what` (the browser reports such errors on its console).
+    fn compile_checked<T>(
+        &self,
+        what: &str,
+        compile: impl FnOnce(&wgpu::Device) -> T,
+    ) -> Result<T> {
         let device = &self.ctx.device;
         #[cfg(not(target_arch = "wasm32"))]
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = compile_per_layer(
-            device,
-            &self.module,
-            &self.pipeline_layout,
-            &self.per_layer_keys,
-        );
+        let compiled = compile(device);
+        #[cfg(target_arch = "wasm32")]
+        let _ = what;
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = block_on(&self.ctx, scope.pop()) {
-            return Err(gpu_error("compiling the per-layer kernels", e));
+            return Err(gpu_error(what, e));
         }
-        Ok(self.per_layer_pipelines.get_or_init(|| pipelines))
+        Ok(compiled)
     }
 
     /// Kernel launches recorded so far.

@@ -1,6 +1,7 @@
 // How long the browser takes to compile each fused-kernel pipeline (Chromium's WebGPU; on a
 // machine without a GPU, SwiftShader): the cold part of the page's first image.
 //   node tests/e2e/compile-times.mjs            # the pipelines the built-in model compiles
+// The last row creates the fused path's five pipelines at once.
 // Each pipeline is created with createComputePipelineAsync from shaders/weights.wgsl + its
 // module, with the override constants src/gpu/ passes (int8 weights: WFMT 2).
 import fs from 'node:fs';
@@ -36,6 +37,16 @@ try {
         out.push(`| ${file} | ${entryPoint} | ${JSON.stringify(constants)} | ${(performance.now() - t0).toFixed(0)} |`);
       }
     }
+    // The fused path's pipelines (transformer + token_loop) created at once, from fresh modules
+    // (a changed source, so no cache serves them): does the browser compile them in parallel?
+    const fused = ['linear', 'attention', 'layer_norm', 'gather', 'token_loop'];
+    const t0 = performance.now();
+    await Promise.all(jobs.flatMap(({ code, pipelines }) => {
+      const module = device.createShaderModule({ code: `${code}\n// created again` });
+      return pipelines.filter(([entryPoint]) => fused.includes(entryPoint))
+        .map(([entryPoint, constants]) => device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint, constants } }));
+    }));
+    out.push(`| (both) | the fused path's ${fused.length}, created at once | | ${(performance.now() - t0).toFixed(0)} |`);
     return out;
   }, jobs);
   console.log('| module | entry point | constants | compile ms |\n|---|---|---|---|');
