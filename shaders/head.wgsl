@@ -107,8 +107,14 @@ var<workgroup> tile: array<f32, 2048>;      // gemm: the left operand's RT × CH
 var<workgroup> red: array<vec2<f32>, 256>;  // final kernel: workgroup-wide sums of two rows
 var<workgroup> stats: array<vec2<f32>, 8>;  // per row: mean, 1/sqrt(var + eps)
 var<workgroup> rowbuf: array<f32, 3072>;    // final kernel: 2 modulated rows of ≤ MAXW
-var<workgroup> outs: array<f32, 256>;       // final kernel: [rows][2C]
-var<workgroup> xs: array<f32, 64>;          // final kernel: the token's new x
+// The token size C the next two arrays hold, at most 64: the host sets it to C for token_loop
+// (a browser zero-initializes every workgroup array, and a software adapter compiles that
+// into code as long as the array, so token_loop's arrays are sized to the model).
+// (Array lengths name an override: naga 30 cannot size an array by an override expression.)
+override TLC: u32 = 64u;
+override OUTS_LEN: u32 = 4u * TLC;
+var<workgroup> outs: array<f32, OUTS_LEN>;  // final kernel and token_loop: [rows][2C]
+var<workgroup> xs: array<f32, TLC>;         // final kernel and token_loop: the token's new x
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
@@ -383,22 +389,28 @@ override TFMT: u32 = FMT_MIXED;
 // Rows per token: 2 with CFG (the token and its unconditional copy, `p.cfg_on`), else 1.
 override ROWS: u32 = 2u;
 // Whether threads take the adaLN modulations' columns (PAIR_ADA) and the MLP's (PAIR_W) in
-// pairs: the layer has at least 2·TL columns, an even number (see `tl_tile`).
+// pairs: the layer has at least 2·TL columns, an even number (see `tl_columns`).
 override PAIR_ADA: bool = false;
 override PAIR_W: bool = false;
-const TLW: u32 = 256u;     // widest head (and condition) token_loop holds in shared memory
+// The head width W, at most 256 (the host sets it). Browsers zero-initialize every workgroup
+// array, and SwiftShader compiles that into code as long as the arrays (about 0.5 ms per
+// float): arrays sized for 256 took 1.8 s of the 2.0 s it spent compiling token_loop for the
+// built-in model (W = 128), so they are sized to the model, and the condition rows live in
+// `act`.
+override TLW: u32 = 256u;
+override TH_LEN: u32 = 2u * TLW;
 
-var<workgroup> th: array<f32, 512>;   // h, [2][W]
-// The gemms' left operands, three row pairs [2][TLW] in one array (WGSL functions take no
-// pointers to workgroup memory, so one `tl_dot` indexes them by offset):
-// y = silu(cond + temb[t]) at T_Y, a modulated LayerNorm at T_A, the MLP's hidden at T_U.
+var<workgroup> th: array<f32, TH_LEN>;   // h, [2][W]
+// The gemms' left operands, two row pairs [2][TLW] in one array (WGSL functions take no
+// pointers to workgroup memory, so one `tl_dot2` indexes them by offset): at T_Y,
+// y = silu(cond + temb[t]), read by the adaLN phase only, so the MLP's hidden (T_U) reuses
+// its place until the next step's y; at T_A, a modulated LayerNorm.
 // Stored as vec4s, so the dot products read four inputs with one load (a software adapter
 // emulates each shared-memory load per lane: scalar loads made its dot products 1.6× slower).
-var<workgroup> tops: array<vec4<f32>, 384>;
+var<workgroup> tops: array<vec4<f32>, TLW>;
 const T_Y: u32 = 0u;
-const T_A: u32 = 512u;
-const T_U: u32 = 1024u;
-var<workgroup> tc: array<f32, 512>;   // cond, [2][W]
+const T_U: u32 = 0u;
+override T_A: u32 = 2u * TLW;
 var<workgroup> tstats: array<vec2<f32>, 2>;
 
 // Operand values k..k+4 (k a multiple of 4).
@@ -450,42 +462,10 @@ fn load_quad_raw(fmt: u32, w_off: u32, out_dim: u32, i: u32, o: u32) -> vec4<f32
 }
 
 // Σ_i tops[src + j·TLW + i] · M[i, o] over i < in_dim for both rows j (the second only with
-// CFG) and the matrix at table entry `m` (its word offset and scale offset): one weight read
-// serves both rows. `src` is one of the operand pairs `T_Y`, `T_A`, `T_U` in `tops`.
-fn tl_dot(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32) -> vec2<f32> {
-    var acc = vec2<f32>(0.0);
-    let w_off = table(m);
-    let scale_off = table(m + 1u);
-    let fmt = tl_format(m);
-    if fmt == FMT_I8 || fmt == FMT_I4 {
-        // Integer blocks: the sum of q·a over a block of 32 inputs, times its scale once
-        // (the scale read once per block, not per weight).
-        for (var blk = 0u; blk < in_dim; blk += 32u) {
-            var part = vec2<f32>(0.0);
-            for (var i = blk; i < blk + 32u; i += 4u) {
-                let q = load_quad_raw(fmt, w_off, out_dim, i, o);
-                part.x += dot(tops4(src + i), q);
-                if nr == 2u {
-                    part.y += dot(tops4(src + TLW + i), q);
-                }
-            }
-            acc += part * vecs[scale_off + (blk / 32u) * out_dim + o];
-        }
-        return acc;
-    }
-    for (var i = 0u; i < in_dim; i += 4u) {
-        let w = load_quad(fmt, w_off, scale_off, out_dim, i, o);
-        acc.x += dot(tops4(src + i), w);
-        if nr == 2u {
-            acc.y += dot(tops4(src + TLW + i), w);
-        }
-    }
-    return acc;
-}
-
-// As `tl_dot` for two output columns o0 and o1 at once, a 2 × 2 tile: each operand read
-// serves both columns and each weight read both rows. Returns (row 0 · o0, row 1 · o0,
-// row 0 · o1, row 1 · o1).
+// CFG) and two output columns o0 and o1, a 2 × 2 tile, of the matrix at table entry `m`: each
+// operand read serves both columns and each weight read both rows. Returns (row 0 · o0,
+// row 1 · o0, row 0 · o1, row 1 · o1). `src` is one of the operand pairs `T_Y`, `T_A`, `T_U`
+// in `tops`.
 fn tl_dot2(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o0: u32, o1: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     let w_off = table(m);
@@ -526,21 +506,11 @@ fn tl_dot2(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o0: u32, o1: u3
     return acc;
 }
 
-// `tl_dot` or `tl_dot2` for a thread's column(s) of a layer with `out_dim` outputs: where a
-// thread has at least two columns (out_dim ≥ 2·TL, even: `paired`, set by the host per layer
-// kind as PAIR_ADA and PAIR_W) it takes them in pairs (o, o + half), half = out_dim / 2, else
-// one column at a time. `o` runs over `tl_columns(out_dim, paired)`. Returns the tile as
-// `tl_dot2` does; with one column, z and w repeat x and y.
+// A thread's columns of a layer with `out_dim` outputs: where a thread has at least two
+// (out_dim ≥ 2·TL, even: `paired`, set by the host per layer kind as PAIR_ADA and PAIR_W) it
+// takes them in pairs (o, o + out_dim / 2), so `o` runs over half of them; else one at a time.
 fn tl_columns(out_dim: u32, paired: bool) -> u32 {
     return select(out_dim, out_dim / 2u, paired);
-}
-
-fn tl_tile(src: u32, nr: u32, m: u32, in_dim: u32, out_dim: u32, o: u32, paired: bool) -> vec4<f32> {
-    if paired {
-        return tl_dot2(src, nr, m, in_dim, out_dim, o, o + out_dim / 2u);
-    }
-    let v = tl_dot(src, nr, m, in_dim, out_dim, o);
-    return vec4<f32>(v, v);
 }
 
 // LayerNorm statistics of the shared h rows, two passes as PyTorch (thread j: row j).
@@ -563,8 +533,8 @@ fn tl_stats(lid: u32, nr: u32) {
 }
 
 // h = x · W_ipᵀ + b for the token's x (in `xs`), into both shared rows, and
-// y = silu(cond + temb[t]).
-fn tl_project(lid: u32, nr: u32, t: u32) {
+// y = silu(cond + temb[t]) from the token's condition rows in `act`.
+fn tl_project(lid: u32, tok: u32, nr: u32, t: u32) {
     let w = p.width;
     let cdim = p.tok_dim;
     for (var i = lid; i < w; i += TL) {
@@ -579,14 +549,16 @@ fn tl_project(lid: u32, nr: u32, t: u32) {
     for (var k = lid; k < nr * w; k += TL) {
         let j = k / w;
         let i = k % w;
-        tops_set(T_Y + j * TLW + i, silu(tc[j * TLW + i] + vecs[p.temb_off + t * w + i]));
+        let cond = act[p.cond_off + (tok + j * p.n_tok) * w + i];
+        tops_set(T_Y + j * TLW + i, silu(cond + vecs[p.temb_off + t * w + i]));
     }
     workgroupBarrier();
 }
 
 // One workgroup per token: the whole sampling loop of an AR step for the token's rows
-// (row `tok` and, with CFG, row `n + tok`). The adaLN modulations go to the token's rows of
-// `act` (too many for shared memory), everything else stays in shared memory.
+// (row `tok` and, with CFG, row `n + tok`). The adaLN modulations and the condition go to
+// the token's rows of `act` (the modulations are too many for shared memory; the condition is
+// read once per step), everything else stays in shared memory.
 @compute @workgroup_size(TL)
 fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let tok = wg.x;
@@ -605,102 +577,108 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         for (var i = 0u; i < p.in_dim; i += 4u) {
             acc += dot(act4(zrow + i), load_quad(tl_format(0u), table(0u), table(1u), w, i, o));
         }
-        tc[j * TLW + o] = acc + vecs[table(2u) + o];
+        act[p.cond_off + (tok + j * p.n_tok) * w + o] = acc + vecs[table(2u) + o];
     }
     if lid < cdim {
         xs[lid] = act[p.x_off + tok * cdim + lid];
     }
+    storageBarrier();
     workgroupBarrier();
-    tl_project(lid, nr, step_u32(0u, 0u));
+    tl_project(lid, tok, nr, step_u32(0u, 0u));
 
+    let phases = 2u * p.depth + 2u;
+    let row0 = p.mod_off + tok * ada_n;          // the token's modulation rows in `act`
+    let row1 = p.mod_off + (tok + p.n_tok) * ada_n;
     for (var s = 0u; s < p.steps; s++) {
-        // Every adaLN modulation at once (table entry 3): [shift|scale|gate] per block, then
-        // [shift|scale] of the final layer.
-        let ada_pair = PAIR_ADA;
-        for (var o = lid; o < tl_columns(ada_n, ada_pair); o += TL) {
-            let v = tl_tile(T_Y, nr, 4u, w, ada_n, o, ada_pair);
-            let row0 = p.mod_off + tok * ada_n;
-            let row1 = p.mod_off + (tok + p.n_tok) * ada_n;
-            act[row0 + o] = v.x + vecs[table(6u) + o];
-            if nr == 2u {
-                act[row1 + o] = v.y + vecs[table(6u) + o];
-            }
-            if ada_pair {
-                let o1 = o + ada_n / 2u;
-                act[row0 + o1] = v.z + vecs[table(6u) + o1];
-                if nr == 2u {
-                    act[row1 + o1] = v.w + vecs[table(6u) + o1];
+        // One matrix product per phase: phase 0 every adaLN modulation at once (table entry 4:
+        // [shift|scale|gate] per block, then [shift|scale] of the final layer), then per block
+        // mlp.0 and mlp.2, then the final linear (entry 8). All phases share one call site of
+        // `tl_dot2`: the browser compiles each call site's copy of the dot product (for the
+        // built-in model, SwiftShader compiled four call sites in 1.6–1.9 s, one in 0.7–0.95 s).
+        for (var ph = 0u; ph < phases; ph++) {
+            let b = (ph - 1u) / 2u;            // the block of an MLP phase
+            let e = 12u + 10u * b;             // its table entries
+            let is_ada = ph == 0u;
+            let is_final = ph + 1u == phases;
+            let is_in = !is_ada && !is_final && (ph % 2u) == 1u;
+            let is_out = !is_ada && !is_final && !is_in;
+            if is_in || is_final {
+                // Modulated LayerNorm of h into T_A (the blocks' LN is affine, the final's not).
+                tl_stats(lid, nr);
+                let mcol = select(3u * b * w, 3u * p.depth * w, is_final);
+                for (var k = lid; k < nr * w; k += TL) {
+                    let j = k / w;
+                    let i = k % w;
+                    let m = select(row0, row1, j == 1u) + mcol + i;
+                    let st2 = tstats[j];
+                    var ln = (th[j * TLW + i] - st2.x) * st2.y;
+                    if is_in {
+                        ln = ln * vecs[table(e + 8u) + i] + vecs[table(e + 9u) + i];
+                    }
+                    tops_set(T_A + j * TLW + i, ln * (act[m + w] + 1.0) + act[m]);
                 }
+                workgroupBarrier();
             }
-        }
-        storageBarrier();
-        workgroupBarrier();
-
-        for (var b = 0u; b < p.depth; b++) {
-            let e = 12u + 10u * b;         // this block's table entries
-            let mrow = 3u * b * w;         // its modulation columns
-            tl_stats(lid, nr);
-            for (var k = lid; k < nr * w; k += TL) {
-                let j = k / w;
-                let i = k % w;
-                let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mrow + i;
-                let st2 = tstats[j];
-                let ln = (th[j * TLW + i] - st2.x) * st2.y * vecs[table(e + 8u) + i] + vecs[table(e + 9u) + i];
-                tops_set(T_A + j * TLW + i, ln * (act[m + w] + 1.0) + act[m]);
+            var src = T_A;
+            var m = e;
+            var out_dim = w;
+            var paired = PAIR_W;
+            if is_ada {
+                src = T_Y;
+                m = 4u;
+                out_dim = ada_n;
+                paired = PAIR_ADA;
+            } else if is_out {
+                src = T_U;
+                m = e + 4u;
+            } else if is_final {
+                m = 8u;
+                out_dim = nout;
+                paired = false;
             }
-            workgroupBarrier();
-            let pair = PAIR_W;
-            let o1_step = w / 2u;
-            for (var o = lid; o < tl_columns(w, pair); o += TL) {
-                let v = tl_tile(T_A, nr, e, w, w, o, pair);
-                let b0 = vecs[table(e + 2u) + o];
-                tops_set(T_U + o, silu(v.x + b0));
-                tops_set(T_U + TLW + o, silu(v.y + b0));
-                if pair {
-                    let o1 = o + o1_step;
-                    let b1 = vecs[table(e + 2u) + o1];
+            let half = select(0u, out_dim / 2u, paired);
+            let gate = row0 + 3u * b * w + 2u * w;
+            for (var o = lid; o < tl_columns(out_dim, paired); o += TL) {
+                // An unpaired layer computes its column twice (o1 = o) rather than compile a
+                // second dot product.
+                let o1 = o + half;
+                let v = tl_dot2(src, nr, m, w, out_dim, o, o1);
+                let bias = table(m + 2u);
+                let b0 = vecs[bias + o];
+                let b1 = vecs[bias + o1];
+                if is_ada {
+                    act[row0 + o] = v.x + b0;
+                    act[row0 + o1] = v.z + b1;
+                    if nr == 2u {
+                        act[row1 + o] = v.y + b0;
+                        act[row1 + o1] = v.w + b1;
+                    }
+                } else if is_in {
+                    tops_set(T_U + o, silu(v.x + b0));
+                    tops_set(T_U + TLW + o, silu(v.y + b0));
                     tops_set(T_U + o1, silu(v.z + b1));
                     tops_set(T_U + TLW + o1, silu(v.w + b1));
-                }
-            }
-            workgroupBarrier();
-            for (var o = lid; o < tl_columns(w, pair); o += TL) {
-                let v = tl_tile(T_U, nr, e + 4u, w, w, o, pair);
-                let g = p.mod_off + tok * ada_n + mrow + 2u * w;
-                let b0 = vecs[table(e + 6u) + o];
-                th[o] += act[g + o] * (v.x + b0);
-                if nr == 2u {
-                    th[TLW + o] += act[g + p.n_tok * ada_n + o] * (v.y + b0);
-                }
-                if pair {
-                    let o1 = o + o1_step;
-                    let b1 = vecs[table(e + 6u) + o1];
-                    th[o1] += act[g + o1] * (v.z + b1);
-                    if nr == 2u {
-                        th[TLW + o1] += act[g + p.n_tok * ada_n + o1] * (v.w + b1);
+                } else if is_out {
+                    if paired {
+                        th[o1] += act[gate + o1] * (v.z + b1);
+                        if nr == 2u {
+                            th[TLW + o1] += act[gate + p.n_tok * ada_n + o1] * (v.w + b1);
+                        }
                     }
+                    th[o] += act[gate + o] * (v.x + b0);
+                    if nr == 2u {
+                        th[TLW + o] += act[gate + p.n_tok * ada_n + o] * (v.y + b0);
+                    }
+                } else {
+                    outs[o] = v.x + b0;
+                    outs[nout + o] = v.y + b0;
                 }
+            }
+            if is_ada {
+                storageBarrier();
             }
             workgroupBarrier();
         }
-
-        // The final layer: modulated LayerNorm (no affine), linear (table entry 6).
-        tl_stats(lid, nr);
-        let mfin = 3u * p.depth * w;
-        for (var k = lid; k < nr * w; k += TL) {
-            let j = k / w;
-            let i = k % w;
-            let m = p.mod_off + (tok + j * p.n_tok) * ada_n + mfin + i;
-            let st2 = tstats[j];
-            tops_set(T_A + j * TLW + i, (th[j * TLW + i] - st2.x) * st2.y * (act[m + w] + 1.0) + act[m]);
-        }
-        workgroupBarrier();
-        for (var o = lid; o < nout; o += TL) {
-            let v = tl_dot(T_A, nr, 8u, w, nout, o) + vec2<f32>(vecs[table(10u) + o]);
-            outs[o] = v.x;
-            outs[nout + o] = v.y;
-        }
-        workgroupBarrier();
 
         // Guidance on ε only, then p_sample in the official operation order (as final_step).
         if lid < cdim {
@@ -725,7 +703,7 @@ fn token_loop(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         }
         workgroupBarrier();
         if s + 1u < p.steps {
-            tl_project(lid, nr, step_u32(s, 3u));
+            tl_project(lid, tok, nr, step_u32(s, 3u));
         }
     }
 }

@@ -63,18 +63,24 @@ const COLS: u32 = 2u;
 const LN_EPS: f32 = 1e-6;
 const WG: u32 = 64u;       // threads per workgroup of every kernel here
 const RT: u32 = 8u;        // linear: activation rows per workgroup
-const CH: u32 = 256u;      // linear: inputs per shared-memory tile
-const T1: u32 = CH / 4u;   // linear: vec4s per row of the tile
+// The shared arrays' sizes are override constants, set by the host per adapter: a browser
+// zero-initializes every workgroup array, and a software adapter (SwiftShader) compiles that
+// into code as long as the arrays (about 0.5 ms per float), so there they are a quarter of a
+// GPU's (compiling `linear` and `attention` took it 1.0 to 1.1 s each with the GPU's sizes).
+override CH: u32 = 256u;       // linear: inputs per shared-memory tile (a multiple of 4)
+override T1: u32 = CH / 4u;    // linear: vec4s per row of the tile
+// The tile's length, RT · T1 (an array's length must name an override for naga 30).
+override TILE_VECS: u32 = RT * T1;
 const MAX_HEAD_DIM: u32 = 128u; // attention: widest head (a multiple of 4)
-const KV_VECS: u32 = 256u;     // attention: vec4s of keys (and of values) per chunk
+override KV_VECS: u32 = 256u;  // attention: vec4s of keys (and of values) per chunk, ≥ MAX_HEAD_DIM / 4
 const MAX_CHUNK: u32 = 32u;    // attention: keys per chunk at most
 const NONE: u32 = 0xffffffffu;
 const IN_VECS: u32 = 0x80000000u;
 
-var<workgroup> tile: array<vec4<f32>, 512>;   // linear: RT × CH inputs as vec4s
+var<workgroup> tile: array<vec4<f32>, TILE_VECS>; // linear: RT × CH inputs as vec4s
 var<workgroup> stats: array<vec2<f32>, 8>;    // linear: per row mean, 1/sqrt(var + eps)
-var<workgroup> kt: array<vec4<f32>, 256>;     // attention: a chunk of keys, KV_VECS
-var<workgroup> vt: array<vec4<f32>, 256>;     // attention: their values
+var<workgroup> kt: array<vec4<f32>, KV_VECS>; // attention: a chunk of keys
+var<workgroup> vt: array<vec4<f32>, KV_VECS>; // attention: their values
 var<workgroup> red: array<f32, 64>;
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), as the CPU path.
@@ -169,7 +175,7 @@ fn linear(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: 
                         vecs[p.ln_b + i + 2u], vecs[p.ln_b + i + 3u]);
                 }
             }
-            tile[r * (CH / 4u) + k % quads] = a;
+            tile[r * T1 + k % quads] = a;
         }
         workgroupBarrier();
         for (var q = 0u; q < quads; q++) {

@@ -483,6 +483,7 @@ impl FusedHead {
         // table after them (each matrix's format read at run time, so mixed files qualify).
         let mut token_loop_format = None;
         let token_loop_table = if width <= TOKEN_LOOP_MAX_WIDTH
+            && width.is_multiple_of(4)
             && cond_dim.is_multiple_of(4)
             && ada.len() == 1
             && packer.mat_words.len() == 1
@@ -745,7 +746,7 @@ impl FusedHead {
                 &self.module,
                 &self.pipeline_layout,
                 key,
-                [ada, self.width as u32],
+                [ada, self.width as u32, self.token_dim as u32],
             )
         })?;
         Ok(pipelines.entry(key).or_insert(pipeline).clone())
@@ -944,6 +945,7 @@ impl FusedHead {
                 in_dim: self.cond_dim as u32,
                 width: w as u32,
                 a_off: z_off as u32,
+                cond_off: cond_off as u32,
                 temb_off: 0,
                 mod_off: ada_off as u32,
                 mod_stride: ada_cols as u32,
@@ -1298,13 +1300,16 @@ const FMT_MIXED: u32 = 4;
 
 /// `token_loop` compiled for `key`, for a head whose stacked adaLN modulations and MLP have
 /// `[ada, width]` output columns (a thread takes a layer's columns in pairs where it has at
-/// least two, and their count is even: `PAIR_ADA`, `PAIR_W`).
+/// least two, and their count is even: `PAIR_ADA`, `PAIR_W`) and whose tokens have
+/// `token_dim` values. The shared arrays are sized to `width` and `token_dim` (`TLW`, `TLC`):
+/// a browser zero-initializes them, which a software adapter compiles into code as long as
+/// the arrays.
 fn compile_token_loop(
     device: &wgpu::Device,
     module: &wgpu::ShaderModule,
     layout: &wgpu::PipelineLayout,
     key: TokenLoopKey,
-    [ada, width]: [u32; 2],
+    [ada, width, token_dim]: [u32; 3],
 ) -> wgpu::ComputePipeline {
     let tfmt = key.format.map_or(FMT_MIXED, |f| f as u32);
     let paired = |cols: u32| f64::from(u8::from(cols >= 2 * key.threads && cols.is_multiple_of(2)));
@@ -1319,6 +1324,8 @@ fn compile_token_loop(
             ("ROWS", f64::from(key.rows)),
             ("PAIR_ADA", paired(ada)),
             ("PAIR_W", paired(width)),
+            ("TLW", f64::from(width)),
+            ("TLC", f64::from(token_dim)),
         ],
     )
 }

@@ -35,6 +35,25 @@ const ROWS_PER_GROUP: u32 = 8;
 const COLUMNS_PER_THREAD: u32 = 2;
 /// Widest attention head the attention kernel holds in registers (`MAX_HEAD_DIM`).
 const MAX_HEAD_DIM: usize = 128;
+/// Sizes of the shared arrays (the shader's `CH`, inputs per `linear` tile, and `KV_VECS`,
+/// `vec4`s of keys and of values per attention chunk) on a GPU and on a software adapter.
+/// Browsers zero-initialize workgroup arrays, and SwiftShader compiles that into code as long
+/// as the arrays: with the GPU's sizes it took 1.0–1.1 s to compile each of `linear` and
+/// `attention`, with these 0.3–0.35 s (`node tests/e2e/compile-times.mjs`).
+const SHARED_SIZES_GPU: SharedSizes = SharedSizes {
+    tile_inputs: 256,
+    kv_vecs: 256,
+};
+const SHARED_SIZES_SOFTWARE: SharedSizes = SharedSizes {
+    tile_inputs: 64,
+    kv_vecs: 64,
+};
+
+#[derive(Clone, Copy, Debug)]
+struct SharedSizes {
+    tile_inputs: u32,
+    kv_vecs: u32,
+}
 /// A gather code reading `vecs` (else `act`; `IN_VECS` in the shader).
 const IN_VECS: u32 = 0x8000_0000;
 /// Workgroups per grid dimension the row kernels use before wrapping into `y`.
@@ -370,12 +389,23 @@ impl FusedTransformer {
                 wanted.push(Kernel::Linear(m.format));
             }
         }
+        let sizes = if ctx.is_software() {
+            SHARED_SIZES_SOFTWARE
+        } else {
+            SHARED_SIZES_GPU
+        };
         let mut pipelines = BTreeMap::new();
         for kernel in wanted {
             pipelines.entry(kernel).or_insert_with(|| {
                 let (entry, constants) = match kernel {
-                    Kernel::Linear(format) => ("linear", vec![("WFMT", format as u32 as f64)]),
-                    Kernel::Attention => ("attention", vec![]),
+                    Kernel::Linear(format) => (
+                        "linear",
+                        vec![
+                            ("WFMT", format as u32 as f64),
+                            ("CH", f64::from(sizes.tile_inputs)),
+                        ],
+                    ),
+                    Kernel::Attention => ("attention", vec![("KV_VECS", f64::from(sizes.kv_vecs))]),
                     Kernel::LayerNorm => ("layer_norm", vec![]),
                     Kernel::Gather => ("gather", vec![]),
                 };
