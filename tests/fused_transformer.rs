@@ -97,7 +97,30 @@ fn burn_forward(
 #[test]
 fn one_forward_matches_burns_transformer_for_every_storage() {
     for storage in [Storage::F32, Storage::F16, Storage::Int8, Storage::Int4] {
+        check_forwards(&generator(storage), storage);
+    }
+}
+
+/// The shared-array sizes the page compiles on a software adapter (a quarter of a GPU's:
+/// browsers zero-initialize workgroup memory, which SwiftShader compiles into code as long as
+/// the arrays), here on the native adapter: more tiles per `linear`, more key chunks per
+/// attention, the same results.
+#[test]
+fn browser_software_sizes_match_burns_transformer() {
+    for storage in [Storage::F32, Storage::Int8] {
         let g = generator(storage);
+        let fused = g.fused_transformer().unwrap();
+        fused.use_browser_software_sizes(true).unwrap();
+        check_forwards(&g, storage);
+        fused.use_browser_software_sizes(false).unwrap();
+    }
+}
+
+/// Fused forward passes of `g` (stored as `storage`) against Burn's transformer: several
+/// label sets (CFG's unconditional rows among them), 0 to all tokens known, every row or a
+/// third of them selected.
+fn check_forwards(g: &LoadedModel, storage: Storage) {
+    {
         let fused = g.fused_transformer().unwrap();
         let (n, c, d) = (
             g.config.seq_len(),
@@ -125,7 +148,7 @@ fn one_forward_matches_burns_transformer_for_every_storage() {
                 })
                 .collect();
             let tokens = rng.values(s * n * c);
-            let reference = burn_forward(&g, &labels, &mask, &tokens);
+            let reference = burn_forward(g, &labels, &mask, &tokens);
             let every: Vec<usize> = (0..s * n).collect();
             let some: Vec<usize> = rng.positions(s * n, (s * n).div_ceil(3));
             for select in [every, some] {

@@ -197,7 +197,9 @@ pub(super) fn compile(
         entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions {
             constants,
-            // Every workgroup variable is written before it is read.
+            // Every workgroup variable is written before it is read. (Natively only: browsers
+            // zero-initialize workgroup memory whatever this says, which is why the kernels'
+            // shared arrays are sized to the model and, on a software adapter, kept small.)
             zero_initialize_workgroup_memory: false,
         },
         cache: None,

@@ -36,10 +36,12 @@ const COLUMNS_PER_THREAD: u32 = 2;
 /// Widest attention head the attention kernel holds in registers (`MAX_HEAD_DIM`).
 const MAX_HEAD_DIM: usize = 128;
 /// Sizes of the shared arrays (the shader's `CH`, inputs per `linear` tile, and `KV_VECS`,
-/// `vec4`s of keys and of values per attention chunk) on a GPU and on a software adapter.
-/// Browsers zero-initialize workgroup arrays, and SwiftShader compiles that into code as long
-/// as the arrays: with the GPU's sizes it took 1.0–1.1 s to compile each of `linear` and
-/// `attention`, with these 0.3–0.35 s (`node tests/e2e/compile-times.mjs`).
+/// `vec4`s of keys and of values per attention chunk): a GPU's, and a software adapter's in
+/// the browser. Browsers zero-initialize workgroup arrays, and SwiftShader compiles that into
+/// code as long as the arrays: with the GPU's sizes it took 0.83–1.1 s to compile each of
+/// `linear` and `attention`, with these 0.35–0.54 s (`node tests/e2e/compile-times.mjs`).
+/// Natively nothing is zero-initialized (see `compile`), and the larger sizes ran the
+/// transformer faster on lavapipe and SwiftShader, so native builds keep them.
 const SHARED_SIZES_GPU: SharedSizes = SharedSizes {
     tile_inputs: 256,
     kv_vecs: 256,
@@ -49,7 +51,7 @@ const SHARED_SIZES_SOFTWARE: SharedSizes = SharedSizes {
     kv_vecs: 64,
 };
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SharedSizes {
     tile_inputs: u32,
     kv_vecs: u32,
@@ -214,7 +216,12 @@ pub struct FusedTransformer {
     mask_token: u32,
     decoder_pos: u32,
     diffusion_pos: u32,
-    pipelines: BTreeMap<Kernel, wgpu::ComputePipeline>,
+    /// The pipelines a pass runs, compiled for `kernels` (every kernel and weight format the
+    /// model needs) with one choice of shared-array sizes.
+    pipelines: Mutex<Pipelines>,
+    kernels: Vec<Kernel>,
+    module: wgpu::ShaderModule,
+    pipeline_layout: wgpu::PipelineLayout,
     layout: wgpu::BindGroupLayout,
     workspace: Mutex<Option<Workspace>>,
     uniform_stride: u64,
@@ -230,6 +237,40 @@ impl std::fmt::Debug for FusedTransformer {
             .field("weight_bytes", &self.weight_bytes)
             .finish_non_exhaustive()
     }
+}
+
+/// The transformer's pipelines and the shared-array sizes they were compiled for.
+struct Pipelines {
+    sizes: SharedSizes,
+    by_kernel: BTreeMap<Kernel, wgpu::ComputePipeline>,
+}
+
+/// One pipeline per kernel of `kernels`, with the shared arrays of `sizes`.
+fn compile_kernels(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    layout: &wgpu::PipelineLayout,
+    kernels: &[Kernel],
+    sizes: SharedSizes,
+) -> BTreeMap<Kernel, wgpu::ComputePipeline> {
+    kernels
+        .iter()
+        .map(|&kernel| {
+            let (entry, constants) = match kernel {
+                Kernel::Linear(format) => (
+                    "linear",
+                    vec![
+                        ("WFMT", format as u32 as f64),
+                        ("CH", f64::from(sizes.tile_inputs)),
+                    ],
+                ),
+                Kernel::Attention => ("attention", vec![("KV_VECS", f64::from(sizes.kv_vecs))]),
+                Kernel::LayerNorm => ("layer_norm", vec![]),
+                Kernel::Gather => ("gather", vec![]),
+            };
+            (kernel, compile(device, module, layout, entry, &constants))
+        })
+        .collect()
 }
 
 fn gpu_error(what: &str, e: impl std::fmt::Display) -> DisaError {
@@ -389,29 +430,14 @@ impl FusedTransformer {
                 wanted.push(Kernel::Linear(m.format));
             }
         }
-        let sizes = if ctx.is_software() {
+        wanted.sort();
+        wanted.dedup();
+        let sizes = if cfg!(target_arch = "wasm32") && ctx.is_software() {
             SHARED_SIZES_SOFTWARE
         } else {
             SHARED_SIZES_GPU
         };
-        let mut pipelines = BTreeMap::new();
-        for kernel in wanted {
-            pipelines.entry(kernel).or_insert_with(|| {
-                let (entry, constants) = match kernel {
-                    Kernel::Linear(format) => (
-                        "linear",
-                        vec![
-                            ("WFMT", format as u32 as f64),
-                            ("CH", f64::from(sizes.tile_inputs)),
-                        ],
-                    ),
-                    Kernel::Attention => ("attention", vec![("KV_VECS", f64::from(sizes.kv_vecs))]),
-                    Kernel::LayerNorm => ("layer_norm", vec![]),
-                    Kernel::Gather => ("gather", vec![]),
-                };
-                compile(device, &module, &pipeline_layout, entry, &constants)
-            });
-        }
+        let pipelines = compile_kernels(device, &module, &pipeline_layout, &wanted, sizes);
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(err) = block_on(&ctx, scope.pop()) {
             return Err(gpu_error("compiling or uploading", err));
@@ -439,13 +465,50 @@ impl FusedTransformer {
             mask_token,
             decoder_pos,
             diffusion_pos,
-            pipelines,
+            pipelines: Mutex::new(Pipelines {
+                sizes,
+                by_kernel: pipelines,
+            }),
+            kernels: wanted,
+            module,
+            pipeline_layout,
             layout,
             workspace: Mutex::new(None),
             uniform_stride: PARAMS_BYTES.div_ceil(align) * align,
             weight_bytes,
             dispatches: AtomicU64::new(0),
         })
+    }
+
+    /// Runs the kernels with the shared-array sizes a browser uses on a software adapter
+    /// (`true`) or with a GPU's (`false`), recompiling them when that changes. Tests: the
+    /// page's sizes on a native adapter.
+    pub fn use_browser_software_sizes(&self, on: bool) -> Result<()> {
+        let sizes = if on {
+            SHARED_SIZES_SOFTWARE
+        } else {
+            SHARED_SIZES_GPU
+        };
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if pipelines.sizes == sizes {
+            return Ok(());
+        }
+        let device = &self.ctx.device;
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let by_kernel = compile_kernels(
+            device,
+            &self.module,
+            &self.pipeline_layout,
+            &self.kernels,
+            sizes,
+        );
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(err) = block_on(&self.ctx, scope.pop()) {
+            return Err(gpu_error("compiling", err));
+        }
+        *pipelines = Pipelines { sizes, by_kernel };
+        Ok(())
     }
 
     /// Bytes the transformer's weights take on the GPU (matrices in their stored form, block
@@ -667,8 +730,9 @@ impl FusedTransformer {
                 label: Some("disa transformer"),
                 timestamp_writes: None,
             });
+            let pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
             for (i, dispatch) in dispatches.iter().enumerate() {
-                pass.set_pipeline(&self.pipelines[&dispatch.kernel]);
+                pass.set_pipeline(&pipelines.by_kernel[&dispatch.kernel]);
                 pass.set_bind_group(
                     0,
                     &ws.bind_groups[dispatch.buffer],
