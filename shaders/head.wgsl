@@ -124,10 +124,6 @@ fn act4(b: u32) -> vec4<f32> {
     return vec4<f32>(act[b], act[b + 1u], act[b + 2u], act[b + 3u]);
 }
 
-fn vecs4(b: u32) -> vec4<f32> {
-    return vec4<f32>(vecs[b], vecs[b + 1u], vecs[b + 2u], vecs[b + 3u]);
-}
-
 // The matrix product's left operand a[r, i], with this MODE's prologue (`y` is precomputed
 // for MODE_ADA, so it reads like MODE_PLAIN).
 fn a_value(r: u32, local_r: u32, i: u32) -> f32 {

@@ -78,6 +78,15 @@ fn run_events(
         .unwrap()
 }
 
+/// Each AR step's tokens in `fused` lie within `FUSED_TOLERANCE` (scaled) of `tensor`'s;
+/// `what` names the run in a failure.
+fn assert_steps_close(tensor: &[StepEvent], fused: &[StepEvent], what: &str) {
+    for (a, b) in tensor.iter().zip(fused) {
+        let err = scaled(&b.values, &a.values);
+        assert!(err <= FUSED_TOLERANCE, "{what}, step {}: {err:.3e}", a.k);
+    }
+}
+
 /// Which form of the fused head a test runs.
 #[derive(Clone, Copy, Debug)]
 enum Form {
@@ -266,14 +275,8 @@ fn generations_match_the_tensor_path_for_every_storage() {
             assert_eq!(tensor.len(), fused.len());
             for (a, b) in tensor.iter().zip(&fused) {
                 assert_eq!(a.positions, b.positions);
-                let err = scaled(&b.values, &a.values);
-                assert!(
-                    err <= FUSED_TOLERANCE,
-                    "{} ({form:?}) step {}: {err:.3e}",
-                    storage.name(),
-                    a.k
-                );
             }
+            assert_steps_close(&tensor, &fused, &format!("{} ({form:?})", storage.name()));
         }
     }
 }
@@ -402,14 +405,7 @@ fn token_loop_threads_follow_the_adapter() {
     for threads in [64, 256] {
         fused.set_token_loop_threads(threads).unwrap();
         let fused_events = run_events(&g, &request, 4, Kernels::Fused);
-        for (a, b) in tensor.iter().zip(&fused_events) {
-            let err = scaled(&b.values, &a.values);
-            assert!(
-                err <= FUSED_TOLERANCE,
-                "{threads} threads, step {}: {err:.3e}",
-                a.k
-            );
-        }
+        assert_steps_close(&tensor, &fused_events, &format!("{threads} threads"));
     }
     fused.set_token_loop_threads(expected).unwrap();
 }
@@ -443,15 +439,11 @@ fn token_loop_compiled_for_the_shared_format() {
             let tensor = run_events(&g, &request, 9, Kernels::Tensor);
             let fused_events = run_events(&g, &request, 9, Kernels::Fused);
             assert_eq!(tensor.len(), fused_events.len());
-            for (a, b) in tensor.iter().zip(&fused_events) {
-                let err = scaled(&b.values, &a.values);
-                assert!(
-                    err <= FUSED_TOLERANCE,
-                    "{} cfg {cfg}, step {}: {err:.3e}",
-                    storage.name(),
-                    a.k
-                );
-            }
+            assert_steps_close(
+                &tensor,
+                &fused_events,
+                &format!("{} cfg {cfg}", storage.name()),
+            );
         }
     }
 }

@@ -182,6 +182,22 @@ pub(super) struct Matrix {
     pub(super) inp: u32,
 }
 
+/// Runs `compile` (pipeline creation) on the device and returns its result, or natively the
+/// validation error it raised, as text (the browser reports such errors on its console).
+pub(super) fn compile_checked<T>(
+    ctx: &GpuContext,
+    compile: impl FnOnce(&wgpu::Device) -> T,
+) -> std::result::Result<T, String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let compiled = compile(&ctx.device);
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(e) = block_on(ctx, scope.pop()) {
+        return Err(e.to_string());
+    }
+    Ok(compiled)
+}
+
 /// Compiles entry point `entry` of a kernel module with its override constants.
 pub(super) fn compile(
     device: &wgpu::Device,

@@ -9,8 +9,8 @@
 #[cfg(not(target_arch = "wasm32"))]
 use super::common::block_on;
 use super::common::{
-    Format, HostMatrix, Matrix, WEIGHTS_WGSL, WeightPacker, compile, f32_bytes, max_binding,
-    read_mapped, storage_buffer, words_bytes,
+    Format, HostMatrix, Matrix, WEIGHTS_WGSL, WeightPacker, compile, compile_checked, f32_bytes,
+    max_binding, read_mapped, storage_buffer, words_bytes,
 };
 use super::registry::GpuContext;
 use crate::diffusion::{NUM_BASE_TIMESTEPS, StepCoefficients};
@@ -662,10 +662,7 @@ impl FusedHead {
             format!(
                 "one launch per AR step: token_loop, {} threads per workgroup, {}",
                 self.token_loop_threads(),
-                match self
-                    .token_loop_format
-                    .filter(|_| self.token_loop_specialized())
-                {
+                match self.token_loop_compiled_format() {
                     Some(f) => format!("compiled for {}", f.name()),
                     None => "weight formats read at run time".to_string(),
                 }
@@ -719,7 +716,14 @@ impl FusedHead {
     /// Whether `token_loop` runs compiled for one weight format (every matrix of the layer
     /// table shares it), not reading formats at run time.
     pub fn token_loop_specialized(&self) -> bool {
-        self.token_loop_format.is_some() && !self.token_loop_any_format.load(Ordering::Relaxed)
+        self.token_loop_compiled_format().is_some()
+    }
+
+    /// The weight format `token_loop` runs compiled for (`TFMT`); `None`: formats read at run
+    /// time.
+    fn token_loop_compiled_format(&self) -> Option<Format> {
+        self.token_loop_format
+            .filter(|_| !self.token_loop_any_format.load(Ordering::Relaxed))
     }
 
     /// The `token_loop` pipeline an AR step with `rows` rows per token (2 with CFG) runs now,
@@ -727,9 +731,7 @@ impl FusedHead {
     fn token_loop_pipeline(&self, rows: u32) -> Result<wgpu::ComputePipeline> {
         let key = TokenLoopKey {
             threads: self.token_loop_threads(),
-            format: self
-                .token_loop_format
-                .filter(|_| self.token_loop_specialized()),
+            format: self.token_loop_compiled_format(),
             rows,
         };
         let mut pipelines = self
@@ -768,24 +770,13 @@ impl FusedHead {
         Ok(self.per_layer_pipelines.get_or_init(|| pipelines))
     }
 
-    /// Runs `compile` on the device and returns its result, or natively the validation error
-    /// it raised as `what` (the browser reports such errors on its console).
+    /// [`compile_checked`] on this head's device, its error reported as `what`.
     fn compile_checked<T>(
         &self,
         what: &str,
         compile: impl FnOnce(&wgpu::Device) -> T,
     ) -> Result<T> {
-        let device = &self.ctx.device;
-        #[cfg(not(target_arch = "wasm32"))]
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let compiled = compile(device);
-        #[cfg(target_arch = "wasm32")]
-        let _ = what;
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(e) = block_on(&self.ctx, scope.pop()) {
-            return Err(gpu_error(what, e));
-        }
-        Ok(compiled)
+        compile_checked(&self.ctx, compile).map_err(|e| gpu_error(what, e))
     }
 
     /// Kernel launches recorded so far.

@@ -9,8 +9,8 @@
 #[cfg(not(target_arch = "wasm32"))]
 use super::common::block_on;
 use super::common::{
-    Format, HostMatrix, Matrix, WEIGHTS_WGSL, WeightPacker, compile, f32_bytes, max_binding,
-    read_mapped, storage_buffer, words_bytes,
+    Format, HostMatrix, Matrix, WEIGHTS_WGSL, WeightPacker, compile, compile_checked, f32_bytes,
+    max_binding, read_mapped, storage_buffer, words_bytes,
 };
 use super::registry::GpuContext;
 use crate::error::{DisaError, Result};
@@ -55,6 +55,17 @@ const SHARED_SIZES_SOFTWARE: SharedSizes = SharedSizes {
 struct SharedSizes {
     tile_inputs: u32,
     kv_vecs: u32,
+}
+
+impl SharedSizes {
+    /// A browser's software adapter's sizes (`true`) or a GPU's.
+    fn for_browser_software(on: bool) -> Self {
+        if on {
+            SHARED_SIZES_SOFTWARE
+        } else {
+            SHARED_SIZES_GPU
+        }
+    }
 }
 /// A gather code reading `vecs` (else `act`; `IN_VECS` in the shader).
 const IN_VECS: u32 = 0x8000_0000;
@@ -432,11 +443,8 @@ impl FusedTransformer {
         }
         wanted.sort();
         wanted.dedup();
-        let sizes = if cfg!(target_arch = "wasm32") && ctx.is_software() {
-            SHARED_SIZES_SOFTWARE
-        } else {
-            SHARED_SIZES_GPU
-        };
+        let sizes =
+            SharedSizes::for_browser_software(cfg!(target_arch = "wasm32") && ctx.is_software());
         let pipelines = compile_kernels(device, &module, &pipeline_layout, &wanted, sizes);
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(err) = block_on(&ctx, scope.pop()) {
@@ -484,29 +492,21 @@ impl FusedTransformer {
     /// (`true`) or with a GPU's (`false`), recompiling them when that changes. Tests: the
     /// page's sizes on a native adapter.
     pub fn use_browser_software_sizes(&self, on: bool) -> Result<()> {
-        let sizes = if on {
-            SHARED_SIZES_SOFTWARE
-        } else {
-            SHARED_SIZES_GPU
-        };
+        let sizes = SharedSizes::for_browser_software(on);
         let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if pipelines.sizes == sizes {
             return Ok(());
         }
-        let device = &self.ctx.device;
-        #[cfg(not(target_arch = "wasm32"))]
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let by_kernel = compile_kernels(
-            device,
-            &self.module,
-            &self.pipeline_layout,
-            &self.kernels,
-            sizes,
-        );
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(err) = block_on(&self.ctx, scope.pop()) {
-            return Err(gpu_error("compiling", err));
-        }
+        let by_kernel = compile_checked(&self.ctx, |device| {
+            compile_kernels(
+                device,
+                &self.module,
+                &self.pipeline_layout,
+                &self.kernels,
+                sizes,
+            )
+        })
+        .map_err(|e| gpu_error("compiling", e))?;
         *pipelines = Pipelines { sizes, by_kernel };
         Ok(())
     }
