@@ -661,10 +661,8 @@ impl Generation {
                 })?;
                 Conditions::Submitted(ft, submitted)
             }
-            // [rows_b, N, dec], then the revealed rows
-            None => Conditions::Device(Box::new(
-                self.revealed_rows(self.transformer(use_cfg), &select),
-            )),
+            // The revealed rows, in `select`'s order
+            None => Conditions::Device(Box::new(self.transformer(use_cfg, &to_pred))),
         };
 
         let diffusion = self
@@ -694,23 +692,35 @@ impl Generation {
         }))
     }
 
-    /// The transformer over the current tokens: `z`, `[rows_b, N, dec]`, for the B images and,
-    /// when guiding, their unconditional copies after them (rows B..2B: no label, same mask
-    /// and tokens), as `MAR.sample_tokens` concatenates them.
-    fn transformer(&self, use_cfg: bool) -> Tensor<3> {
+    /// The transformer over the current tokens: the condition rows `z` of the positions
+    /// `to_pred` reveals, `[rows, dec]` in [`Self::revealed_index`]'s order, for the B images
+    /// and, when guiding, their unconditional copies after them (sequences B..2B: no label,
+    /// same mask and tokens), as `MAR.sample_tokens` concatenates them.
+    fn transformer(&self, use_cfg: bool, to_pred: &[Vec<usize>]) -> Tensor<2> {
         let g = &self.generator;
         let (n, c) = (g.config.seq_len(), g.config.token_dim());
         let (labels, mask, tokens) = self.sequences(use_cfg);
         let rows_b = labels.len();
+        // Sequence j reveals the positions of image j mod B (its CFG copy reveals the same).
+        let positions: Vec<Vec<usize>> = (0..rows_b)
+            .map(|j| to_pred[j % to_pred.len()].clone())
+            .collect();
+        let selected = positions.first().map_or(0, Vec::len);
         // On the CPU the sequences are independent parts: each runs on its own thread.
         let known = n - mask.first().map_or(0, |m| m.iter().filter(|&&u| u).count());
         let parts = match crate::backend::is_plain_cpu(&g.device) {
-            true => parts_here(g.model.transformer.macs(rows_b, known), rows_b),
+            true => parts_here(g.model.transformer.macs(rows_b, known, selected), rows_b),
             false => 1,
         };
         let zs = run_parts(split_ranges(rows_b, parts), |r| {
             let tokens = tokens[r.start * n * c..r.end * n * c].to_vec();
-            Self::transformer_over(g, &labels[r.clone()], &mask[r], tokens)
+            Self::transformer_over(
+                g,
+                &labels[r.clone()],
+                &mask[r.clone()],
+                tokens,
+                &positions[r],
+            )
         });
         cat_parts(zs)
     }
@@ -765,20 +775,21 @@ impl Generation {
     }
 
     /// The transformer over the sequences given (labels, masks, tokens `[rows, N, C]`
-    /// row-major): `z`, `[rows, N, dec]`.
+    /// row-major) at the positions given per sequence: `z` rows, `[Σ positions, dec]`.
     fn transformer_over(
         g: &LoadedModel,
         labels: &[Option<usize>],
         mask: &[Vec<bool>],
         tokens: Vec<f32>,
-    ) -> Tensor<3> {
+        positions: &[Vec<usize>],
+    ) -> Tensor<2> {
         let (n, c) = (g.config.seq_len(), g.config.token_dim());
         let layout = MaskLayout::new(mask, g.config.buffer_size);
         let tokens =
             Tensor::<3>::from_data(TensorData::new(tokens, [labels.len(), n, c]), &g.device);
         let class_emb = g.model.transformer.class_embedding(labels, &g.device);
         let encoded = g.model.transformer.encode(tokens, &layout, class_emb);
-        g.model.transformer.decode(encoded, &layout)
+        g.model.transformer.decode_at(encoded, &layout, positions)
     }
 
     /// Per image, the masked positions this step reveals: every one at the last step, else
@@ -818,19 +829,6 @@ impl Generation {
         (0..rows_b)
             .flat_map(|r| to_pred[r % b].iter().map(move |&p| r * n + p))
             .collect()
-    }
-
-    /// The rows `select` ([`Self::revealed_index`]) of `z` (`[rows_b, N, dec]`): `[rows, dec]`.
-    fn revealed_rows(&self, z: Tensor<3>, select: &[usize]) -> Tensor<2> {
-        let g = &self.generator;
-        let dec = g.config.decoder_embed_dim;
-        let [rows_b, n, _] = z.dims();
-        if select.is_empty() {
-            return Tensor::<2>::zeros([0, dec], &g.device);
-        }
-        let flat_index: Vec<i64> = select.iter().map(|&r| r as i64).collect();
-        let idx = Tensor::from_data(TensorData::new(flat_index, [select.len()]), &g.device);
-        z.reshape([rows_b * n, dec]).select(0, idx)
     }
 
     /// Draws this step's head noise in the official order: `x_T`, then each step's noise

@@ -5,10 +5,10 @@ use super::params::{Init, ParamBuilder};
 use crate::error::Result;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Int, Tensor};
 
 /// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
@@ -111,22 +111,65 @@ impl Block {
         x + h
     }
 
+    /// Multiply-adds of [`Block::forward_rows_at`]: `b` sequences of `rows / b` rows, of which
+    /// `kept` rows in all leave the block.
+    pub fn macs_at(&self, rows: usize, b: usize, kept: usize) -> usize {
+        let [d, hidden] = self.fc1.weight.dims();
+        let l = rows / b.max(1);
+        rows * 3 * d * d + kept * (d * d + 2 * d * hidden) + 2 * kept * l * d
+    }
+
+    /// [`Block::forward_rows`] for the rows `kept` only (indices into the `B·L` rows, the same
+    /// count in every sequence, sequence-major): keys and values still come from every row,
+    /// but queries, the attention output, the projection and the MLP run on the kept rows.
+    /// Every op but attention acts row by row, so the kept rows equal those of the full block.
+    /// The decoder's last block uses it for the positions the head samples this step.
+    ///
+    /// # Shapes
+    /// `x`: `[B·L, D]`, `kept`: `[B·S]` → `[B·S, D]`.
+    pub fn forward_rows_at(&self, x: Tensor<2>, b: usize, kept: Tensor<1, Int>) -> Tensor<2> {
+        let x_kept = x.clone().select(0, kept.clone());
+        let x = x_kept + self.attention_at(self.norm1.forward(x), b, Some(kept));
+        let h = self
+            .fc2
+            .forward(gelu_erf(self.fc1.forward(self.norm2.forward(x.clone()))));
+        x + h
+    }
+
     /// Multi-head self-attention over each of the `b` sequences.
     ///
     /// # Shapes
     /// `x`: `[B·L, D]` → `[B·L, D]`.
     fn attention(&self, x: Tensor<2>, b: usize) -> Tensor<2> {
+        self.attention_at(x, b, None)
+    }
+
+    /// Self-attention whose queries are the rows `queries` (all rows for `None`; the same
+    /// count in every sequence, sequence-major); keys and values are every row of the sequence.
+    ///
+    /// # Shapes
+    /// `x`: `[B·L, D]`, `queries`: `[B·S]` → `[B·S, D]`.
+    fn attention_at(&self, x: Tensor<2>, b: usize, queries: Option<Tensor<1, Int>>) -> Tensor<2> {
         let [rows, d] = x.dims();
         let (l, h) = (rows / b, self.num_heads);
         let hd = d / h;
         let scale = (hd as f64).powf(-0.5);
+        let qkv_rows = self.qkv.forward(x);
+        // The query rows' q, k, v (all of them, a cheap select of S rows).
+        let (query_rows, out_rows) = match queries {
+            None => (None, rows),
+            Some(idx) => {
+                let s = idx.dims()[0];
+                (Some(qkv_rows.clone().select(0, idx)), s)
+            }
+        };
         // [B·L, 3D] -> [B, L, 3, H, hd] -> [3, B, H, L, hd] (a strided view, no copy yet)
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, l, 3, h, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let q: Tensor<4> = qkv.clone().slice(0..1).squeeze_dim(0);
+        let heads = |t: Tensor<2>, l: usize| t.reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv: Tensor<5> = heads(qkv_rows, l);
+        let q: Tensor<4> = match query_rows {
+            None => qkv.clone().slice(0..1).squeeze_dim(0),
+            Some(t) => heads(t, out_rows / b).slice(0..1).squeeze_dim(0),
+        };
         let k: Tensor<4> = qkv.clone().slice(1..2).squeeze_dim(0);
         let v: Tensor<4> = qkv.slice(2..3).squeeze_dim(0);
         let out = if crate::backend::is_plain_cpu(&q.device()) {
@@ -141,8 +184,9 @@ impl Block {
             // Elsewhere (wgpu, autodiff) the explicit form, as validated by the parity tests.
             softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3).matmul(v)
         };
-        // [B, H, L, hd] -> [B, L, H, hd] -> [B·L, D]
-        self.proj.forward(out.swap_dims(1, 2).reshape([rows, d]))
+        // [B, H, S, hd] -> [B, S, H, hd] -> [B·S, D]
+        self.proj
+            .forward(out.swap_dims(1, 2).reshape([out_rows, d]))
     }
 }
 

@@ -134,18 +134,25 @@ impl MarTransformer {
     }
 
     /// Multiply-adds of the encoder and decoder blocks for `sequences` sequences with `known`
-    /// tokens each (for the CPU's thread policy).
-    pub fn macs(&self, sequences: usize, known: usize) -> usize {
+    /// tokens each, of which the decoder's last block keeps `selected` rows per sequence
+    /// ([`MarTransformer::decode_at`]; for the CPU's thread policy).
+    pub fn macs(&self, sequences: usize, known: usize, selected: usize) -> usize {
         let (buffer, n) = (self.buffer_size, self.diffusion_pos_embed.dims()[1]);
         let enc: usize = self
             .encoder_blocks
             .iter()
             .map(|k| k.macs(sequences * (buffer + known), sequences))
             .sum();
+        let rows = sequences * (buffer + n);
+        let last = self.decoder_blocks.len().saturating_sub(1);
         let dec: usize = self
             .decoder_blocks
             .iter()
-            .map(|k| k.macs(sequences * (buffer + n), sequences))
+            .enumerate()
+            .map(|(i, k)| match i == last {
+                true => k.macs_at(rows, sequences, sequences * selected),
+                false => k.macs(rows, sequences),
+            })
             .sum();
         enc + dec
     }
@@ -222,6 +229,78 @@ impl MarTransformer {
     /// # Shapes
     /// `x [B, buffer + n_known, enc]` → `[B, N, dec]`.
     pub fn decode(&self, x: Tensor<3>, layout: &MaskLayout) -> Tensor<3> {
+        let [b, _, _] = x.dims();
+        let x = self.decoder_input(x, layout);
+        let [rows, d] = x.dims();
+        let l = rows / b; // buffer + N
+        let macs = self.decoder_blocks.iter().map(|k| k.macs(rows, b)).sum();
+        let x = with_threads_for(macs, || {
+            self.decoder_blocks
+                .iter()
+                .fold(x, |x, block| block.forward_rows(x, b))
+        });
+        let x = self.decoder_norm.forward(x).reshape([b, l, d]);
+        x.slice([0..b, self.buffer_size..l, 0..d]) + self.diffusion_pos_embed.val()
+    }
+
+    /// [`MarTransformer::decode`] at the given positions only (per sequence, the same count
+    /// in each): the rows `z[i, positions[i]]`, sequence-major. Only the decoder's last block
+    /// narrows (to the rows the head samples; keys and values still span the sequence), so
+    /// the rows equal `decode`'s while the last block's queries, projection and MLP shrink
+    /// from `buffer + N` rows per sequence to the few revealed this step.
+    ///
+    /// # Shapes
+    /// `x [B, buffer + n_known, enc]` → `[B·S, dec]`.
+    pub fn decode_at(
+        &self,
+        x: Tensor<3>,
+        layout: &MaskLayout,
+        positions: &[Vec<usize>],
+    ) -> Tensor<2> {
+        let device = x.device();
+        let [b, _, _] = x.dims();
+        let d = self.mask_token.dims()[2];
+        let s = positions.first().map_or(0, Vec::len);
+        if s == 0 {
+            return Tensor::zeros([0, d], &device);
+        }
+        let x = self.decoder_input(x, layout);
+        let [rows, _] = x.dims();
+        let l = rows / b; // buffer + N
+        let buffer = self.buffer_size;
+        let kept_rows = positions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ps)| ps.iter().map(move |&p| (i * l + buffer + p) as i64))
+            .collect();
+        let kept_rows = index_1d(kept_rows, &device);
+        let x = match self.decoder_blocks.split_last() {
+            None => x.select(0, kept_rows),
+            Some((last, earlier)) => {
+                let macs = earlier.iter().map(|k| k.macs(rows, b)).sum::<usize>()
+                    + last.macs_at(rows, b, b * s);
+                with_threads_for(macs, || {
+                    let x = earlier.iter().fold(x, |x, block| block.forward_rows(x, b));
+                    last.forward_rows_at(x, b, kept_rows)
+                })
+            }
+        };
+        let flat_positions = positions.iter().flatten().map(|&p| p as i64).collect();
+        let n = l - buffer;
+        let pos = self
+            .diffusion_pos_embed
+            .val()
+            .reshape([n, d])
+            .select(0, index_1d(flat_positions, &device));
+        self.decoder_norm.forward(x) + pos
+    }
+
+    /// The decoder's input: the kept rows embedded to the decoder width and scattered back to
+    /// their positions, the mask token at every other position, plus the position embedding.
+    ///
+    /// # Shapes
+    /// `x [B, buffer + n_known, enc]` → `[B·(buffer + N), dec]`.
+    fn decoder_input(&self, x: Tensor<3>, layout: &MaskLayout) -> Tensor<2> {
         let device = x.device();
         let [b, kept, e] = x.dims();
         let x = self.decoder_embed.forward(x.reshape([b * kept, e]));
@@ -244,14 +323,6 @@ impl MarTransformer {
             .collect();
         let x = x.select(0, index_1d(source, &device));
         let l = layout.scatter.first().map_or(0, |s| s.len()); // buffer + N
-        let x = (x.reshape([b, l, d]) + self.decoder_pos_embed.val()).reshape([b * l, d]);
-        let macs = self.decoder_blocks.iter().map(|k| k.macs(b * l, b)).sum();
-        let x = with_threads_for(macs, || {
-            self.decoder_blocks
-                .iter()
-                .fold(x, |x, block| block.forward_rows(x, b))
-        });
-        let x = self.decoder_norm.forward(x).reshape([b, l, d]);
-        x.slice([0..b, self.buffer_size..l, 0..d]) + self.diffusion_pos_embed.val()
+        (x.reshape([b, l, d]) + self.decoder_pos_embed.val()).reshape([b * l, d])
     }
 }
