@@ -46,7 +46,8 @@ fn first(split: &Split, n: usize) -> Split {
 #[test]
 fn activations_pass_gradients_on_the_training_device() {
     use burn::tensor::{Tensor, TensorData};
-    use disa::model::layers::{erf, gelu_erf, silu};
+    use disa::model::host::erf;
+    use disa::model::layers::{gelu_erf, silu};
     let dev = Device::flex().autodiff();
     let xs = vec![-4.0f32, -1.5, -0.3, 0.0, 0.7, 3.0];
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());

@@ -1,14 +1,13 @@
 //! Small building blocks shared by the MAR transformer, the diffusion head and the VAE, each
 //! built through a [`ParamBuilder`] under its PyTorch key names.
 
+use super::host::{self, erf, exp_nonpositive, map_in_place};
 use super::params::{Init, ParamBuilder};
 use crate::error::Result;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// LayerNorm epsilon used everywhere in MAR (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
@@ -126,9 +125,10 @@ impl Block {
     /// The decoder's last block uses it for the positions the head samples this step.
     ///
     /// # Shapes
-    /// `x`: `[B·L, D]`, `kept`: `[B·S]` → `[B·S, D]`.
-    pub fn forward_rows_at(&self, x: Tensor<2>, b: usize, kept: Tensor<1, Int>) -> Tensor<2> {
-        let x_kept = x.clone().select(0, kept.clone());
+    /// `x`: `[B·L, D]`, `kept`: `B·S` rows → `[B·S, D]`.
+    pub fn forward_rows_at(&self, x: Tensor<2>, b: usize, kept: &[usize]) -> Tensor<2> {
+        let index = index_1d(kept, &x.device());
+        let x_kept = x.clone().select(0, index);
         let x = x_kept + self.attention_at(self.norm1.forward(x), b, Some(kept));
         let h = self
             .fc2
@@ -148,46 +148,59 @@ impl Block {
     /// count in every sequence, sequence-major); keys and values are every row of the sequence.
     ///
     /// # Shapes
-    /// `x`: `[B·L, D]`, `queries`: `[B·S]` → `[B·S, D]`.
-    fn attention_at(&self, x: Tensor<2>, b: usize, queries: Option<Tensor<1, Int>>) -> Tensor<2> {
+    /// `x`: `[B·L, D]`, `queries`: `B·S` rows → `[B·S, D]`.
+    fn attention_at(&self, x: Tensor<2>, b: usize, queries: Option<&[usize]>) -> Tensor<2> {
+        let device = x.device();
         let [rows, d] = x.dims();
         let (l, h) = (rows / b, self.num_heads);
         let hd = d / h;
         let scale = (hd as f64).powf(-0.5);
         let qkv_rows = self.qkv.forward(x);
-        // The query rows' q, k, v (all of them, a cheap select of S rows).
-        let (query_rows, out_rows) = match queries {
-            None => (None, rows),
-            Some(idx) => {
-                let s = idx.dims()[0];
-                (Some(qkv_rows.clone().select(0, idx)), s)
-            }
-        };
+        let out_rows = queries.map_or(rows, <[usize]>::len);
+        if crate::backend::is_plain_cpu(&device) && qkv_rows.dtype() == DType::F32 {
+            // On the host, straight from the qkv rows: no head-major copies of q, k and v,
+            // and softmax's exponential vectorizes (flex calls libm's scalar `expf`).
+            let data = qkv_rows.into_data();
+            let values = data.as_slice::<f32>().expect("f32 tensor data");
+            let all: Vec<usize>;
+            let queries = match queries {
+                Some(q) => q,
+                None => {
+                    all = (0..rows).collect();
+                    &all
+                }
+            };
+            let shape = host::AttentionShape {
+                sequences: b,
+                heads: h,
+                scale: scale as f32,
+            };
+            let out = host::attention(values, d, shape, queries);
+            let out = Tensor::from_data(TensorData::new(out, [out_rows, d]), &device);
+            return self.proj.forward(out);
+        }
+        // Elsewhere (wgpu, autodiff) the explicit form, as validated by the parity tests.
         // [B·L, 3D] -> [B, L, 3, H, hd] -> [3, B, H, L, hd] (a strided view, no copy yet)
         let heads = |t: Tensor<2>, l: usize| t.reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let q_rows = queries.map(|q| qkv_rows.clone().select(0, index_1d(q, &device)));
         let qkv: Tensor<5> = heads(qkv_rows, l);
-        let q: Tensor<4> = match query_rows {
+        let q: Tensor<4> = match q_rows {
             None => qkv.clone().slice(0..1).squeeze_dim(0),
             Some(t) => heads(t, out_rows / b).slice(0..1).squeeze_dim(0),
         };
         let k: Tensor<4> = qkv.clone().slice(1..2).squeeze_dim(0);
         let v: Tensor<4> = qkv.slice(2..3).squeeze_dim(0);
-        let out = if crate::backend::is_plain_cpu(&q.device()) {
-            // The CPU backend's fused attention: scores, softmax and the weighted sum per
-            // (image, head) in one op with one scratch buffer, instead of four whole-tensor ops.
-            let options = AttentionModuleOptions {
-                scale: Some(scale),
-                ..Default::default()
-            };
-            attention(q, k, v, None, None, options)
-        } else {
-            // Elsewhere (wgpu, autodiff) the explicit form, as validated by the parity tests.
-            softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3).matmul(v)
-        };
+        let out = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3).matmul(v);
         // [B, H, S, hd] -> [B, S, H, hd] -> [B·S, D]
         self.proj
             .forward(out.swap_dims(1, 2).reshape([out_rows, d]))
     }
+}
+
+/// A 1-D index tensor of `rows`.
+pub fn index_1d(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_data(TensorData::new(idx, [rows.len()]), device)
 }
 
 /// Exact-erf GELU, `x·(1 + erf(x/√2))/2`. On the CPU backend it is computed on the host with
@@ -233,77 +246,17 @@ fn map_on_cpu(
     let mut data = x.into_data();
     match data.as_mut_slice::<f32>() {
         Ok(values) => {
-            for a in values {
-                *a = f(*a);
-            }
+            map_in_place(values, f);
             Tensor::from_data(data, &device)
         }
         Err(_) => fallback(Tensor::from_data(data, &device)),
     }
 }
 
-/// `erf(x)` by Abramowitz & Stegun 7.1.26: |error| ≤ 1.5·10⁻⁷, below f32 rounding of GELU's
-/// output scale.
-pub fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_7) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
-    (1.0 - poly * exp_nonpositive(-a * a)).copysign(x)
-}
-
-/// `eˣ` for `x ≤ 0` (all `erf` needs), within about 1 ulp: Cody–Waite reduction by ln 2 and
-/// Cephes' `expf` polynomial. Branch-free, so the loop over a tensor vectorizes, where libm's
-/// `expf` is a scalar call per element.
-fn exp_nonpositive(x: f32) -> f32 {
-    // Below −87 the result is under f32's smallest normal; erf's term is 0 long before.
-    let x = x.max(-87.0);
-    // Round to nearest (even) by the 1.5·2²³ trick: vectorizes, unlike `f32::round`.
-    const ROUND: f32 = 12_582_912.0;
-    let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((k as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
-
-    #[test]
-    fn exp_nonpositive_matches_libm() {
-        let mut worst = 0f32;
-        for i in 0..=200_000 {
-            let x = -(i as f32) * 87.0 / 200_000.0;
-            let (got, want) = (exp_nonpositive(x), x.exp());
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 5e-7, "worst relative error {worst:e}");
-        assert_eq!(exp_nonpositive(-1000.0), exp_nonpositive(-87.0));
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-    }
-
-    #[test]
-    fn erf_matches_reference_values() {
-        // erf at a few points (from tables), and odd symmetry.
-        for (x, e) in [
-            (0.0f32, 0.0f32),
-            (0.1, 0.112_462_92),
-            (0.5, 0.520_499_9),
-            (1.0, 0.842_700_8),
-            (2.0, 0.995_322_3),
-            (3.5, 0.999_999_3),
-        ] {
-            assert!((erf(x) - e).abs() < 3e-7, "erf({x}) = {} vs {e}", erf(x));
-            assert!((erf(-x) + e).abs() < 3e-7);
-        }
-    }
 
     #[test]
     fn cpu_silu_matches_burns() {

@@ -268,20 +268,19 @@ impl MarTransformer {
         let [rows, _] = x.dims();
         let l = rows / b; // buffer + N
         let buffer = self.buffer_size;
-        let kept_rows = positions
+        let kept_rows: Vec<usize> = positions
             .iter()
             .enumerate()
-            .flat_map(|(i, ps)| ps.iter().map(move |&p| (i * l + buffer + p) as i64))
+            .flat_map(|(i, ps)| ps.iter().map(move |&p| i * l + buffer + p))
             .collect();
-        let kept_rows = index_1d(kept_rows, &device);
         let x = match self.decoder_blocks.split_last() {
-            None => x.select(0, kept_rows),
+            None => x.select(0, super::layers::index_1d(&kept_rows, &device)),
             Some((last, earlier)) => {
                 let macs = earlier.iter().map(|k| k.macs(rows, b)).sum::<usize>()
                     + last.macs_at(rows, b, b * s);
                 with_threads_for(macs, || {
                     let x = earlier.iter().fold(x, |x, block| block.forward_rows(x, b));
-                    last.forward_rows_at(x, b, kept_rows)
+                    last.forward_rows_at(x, b, &kept_rows)
                 })
             }
         };

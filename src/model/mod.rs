@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod head;
+pub mod host;
 pub mod layers;
 pub mod mar;
 pub mod params;
