@@ -7,6 +7,7 @@ use crate::diffusion::{DiffusionCache, SpacedDiffusion, StepCoefficients, Timest
 use crate::error::{DisaError, Result, invalid};
 pub use crate::gpu::Kernels;
 use crate::gpu::{FusedHead, FusedTransformer, TransformerJob, TransformerSubmitted};
+use crate::model::host_head::{HostHead, HostScratch};
 use crate::model::threads::{parts_here, run_parts, split_ranges};
 use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
@@ -27,6 +28,8 @@ pub struct LoadedModel {
     fused: Option<Arc<FusedHead>>,
     /// Why there is no fused head (for error messages).
     fused_unavailable: String,
+    /// The head's network on the host, on the plain CPU backend (small heads only).
+    host_head: Option<HostHead>,
     /// The transformer's forward pass as fused GPU kernels, on GPU devices that have them.
     fused_transformer: Option<Arc<FusedTransformer>>,
     /// Why there is no fused transformer (for error messages).
@@ -39,11 +42,16 @@ impl LoadedModel {
         let time_table = model
             .head
             .time_embedding_table(crate::diffusion::NUM_BASE_TIMESTEPS, &device);
+        let host_head = match crate::backend::is_plain_cpu(&device) {
+            true => HostHead::new(&model.head, time_table.clone()),
+            false => None,
+        };
         Self {
             model,
             config,
             device,
             time_table,
+            host_head,
             fused: None,
             fused_unavailable: "the device is not a GPU".into(),
             fused_transformer: None,
@@ -352,6 +360,9 @@ fn eps_and_v(
     cond: Tensor<2>,
     cfg: Option<f32>,
 ) -> (Tensor<2>, Tensor<2>) {
+    if let Some(host) = &g.host_head {
+        return host_eps_and_v(g, host, x, coeffs.timestep, cond, cfg);
+    }
     let time_emb = g.time_embedding(coeffs.timestep);
     match cfg {
         Some(scale) => g.model.head.forward_cfg_embedded(x, time_emb, cond, scale),
@@ -361,6 +372,50 @@ fn eps_and_v(
             (out.clone().slice([0..n, 0..c]), out.slice([0..n, c..2 * c]))
         }
     }
+}
+
+/// [`eps_and_v`] on the host head: the same rows, without a Burn op per layer.
+fn host_eps_and_v(
+    g: &LoadedModel,
+    host: &HostHead,
+    x: Tensor<2>,
+    t: usize,
+    cond: Tensor<2>,
+    cfg: Option<f32>,
+) -> (Tensor<2>, Tensor<2>) {
+    let [n, c] = x.dims();
+    let host_values = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap_or_default();
+    let mut x = host_values(x);
+    let cond = host_values(cond);
+    let rows = match cfg {
+        Some(_) => {
+            // The conditional rows, then the same tokens' unconditional rows.
+            x.extend_from_within(..);
+            2 * n
+        }
+        None => n,
+    };
+    let out = host.forward(&x, t, &cond, rows, &mut HostScratch::default());
+    let (mut eps, mut v) = (Vec::with_capacity(n * c), Vec::with_capacity(n * c));
+    for row in 0..n {
+        let o = &out[row * 2 * c..(row + 1) * 2 * c];
+        match cfg {
+            Some(scale) => {
+                let u = &out[(n + row) * 2 * c..][..c];
+                eps.extend(
+                    o[..c]
+                        .iter()
+                        .zip(u)
+                        .map(|(&e_c, &e_u)| e_u + (e_c - e_u) * scale),
+                );
+            }
+            None => eps.extend_from_slice(&o[..c]),
+        }
+        v.extend_from_slice(&o[c..]);
+    }
+    let tensor =
+        |values: Vec<f32>| Tensor::<2>::from_data(TensorData::new(values, [n, c]), &g.device);
+    (tensor(eps), tensor(v))
 }
 
 /// The parts' results stacked along the first dimension (one part: itself, not a copy).

@@ -92,3 +92,53 @@ fn cpu_parts_on_more_threads_give_the_same_tokens() {
         "1 vs 4 threads: max |Δ| {worst} (max |value| {scale})"
     );
 }
+
+/// The CPU's host head (`disa::model::host_head`) against the head's Burn layers, row for row,
+/// at timesteps across the schedule and for row counts that do not fill SIMD lanes.
+#[test]
+fn host_head_matches_the_tensor_head() {
+    use burn::tensor::{Tensor, TensorData};
+    use disa::model::host_head::{HostHead, HostScratch};
+    let device = burn::tensor::Device::flex();
+    let g = generator(&device);
+    let head = &g.model.head;
+    let table = head.time_embedding_table(1000, &device);
+    let host = HostHead::new(head, table).expect("the set's head is small");
+    let (c, w) = (g.config.token_dim(), g.config.diffloss_w);
+    let mut scratch = HostScratch::default();
+    for (rows, t) in [(1, 0), (3, 999), (8, 500), (13, 37)] {
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i + seed) * 7919 % 2000) as f32 / 1000.0 - 1.0) * 1.5)
+                .collect()
+        };
+        let (x, cond) = (values(rows * c, t), values(rows * w, t + 1));
+        let got = host.forward(&x, t, &cond, rows, &mut scratch);
+        let tensor = |v: Vec<f32>, cols: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [rows, cols]), &device)
+        };
+        let want = head
+            .forward_embedded(
+                tensor(x, c),
+                head.time_embedding(t, &device),
+                tensor(cond, w),
+            )
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0,
+            "rows {rows}, t {t}: the head's output is all zero"
+        );
+        assert!(
+            worst <= 1e-5 * scale,
+            "rows {rows}, t {t}: max |Δ| {worst:e} (max |value| {scale:e})"
+        );
+    }
+}

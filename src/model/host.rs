@@ -27,6 +27,15 @@ fn map_in_place_avx2(values: &mut [f32], f: impl Fn(f32) -> f32) {
     values.iter_mut().for_each(|a| *a = f(*a));
 }
 
+/// SiLU, `a·σ(a)`, with σ(a) = 1/(1 + e^−a) for a ≥ 0 and e^a/(1 + e^a) below: e^−|a| never
+/// overflows. Inlined into the loops over tensors, which then vectorize.
+#[inline(always)]
+pub fn silu(a: f32) -> f32 {
+    let e = exp_nonpositive(-a.abs());
+    let numerator = if a >= 0.0 { 1.0 } else { e };
+    a * (numerator / (1.0 + e))
+}
+
 /// `erf(x)` by Abramowitz & Stegun 7.1.26: |error| ≤ 1.5·10⁻⁷, below f32 rounding of GELU's
 /// output scale. Inlined into the loops over tensors, which then vectorize.
 #[inline(always)]

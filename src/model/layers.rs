@@ -1,7 +1,7 @@
 //! Small building blocks shared by the MAR transformer, the diffusion head and the VAE, each
 //! built through a [`ParamBuilder`] under its PyTorch key names.
 
-use super::host::{self, erf, exp_nonpositive, map_in_place};
+use super::host::{self, erf, map_in_place};
 use super::params::{Init, ParamBuilder};
 use crate::error::Result;
 use burn::module::{Module, Param};
@@ -219,16 +219,7 @@ pub fn gelu_erf(x: Tensor<2>) -> Tensor<2> {
 /// head's two SiLUs per block were most of the `expf` time in a batch-8 profile); elsewhere
 /// Burn's `silu` (autodiff included).
 pub fn silu(x: Tensor<2>) -> Tensor<2> {
-    map_on_cpu(
-        x,
-        |a| {
-            // σ(a) = 1/(1 + e^−a) for a ≥ 0, e^a/(1 + e^a) below: e^−|a| never overflows.
-            let e = exp_nonpositive(-a.abs());
-            let numerator = if a >= 0.0 { 1.0 } else { e };
-            a * (numerator / (1.0 + e))
-        },
-        burn::tensor::activation::silu,
-    )
+    map_on_cpu(x, host::silu, burn::tensor::activation::silu)
 }
 
 /// Applies `f` to every value of an f32 tensor on the plain CPU backend, on its own buffer

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod head;
 pub mod host;
+pub mod host_head;
 pub mod layers;
 pub mod mar;
 pub mod params;

@@ -1,0 +1,290 @@
+//! The diffusion head's network on the host, for the plain CPU backend: the same layers as
+//! [`DiffusionHead::forward_embedded`] on plain `f32` slices, the matmuls through `gemm` (the
+//! crate flex uses) and every other op one vectorizable loop.
+//!
+//! At sampling time a head call is a handful of rows (4 tokens and their CFG copies at batch 1)
+//! through about 30 small ops; as Burn tensor ops each pays an allocation, a dispatch and often a
+//! strided copy, which cost more than the arithmetic at these sizes.
+
+use super::head::DiffusionHead;
+use super::host::map_in_place;
+use super::layers::{LN_EPS, LayerNorm};
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+
+/// Head weights above this many floats stay on Burn's tensor path (their matmuls dominate and
+/// a second copy would cost real memory): 16 M floats, 64 MB. MAR-B's head (6 blocks, 1024
+/// wide) is 25 M; the built-in model's is 0.3 M.
+pub const MAX_HOST_HEAD_FLOATS: usize = 16 << 20;
+
+/// A linear layer's weights on the host.
+#[derive(Debug)]
+struct HostLinear {
+    /// `[in, out]` row-major (Burn's `Linear` layout).
+    weight: Vec<f32>,
+    /// `[out]` (zeros where the layer has no bias).
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl HostLinear {
+    fn new(linear: &Linear) -> Self {
+        let [inputs, outputs] = linear.weight.dims();
+        Self {
+            weight: values(linear.weight.val()),
+            bias: linear
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; outputs], |b| values(b.val())),
+            inputs,
+            outputs,
+        }
+    }
+
+    /// `out = x·W + b` for `rows` rows: `x [rows, in]` → `out [rows, out]` (resized).
+    fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        out.clear();
+        for _ in 0..rows {
+            out.extend_from_slice(&self.bias);
+        }
+        if rows == 0 || self.inputs == 0 || self.outputs == 0 {
+            return;
+        }
+        // SAFETY: `out` is `[rows, outputs]`, `x` is at least `[rows, inputs]` and `weight`
+        // `[inputs, outputs]`, all row-major with the strides given; none alias.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.weight.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// One adaLN residual block on the host.
+#[derive(Debug)]
+struct HostBlock {
+    ln_weight: Vec<f32>,
+    ln_bias: Vec<f32>,
+    mlp_in: HostLinear,
+    mlp_out: HostLinear,
+    ada_ln: HostLinear,
+}
+
+/// [`DiffusionHead`]'s network with its weights copied to the host, and the time-embedding
+/// table (`[timesteps, W]`).
+pub struct HostHead {
+    width: usize,
+    token_dim: usize,
+    input_proj: HostLinear,
+    blocks: Vec<HostBlock>,
+    final_ada_ln: HostLinear,
+    final_linear: HostLinear,
+    time_table: Vec<f32>,
+}
+
+impl std::fmt::Debug for HostHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostHead")
+            .field("width", &self.width)
+            .field("blocks", &self.blocks.len())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+/// Scratch rows one forward pass needs, kept between calls.
+#[derive(Debug, Default)]
+pub struct HostScratch {
+    h: Vec<f32>,
+    y: Vec<f32>,
+    ada: Vec<f32>,
+    u: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl HostHead {
+    /// Copies `head`'s weights and the time table `[timesteps, W]` to the host; `None` when
+    /// they pass [`MAX_HOST_HEAD_FLOATS`].
+    pub fn new(head: &DiffusionHead, time_table: Tensor<2>) -> Option<Self> {
+        let linears = [&head.input_proj, &head.final_ada_ln, &head.final_linear]
+            .into_iter()
+            .chain(
+                head.res_blocks
+                    .iter()
+                    .flat_map(|b| [&b.mlp_in, &b.mlp_out, &b.ada_ln]),
+            );
+        let floats: usize = linears
+            .map(|l| l.weight.dims().iter().product::<usize>())
+            .sum::<usize>()
+            + time_table.dims().iter().product::<usize>();
+        if floats > MAX_HOST_HEAD_FLOATS {
+            return None;
+        }
+        let [_, width] = head.input_proj.weight.dims();
+        let ln = |n: &LayerNorm| {
+            let weight = values(n.weight.val());
+            let bias = n
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; weight.len()], |b| values(b.val()));
+            (weight, bias)
+        };
+        Some(Self {
+            width,
+            token_dim: head.token_dim,
+            input_proj: HostLinear::new(&head.input_proj),
+            blocks: head
+                .res_blocks
+                .iter()
+                .map(|b| {
+                    let (ln_weight, ln_bias) = ln(&b.in_ln);
+                    HostBlock {
+                        ln_weight,
+                        ln_bias,
+                        mlp_in: HostLinear::new(&b.mlp_in),
+                        mlp_out: HostLinear::new(&b.mlp_out),
+                        ada_ln: HostLinear::new(&b.ada_ln),
+                    }
+                })
+                .collect(),
+            final_ada_ln: HostLinear::new(&head.final_ada_ln),
+            final_linear: HostLinear::new(&head.final_linear),
+            time_table: values(time_table),
+        })
+    }
+
+    /// Bytes of the host copy.
+    pub fn bytes(&self) -> usize {
+        let linear = |l: &HostLinear| l.weight.len() + l.bias.len();
+        4 * (linear(&self.input_proj)
+            + linear(&self.final_ada_ln)
+            + linear(&self.final_linear)
+            + self
+                .blocks
+                .iter()
+                .map(|b| {
+                    b.ln_weight.len()
+                        + b.ln_bias.len()
+                        + linear(&b.mlp_in)
+                        + linear(&b.mlp_out)
+                        + linear(&b.ada_ln)
+                })
+                .sum::<usize>()
+            + self.time_table.len())
+    }
+
+    /// [`DiffusionHead::forward_embedded`] with the time embedding of original timestep `t`:
+    /// `x [R, C]`, `cond [R, W]` (the condition embedding) → `[R, 2C]` (ε, then `v`).
+    ///
+    /// # Panics
+    /// When `t` is outside the time table or the slices are shorter than `R` rows.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        t: usize,
+        cond: &[f32],
+        rows: usize,
+        s: &mut HostScratch,
+    ) -> Vec<f32> {
+        let w = self.width;
+        let time = &self.time_table[t * w..(t + 1) * w];
+        self.input_proj.forward(x, rows, &mut s.h);
+        // y = SiLU(cond + time embedding), shared by every adaLN.
+        s.y.clear();
+        for row in cond[..rows * w].chunks_exact(w) {
+            s.y.extend(row.iter().zip(time).map(|(c, e)| c + e));
+        }
+        map_in_place(&mut s.y, super::host::silu);
+        for block in &self.blocks {
+            block.ada_ln.forward(&s.y, rows, &mut s.ada);
+            modulated_norm(
+                &s.h,
+                &block.ln_weight,
+                &block.ln_bias,
+                &s.ada,
+                3,
+                rows,
+                w,
+                &mut s.u,
+            );
+            block.mlp_in.forward(&s.u, rows, &mut s.m);
+            map_in_place(&mut s.m, super::host::silu);
+            block.mlp_out.forward(&s.m, rows, &mut s.u);
+            // h += gate · u, gate the third chunk of the modulation row.
+            for ((h, u), ada) in
+                s.h.chunks_exact_mut(w)
+                    .zip(s.u.chunks_exact(w))
+                    .zip(s.ada.chunks_exact(3 * w))
+            {
+                for ((h, &u), &g) in h.iter_mut().zip(u).zip(&ada[2 * w..]) {
+                    *h += g * u;
+                }
+            }
+        }
+        self.final_ada_ln.forward(&s.y, rows, &mut s.ada);
+        let (ones, zeros) = (vec![1.0; w], vec![0.0; w]);
+        modulated_norm(&s.h, &ones, &zeros, &s.ada, 2, rows, w, &mut s.u);
+        let mut out = Vec::new();
+        self.final_linear.forward(&s.u, rows, &mut out);
+        debug_assert_eq!(out.len(), rows * 2 * self.token_dim);
+        out
+    }
+}
+
+/// `LN(h)·(1 + scale) + shift` per row, `shift` and `scale` the first two `w`-wide chunks of
+/// each `chunks·w`-wide modulation row; `LN` with affine `weight`, `bias` and eps 1e-6.
+#[allow(clippy::too_many_arguments)]
+fn modulated_norm(
+    h: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    ada: &[f32],
+    chunks: usize,
+    rows: usize,
+    w: usize,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    out.resize(rows * w, 0.0);
+    for ((x, o), m) in h
+        .chunks_exact(w)
+        .zip(out.chunks_exact_mut(w))
+        .zip(ada.chunks_exact(chunks * w))
+    {
+        let mean = x.iter().sum::<f32>() / w as f32;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+        let inv = 1.0 / (var + LN_EPS as f32).sqrt();
+        let (shift, scale) = (&m[..w], &m[w..2 * w]);
+        for j in 0..w {
+            let n = (x[j] - mean) * inv * weight[j] + bias[j];
+            o[j] = n * (scale[j] + 1.0) + shift[j];
+        }
+    }
+}
+
+/// A tensor's f32 values.
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
+}
