@@ -106,8 +106,9 @@ fn attention_avx2(qkv: &[f32], width: usize, shape: AttentionShape, queries: &[u
     attention_body(qkv, width, shape, queries)
 }
 
-/// [`attention`]'s loops. Every inner loop runs along contiguous memory without a reduction
-/// (a head's keys are transposed first), so each vectorizes in the order it is written.
+/// [`attention`]'s loops: per sequence and head, the scores and the weighted sum are two
+/// `gemm` calls reading `k` and `v` in place (strided views of the `qkv` rows), with the
+/// softmax between them a vectorizable loop per row.
 #[inline(always)]
 fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize]) -> Vec<f32> {
     let AttentionShape {
@@ -120,44 +121,79 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
         return out;
     }
     let l = qkv.len() / (3 * d) / sequences; // keys per sequence
-    let per_sequence = queries.len() / sequences;
+    let s = queries.len() / sequences; // queries per sequence
     let hd = d / heads;
-    let row = |r: usize| &qkv[r * 3 * d..(r + 1) * 3 * d];
-    let mut keys_t = vec![0.0f32; hd * l]; // one head's keys, [hd, L]
-    let mut p = vec![0.0f32; l];
-    let mut q = vec![0.0f32; hd];
+    assert!(
+        qkv.len() >= sequences * l * 3 * d && queries.iter().all(|&r| r < sequences * l),
+        "attention: qkv rows and queries out of range"
+    );
+    let mut q = vec![0.0f32; s * hd]; // one head's queries, [S, hd]
+    let mut p = vec![0.0f32; s * l]; // their scores, then weights, [S, L]
     for seq in 0..sequences {
         let first = seq * l;
+        let wanted = &queries[seq * s..(seq + 1) * s];
         for h in 0..heads {
-            for j in 0..l {
-                let k = &row(first + j)[d + h * hd..d + (h + 1) * hd];
-                for (c, &kc) in k.iter().enumerate() {
-                    keys_t[c * l + j] = kc;
-                }
+            for (qi, &r) in q.chunks_exact_mut(hd).zip(wanted) {
+                let at = r * 3 * d + h * hd;
+                qi.copy_from_slice(&qkv[at..at + hd]);
             }
-            let wanted = &queries[seq * per_sequence..(seq + 1) * per_sequence];
-            for (i, &r) in wanted.iter().enumerate() {
-                for (qc, &x) in q.iter_mut().zip(&row(r)[h * hd..(h + 1) * hd]) {
-                    *qc = x * scale;
-                }
-                // Scores: p[j] = Σ_c q[c]·k[j][c], accumulated column by column of kᵀ.
-                p.fill(0.0);
-                for (c, &qc) in q.iter().enumerate() {
-                    for (pj, &kj) in p.iter_mut().zip(&keys_t[c * l..(c + 1) * l]) {
-                        *pj += qc * kj;
-                    }
-                }
-                let max = p.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                p.iter_mut().for_each(|pj| *pj = exp_nonpositive(*pj - max));
-                let inv_sum = 1.0 / p.iter().sum::<f32>();
-                let o = &mut out[(seq * per_sequence + i) * d + h * hd..][..hd];
-                for (j, &pj) in p.iter().enumerate() {
-                    let w = pj * inv_sum;
-                    let v = &row(first + j)[2 * d + h * hd..2 * d + (h + 1) * hd];
-                    for (oc, &vc) in o.iter_mut().zip(v) {
-                        *oc += w * vc;
-                    }
-                }
+            // SAFETY (both calls): every pointer and stride stays inside its slice: `q`
+            // [S, hd] and `p` [S, L] are dense; k and v are `[L, hd]` views of this
+            // sequence's rows of `qkv` (row stride 3D, checked above); `out`'s rows of this
+            // sequence are [S, D] with the head at column h·hd. Nothing aliases `p` or `out`.
+            unsafe {
+                // p = scale · q·kᵀ: kᵀ's element (c, j) is k[j][c], at column stride 3D.
+                gemm::gemm(
+                    s,
+                    l,
+                    hd,
+                    p.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    hd as isize,
+                    qkv.as_ptr().add(first * 3 * d + d + h * hd),
+                    (3 * d) as isize,
+                    1,
+                    0.0f32,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for row in p.chunks_exact_mut(l) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
+                let inv_sum = 1.0 / row.iter().sum::<f32>();
+                row.iter_mut().for_each(|v| *v *= inv_sum);
+            }
+            unsafe {
+                // out[:, h·hd..] = p·v
+                gemm::gemm(
+                    s,
+                    hd,
+                    l,
+                    out.as_mut_ptr().add(seq * s * d + h * hd),
+                    1,
+                    d as isize,
+                    false,
+                    p.as_ptr(),
+                    1,
+                    l as isize,
+                    qkv.as_ptr().add(first * 3 * d + 2 * d + h * hd),
+                    1,
+                    (3 * d) as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         }
     }
