@@ -663,18 +663,8 @@ impl Analyzer {
     /// # Shapes
     /// `x [rows, C]`, `cond [rows or 2·rows, W]` → `([rows, C], [rows, C])`.
     fn head(&self, x: Tensor<2>, t: usize, cond: Tensor<2>, cfg: f32) -> (Tensor<2>, Tensor<2>) {
-        let g = &self.generator;
-        let time_emb = g.time_embedding(t);
-        if self.recording.request.cfg != 1.0 {
-            g.model.head.forward_cfg_embedded(x, time_emb, cond, cfg)
-        } else {
-            let [rows, c] = x.dims();
-            let out = g.model.head.forward_embedded(x, time_emb, cond);
-            (
-                out.clone().slice([0..rows, 0..c]),
-                out.slice([0..rows, c..2 * c]),
-            )
-        }
+        let guided = (self.recording.request.cfg != 1.0).then_some(cfg);
+        self.generator.head_eps_and_v(x, t, cond, guided)
     }
 
     fn upload(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {

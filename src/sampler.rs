@@ -96,6 +96,35 @@ impl LoadedModel {
         &self.fused_unavailable
     }
 
+    /// The head at original timestep `t`: guided ε and the variance channels `v`, both
+    /// `[n, C]`, for `x [n, C]` and the condition embedding `cond` (`[2n, W]` with CFG: cond
+    /// rows, then uncond). The one entry point of every head call outside the fused kernels
+    /// (the sampler and the teaching analysis), so both run the same arithmetic: the host
+    /// head on the plain CPU backend, Burn's layers elsewhere.
+    pub fn head_eps_and_v(
+        &self,
+        x: Tensor<2>,
+        t: usize,
+        cond: Tensor<2>,
+        cfg: Option<f32>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        if let Some(host) = &self.host_head {
+            return host_eps_and_v(self, host, x, t, cond, cfg);
+        }
+        let time_emb = self.time_embedding(t);
+        match cfg {
+            Some(scale) => self
+                .model
+                .head
+                .forward_cfg_embedded(x, time_emb, cond, scale),
+            None => {
+                let [n, c] = x.dims();
+                let out = self.model.head.forward_embedded(x, time_emb, cond);
+                (out.clone().slice([0..n, 0..c]), out.slice([0..n, c..2 * c]))
+            }
+        }
+    }
+
     /// The head's time embedding for an original timestep (`[1, W]`).
     pub fn time_embedding(&self, t: usize) -> Tensor<2> {
         let [_, w] = self.time_table.dims();
@@ -351,8 +380,7 @@ impl Prepared {
     }
 }
 
-/// The head at one diffusion step: guided ε and the variance channels `v`, both `[n, C]`, for
-/// `x [n, C]` and the condition embedding `cond` (`[2n, W]` with CFG: cond rows, then uncond).
+/// The head at one diffusion step ([`LoadedModel::head_eps_and_v`] at the step's timestep).
 fn eps_and_v(
     g: &LoadedModel,
     x: Tensor<2>,
@@ -360,18 +388,7 @@ fn eps_and_v(
     cond: Tensor<2>,
     cfg: Option<f32>,
 ) -> (Tensor<2>, Tensor<2>) {
-    if let Some(host) = &g.host_head {
-        return host_eps_and_v(g, host, x, coeffs.timestep, cond, cfg);
-    }
-    let time_emb = g.time_embedding(coeffs.timestep);
-    match cfg {
-        Some(scale) => g.model.head.forward_cfg_embedded(x, time_emb, cond, scale),
-        None => {
-            let [n, c] = x.dims();
-            let out = g.model.head.forward_embedded(x, time_emb, cond);
-            (out.clone().slice([0..n, 0..c]), out.slice([0..n, c..2 * c]))
-        }
-    }
+    g.head_eps_and_v(x, coeffs.timestep, cond, cfg)
 }
 
 /// [`eps_and_v`] on the host head: the same rows, without a Burn op per layer.

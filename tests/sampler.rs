@@ -142,3 +142,28 @@ fn host_head_matches_the_tensor_head() {
         );
     }
 }
+
+/// A token's head output must not depend on how many rows share the call (a thread's part, the
+/// teaching view's replay): the same bits for every row count, one row included.
+#[test]
+fn host_head_rows_do_not_depend_on_the_row_count() {
+    use disa::model::host_head::{HostHead, HostScratch};
+    let device = burn::tensor::Device::flex();
+    let g = generator(&device);
+    let head = &g.model.head;
+    let host = HostHead::new(head, head.time_embedding_table(1000, &device)).unwrap();
+    let (c, w) = (g.config.token_dim(), g.config.diffloss_w);
+    let mut scratch = HostScratch::default();
+    let rows = 12;
+    let x: Vec<f32> = (0..rows * c)
+        .map(|i| (i * 7919 % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    let cond: Vec<f32> = (0..rows * w)
+        .map(|i| (i * 104_729 % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    let all = host.forward(&x, 500, &cond, rows, &mut scratch);
+    for m in [1, 2, 3, 5, 8] {
+        let first = host.forward(&x, 500, &cond, m, &mut scratch);
+        assert_eq!(first[..], all[..first.len()], "{m} rows against {rows}");
+    }
+}

@@ -43,7 +43,18 @@ impl HostLinear {
     }
 
     /// `out = x·W + b` for `rows` rows: `x [rows, in]` → `out [rows, out]` (resized).
+    ///
+    /// Each row's values do not depend on how many rows come with it, except that `gemm` takes
+    /// a different path for a single row (a matrix-vector product, summing in another order):
+    /// a lone row runs as two, so a token gives the same values whether the generation, a
+    /// thread's part of it or the teaching view's replay computes it.
     fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        if rows == 1 {
+            let twice = [&x[..self.inputs], &x[..self.inputs]].concat();
+            self.forward(&twice, 2, out);
+            out.truncate(self.outputs);
+            return;
+        }
         out.clear();
         for _ in 0..rows {
             out.extend_from_slice(&self.bias);
