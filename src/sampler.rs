@@ -8,6 +8,7 @@ use crate::error::{DisaError, Result, invalid};
 pub use crate::gpu::Kernels;
 use crate::gpu::{FusedHead, FusedTransformer, TransformerJob, TransformerSubmitted};
 use crate::model::host_head::{HostHead, HostScratch};
+use crate::model::host_transformer::HostTransformer;
 use crate::model::threads::{parts_here, run_parts, split_ranges};
 use crate::model::{MarConfig, MaskLayout, Model};
 use crate::noise::{DrawKind, NoiseSource};
@@ -30,6 +31,8 @@ pub struct LoadedModel {
     fused_unavailable: String,
     /// The head's network on the host, on the plain CPU backend (small heads only).
     host_head: Option<HostHead>,
+    /// The transformer's blocks on the host, on the plain CPU backend (small models only).
+    host_transformer: Option<HostTransformer>,
     /// The transformer's forward pass as fused GPU kernels, on GPU devices that have them.
     fused_transformer: Option<Arc<FusedTransformer>>,
     /// Why there is no fused transformer (for error messages).
@@ -42,16 +45,20 @@ impl LoadedModel {
         let time_table = model
             .head
             .time_embedding_table(crate::diffusion::NUM_BASE_TIMESTEPS, &device);
-        let host_head = match crate::backend::is_plain_cpu(&device) {
-            true => HostHead::new(&model.head, time_table.clone()),
-            false => None,
-        };
+        let plain_cpu = crate::backend::is_plain_cpu(&device);
+        let host_head = plain_cpu
+            .then(|| HostHead::new(&model.head, time_table.clone()))
+            .flatten();
+        let host_transformer = plain_cpu
+            .then(|| HostTransformer::new(&model.transformer))
+            .flatten();
         Self {
             model,
             config,
             device,
             time_table,
             host_head,
+            host_transformer,
             fused: None,
             fused_unavailable: "the device is not a GPU".into(),
             fused_transformer: None,
@@ -860,8 +867,10 @@ impl Generation {
         let tokens =
             Tensor::<3>::from_data(TensorData::new(tokens, [labels.len(), n, c]), &g.device);
         let class_emb = g.model.transformer.class_embedding(labels, &g.device);
-        let encoded = g.model.transformer.encode(tokens, &layout, class_emb);
-        g.model.transformer.decode_at(encoded, &layout, positions)
+        let host = g.host_transformer.as_ref();
+        let t = &g.model.transformer;
+        let encoded = t.encode_with(tokens, &layout, class_emb, host);
+        t.decode_at_with(encoded, &layout, positions, host)
     }
 
     /// Per image, the masked positions this step reveals: every one at the last step, else

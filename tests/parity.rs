@@ -9,6 +9,7 @@ use common::*;
 use disa::diffusion::p_sample;
 use disa::diffusion::{SpacedDiffusion, TimestepClip};
 use disa::model::MaskLayout;
+use disa::model::host_transformer::HostTransformer;
 use disa::noise::ReplayNoise;
 use disa::sampler::LoadedModel;
 use disa::sampler::{Generation, Request};
@@ -97,27 +98,55 @@ fn check_mae(g: &Arc<LoadedModel>, device: &Device, checker: &mut Checker) {
             // The sampler's path: the decoder's last block over a few positions per image
             // (a different set in each), against the same reference rows.
             let positions = few_positions(b, n);
-            let rows = read(g.model.transformer.decode_at(enc, &layout, &positions));
-            let d = dec_ref.shape[2];
-            let max_diff = positions
-                .iter()
-                .enumerate()
-                .flat_map(|(i, ps)| ps.iter().map(move |&p| i * n + p))
-                .zip(rows.chunks_exact(d))
-                .flat_map(|(r, got)| got.iter().zip(&dec_ref.values[r * d..(r + 1) * d]))
-                .fold(0.0f64, |m, (&a, &r)| m.max((a as f64 - r).abs()));
             let absmax = dec_ref.absmax();
+            let rows = read(g.model.transformer.decode_at(enc, &layout, &positions));
             checker.scaled(
                 &file,
                 &format!(
                     "{p}decoder_out at {} positions per image",
                     positions[0].len()
                 ),
-                max_diff / absmax.max(f64::MIN_POSITIVE),
+                rows_error(&rows, &positions, n, dec_ref) / absmax.max(f64::MIN_POSITIVE),
+                absmax,
+            );
+            // The same through the CPU's host copy of the blocks (`HostTransformer`, used on
+            // the plain CPU backend for models this small): encoder output and decoder rows.
+            let Some(host) = HostTransformer::new(&g.model.transformer) else {
+                eprintln!("{file}: too large for the host blocks; not compared");
+                continue;
+            };
+            let tokens =
+                Tensor::<3>::from_data(TensorData::new(x.f32s(), [b, n, x.shape[2]]), device);
+            let t = &g.model.transformer;
+            let enc = t.encode_with(tokens, &layout, class_emb.clone(), Some(&host));
+            checker.close(
+                &file,
+                &format!("{p}encoder_out (host blocks)"),
+                &read(enc.clone()),
+                case.get(&format!("{p}encoder_out")),
+            );
+            let rows = read(t.decode_at_with(enc, &layout, &positions, Some(&host)));
+            checker.scaled(
+                &file,
+                &format!("{p}decoder_out at the positions (host blocks)"),
+                rows_error(&rows, &positions, n, dec_ref) / absmax.max(f64::MIN_POSITIVE),
                 absmax,
             );
         }
     }
+}
+
+/// Max |diff| of `rows` (`[Σ positions, D]`, image-major) against the reference `[B, N, D]`
+/// rows at those positions.
+fn rows_error(rows: &[f32], positions: &[Vec<usize>], n: usize, reference: &RefTensor) -> f64 {
+    let d = reference.shape[2];
+    positions
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ps)| ps.iter().map(move |&p| i * n + p))
+        .zip(rows.chunks_exact(d))
+        .flat_map(|(r, got)| got.iter().zip(&reference.values[r * d..(r + 1) * d]))
+        .fold(0.0f64, |m, (&a, &r)| m.max((a as f64 - r).abs()))
 }
 
 /// Per image, up to 5 distinct positions of `0..n`, a different set in each image, ascending.

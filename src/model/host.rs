@@ -6,6 +6,9 @@
 //! The builds target baseline CPUs (x86-64 with SSE2, wasm with simd128); on x86-64 the loops
 //! are also compiled for AVX2 and chosen at run time ([`map_in_place`], [`attention`]).
 
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+
 /// `a ← f(a)` for every value, in SIMD lanes: `f` is branch-free and inlined, so the loop
 /// vectorizes. On x86-64 with AVX2 (checked at run time; the build itself targets baseline
 /// x86-64, SSE2) it runs 8 lanes wide; elsewhere at the build's own width (wasm's simd128,
@@ -34,6 +37,12 @@ pub fn silu(a: f32) -> f32 {
     let e = exp_nonpositive(-a.abs());
     let numerator = if a >= 0.0 { 1.0 } else { e };
     a * (numerator / (1.0 + e))
+}
+
+/// Exact-erf GELU, `a·(1 + erf(a/√2))/2`. Inlined into the loops over tensors.
+#[inline(always)]
+pub fn gelu(a: f32) -> f32 {
+    0.5 * a * (1.0 + erf(a * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `erf(x)` by Abramowitz & Stegun 7.1.26: |error| ≤ 1.5·10⁻⁷, below f32 rounding of GELU's
@@ -198,6 +207,102 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
         }
     }
     out
+}
+
+/// A linear layer's weights on the host.
+#[derive(Debug)]
+pub struct HostLinear {
+    /// `[in, out]` row-major (Burn's `Linear` layout).
+    pub weight: Vec<f32>,
+    /// `[out]` (zeros where the layer has no bias).
+    pub bias: Vec<f32>,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl HostLinear {
+    pub fn new(linear: &Linear) -> Self {
+        let [inputs, outputs] = linear.weight.dims();
+        Self {
+            weight: values(linear.weight.val()),
+            bias: linear
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; outputs], |b| values(b.val())),
+            inputs,
+            outputs,
+        }
+    }
+
+    /// `out = x·W + b` for `rows` rows: `x [rows, in]` → `out [rows, out]` (resized).
+    ///
+    /// Each row's values do not depend on how many rows come with it, except that `gemm` takes
+    /// a different path for a single row (a matrix-vector product, summing in another order):
+    /// a lone row runs as two, so a token gives the same values whether the generation, a
+    /// thread's part of it or the teaching view's replay computes it.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        if rows == 1 {
+            let twice = [&x[..self.inputs], &x[..self.inputs]].concat();
+            self.forward(&twice, 2, out);
+            out.truncate(self.outputs);
+            return;
+        }
+        out.clear();
+        for _ in 0..rows {
+            out.extend_from_slice(&self.bias);
+        }
+        if rows == 0 || self.inputs == 0 || self.outputs == 0 {
+            return;
+        }
+        // SAFETY: `out` is `[rows, outputs]`, `x` is at least `[rows, inputs]` and `weight`
+        // `[inputs, outputs]`, all row-major with the strides given; none alias.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.weight.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// `Σ f(v)` over `x` in 8 running sums: vectorizes, where one running sum (a strict
+/// left-to-right order) does not.
+#[inline(always)]
+pub fn sum_in_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// A tensor's f32 values.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -7,88 +7,14 @@
 //! strided copy, which cost more than the arithmetic at these sizes.
 
 use super::head::DiffusionHead;
-use super::host::map_in_place;
+use super::host::{HostLinear, map_in_place, sum_in_lanes, values};
 use super::layers::{LN_EPS, LayerNorm};
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 /// Head weights above this many floats stay on Burn's tensor path (their matmuls dominate and
 /// a second copy would cost real memory): 16 M floats, 64 MB. MAR-B's head (6 blocks, 1024
 /// wide) is 25 M; the built-in model's is 0.3 M.
 pub const MAX_HOST_HEAD_FLOATS: usize = 16 << 20;
-
-/// A linear layer's weights on the host.
-#[derive(Debug)]
-struct HostLinear {
-    /// `[in, out]` row-major (Burn's `Linear` layout).
-    weight: Vec<f32>,
-    /// `[out]` (zeros where the layer has no bias).
-    bias: Vec<f32>,
-    inputs: usize,
-    outputs: usize,
-}
-
-impl HostLinear {
-    fn new(linear: &Linear) -> Self {
-        let [inputs, outputs] = linear.weight.dims();
-        Self {
-            weight: values(linear.weight.val()),
-            bias: linear
-                .bias
-                .as_ref()
-                .map_or_else(|| vec![0.0; outputs], |b| values(b.val())),
-            inputs,
-            outputs,
-        }
-    }
-
-    /// `out = x·W + b` for `rows` rows: `x [rows, in]` → `out [rows, out]` (resized).
-    ///
-    /// Each row's values do not depend on how many rows come with it, except that `gemm` takes
-    /// a different path for a single row (a matrix-vector product, summing in another order):
-    /// a lone row runs as two, so a token gives the same values whether the generation, a
-    /// thread's part of it or the teaching view's replay computes it.
-    fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
-        if rows == 1 {
-            let twice = [&x[..self.inputs], &x[..self.inputs]].concat();
-            self.forward(&twice, 2, out);
-            out.truncate(self.outputs);
-            return;
-        }
-        out.clear();
-        for _ in 0..rows {
-            out.extend_from_slice(&self.bias);
-        }
-        if rows == 0 || self.inputs == 0 || self.outputs == 0 {
-            return;
-        }
-        // SAFETY: `out` is `[rows, outputs]`, `x` is at least `[rows, inputs]` and `weight`
-        // `[inputs, outputs]`, all row-major with the strides given; none alias.
-        unsafe {
-            gemm::gemm(
-                rows,
-                self.outputs,
-                self.inputs,
-                out.as_mut_ptr(),
-                1,
-                self.outputs as isize,
-                true,
-                x.as_ptr(),
-                1,
-                self.inputs as isize,
-                self.weight.as_ptr(),
-                1,
-                self.outputs as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    }
-}
 
 /// One adaLN residual block on the host.
 #[derive(Debug)]
@@ -290,27 +216,4 @@ fn modulated_norm(
             o[j] = n * (scale[j] + 1.0) + shift[j];
         }
     }
-}
-
-/// `Σ f(v)` over `x` in 8 running sums: vectorizes, where one running sum (a strict
-/// left-to-right order) does not.
-#[inline(always)]
-fn sum_in_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// A tensor's f32 values.
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
 }

@@ -1,7 +1,7 @@
 //! Small building blocks shared by the MAR transformer, the diffusion head and the VAE, each
 //! built through a [`ParamBuilder`] under its PyTorch key names.
 
-use super::host::{self, erf, map_in_place};
+use super::host::{self, map_in_place};
 use super::params::{Init, ParamBuilder};
 use crate::error::Result;
 use burn::module::{Module, Param};
@@ -207,11 +207,7 @@ pub fn index_1d(rows: &[usize], device: &Device) -> Tensor<1, Int> {
 /// [`erf`] (a short polynomial the compiler vectorizes) instead of flex's scalar libm `erf`
 /// per element, which was a fifth of the transformer's CPU time; elsewhere Burn's `gelu`.
 pub fn gelu_erf(x: Tensor<2>) -> Tensor<2> {
-    map_on_cpu(
-        x,
-        |a| 0.5 * a * (1.0 + erf(a * std::f32::consts::FRAC_1_SQRT_2)),
-        gelu,
-    )
+    map_on_cpu(x, host::gelu, gelu)
 }
 
 /// SiLU, `x·σ(x)`. On the CPU backend computed on the host with [`exp_nonpositive`] (the

@@ -3,6 +3,7 @@
 //! outputs, plus a diffusion position embedding, condition the diffusion head.
 
 use super::config::MarConfig;
+use super::host_transformer::HostTransformer;
 use super::layers::{Block, LayerNorm};
 use super::params::{Init, ParamBuilder};
 use super::threads::with_threads_for;
@@ -170,6 +171,18 @@ impl MarTransformer {
         layout: &MaskLayout,
         class_embedding: Tensor<2>,
     ) -> Tensor<3> {
+        self.encode_with(tokens, layout, class_embedding, None)
+    }
+
+    /// [`MarTransformer::encode`] with the blocks on `host` where given (the plain CPU
+    /// backend's host copy of these blocks, [`HostTransformer`]).
+    pub fn encode_with(
+        &self,
+        tokens: Tensor<3>,
+        layout: &MaskLayout,
+        class_embedding: Tensor<2>,
+        host: Option<&HostTransformer>,
+    ) -> Tensor<3> {
         let device = tokens.device();
         let [b, n, c] = tokens.dims();
         let [_, e] = class_embedding.dims();
@@ -216,10 +229,12 @@ impl MarTransformer {
         let x = table.select(0, index_1d(source, &device)) + pos;
         let x = self.z_proj_ln.forward(x);
         let macs = self.encoder_blocks.iter().map(|k| k.macs(b * l, b)).sum();
-        let x = with_threads_for(macs, || {
-            self.encoder_blocks
+        let x = with_threads_for(macs, || match host {
+            Some(host) => host.encoder(x, b),
+            None => self
+                .encoder_blocks
                 .iter()
-                .fold(x, |x, block| block.forward_rows(x, b))
+                .fold(x, |x, block| block.forward_rows(x, b)),
         });
         self.encoder_norm.forward(x).reshape([b, l, e])
     }
@@ -257,6 +272,17 @@ impl MarTransformer {
         layout: &MaskLayout,
         positions: &[Vec<usize>],
     ) -> Tensor<2> {
+        self.decode_at_with(x, layout, positions, None)
+    }
+
+    /// [`MarTransformer::decode_at`] with the blocks on `host` where given.
+    pub fn decode_at_with(
+        &self,
+        x: Tensor<3>,
+        layout: &MaskLayout,
+        positions: &[Vec<usize>],
+        host: Option<&HostTransformer>,
+    ) -> Tensor<2> {
         let device = x.device();
         let [b, _, _] = x.dims();
         let d = self.mask_token.dims()[2];
@@ -278,9 +304,12 @@ impl MarTransformer {
             Some((last, earlier)) => {
                 let macs = earlier.iter().map(|k| k.macs(rows, b)).sum::<usize>()
                     + last.macs_at(rows, b, b * s);
-                with_threads_for(macs, || {
-                    let x = earlier.iter().fold(x, |x, block| block.forward_rows(x, b));
-                    last.forward_rows_at(x, b, &kept_rows)
+                with_threads_for(macs, || match host {
+                    Some(host) => host.decoder(x, b, &kept_rows),
+                    None => {
+                        let x = earlier.iter().fold(x, |x, block| block.forward_rows(x, b));
+                        last.forward_rows_at(x, b, &kept_rows)
+                    }
                 })
             }
         };

@@ -5,6 +5,7 @@ pub mod config;
 pub mod head;
 pub mod host;
 pub mod host_head;
+pub mod host_transformer;
 pub mod layers;
 pub mod mar;
 pub mod params;

@@ -1,0 +1,220 @@
+//! The MAR transformer's blocks on the host, for the plain CPU backend: timm's ViT block
+//! (LayerNorm, `qkv`, attention, projection, LayerNorm, MLP with exact GELU, both residuals) on
+//! plain `f32` rows, the matmuls through `gemm` and everything else one loop. As Burn ops each
+//! of a block's dozen steps allocated its output and several copied a whole sequence.
+
+use super::host::{self, AttentionShape, HostLinear, map_in_place, sum_in_lanes, values};
+use super::layers::{Block, LN_EPS, LayerNorm};
+use super::mar::MarTransformer;
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Transformers above this many weight floats stay on Burn's tensor path (a second copy would
+/// cost real memory, and their matmuls dominate): 16 M floats, 64 MB. The built-in model's
+/// blocks are 0.8 M; MAR-B's are 170 M.
+pub const MAX_HOST_TRANSFORMER_FLOATS: usize = 16 << 20;
+
+/// A LayerNorm's affine parameters on the host (ones and zeros where it has none).
+#[derive(Debug)]
+struct HostNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl HostNorm {
+    fn new(n: &LayerNorm) -> Self {
+        let weight = values(n.weight.val());
+        let bias = n
+            .bias
+            .as_ref()
+            .map_or_else(|| vec![0.0; weight.len()], |b| values(b.val()));
+        Self { weight, bias }
+    }
+
+    /// LayerNorm (eps 1e-6) of each `w`-wide row of `x` into `out` (resized).
+    fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
+        let w = self.weight.len();
+        out.clear();
+        out.resize(x.len(), 0.0);
+        for (x, o) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+            let mean = sum_in_lanes(x, |v| v) / w as f32;
+            let var = sum_in_lanes(x, |v| (v - mean) * (v - mean)) / w as f32;
+            let inv = 1.0 / (var + LN_EPS as f32).sqrt();
+            for (((o, &x), &g), &b) in o.iter_mut().zip(x).zip(&self.weight).zip(&self.bias) {
+                *o = (x - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+/// One ViT block ([`Block`]) on the host.
+#[derive(Debug)]
+pub struct HostBlock {
+    norm1: HostNorm,
+    qkv: HostLinear,
+    proj: HostLinear,
+    norm2: HostNorm,
+    fc1: HostLinear,
+    fc2: HostLinear,
+    heads: usize,
+}
+
+/// Rows one block needs between its steps, kept between blocks.
+#[derive(Debug, Default)]
+pub struct BlockScratch {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    hidden: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl HostBlock {
+    fn new(b: &Block) -> Self {
+        Self {
+            norm1: HostNorm::new(&b.norm1),
+            qkv: HostLinear::new(&b.qkv),
+            proj: HostLinear::new(&b.proj),
+            norm2: HostNorm::new(&b.norm2),
+            fc1: HostLinear::new(&b.fc1),
+            fc2: HostLinear::new(&b.fc2),
+            heads: b.num_heads,
+        }
+    }
+
+    fn floats(&self) -> usize {
+        [&self.qkv, &self.proj, &self.fc1, &self.fc2]
+            .iter()
+            .map(|l| l.weight.len())
+            .sum()
+    }
+
+    /// [`Block::forward_rows_at`] (`kept = Some`) or [`Block::forward_rows`] (`None`):
+    /// `x [B·L, D]` over `b` sequences → the kept rows `[B·S, D]` (every row for `None`).
+    pub fn forward(
+        &self,
+        x: &[f32],
+        b: usize,
+        kept: Option<&[usize]>,
+        s: &mut BlockScratch,
+    ) -> Vec<f32> {
+        let d = self.qkv.inputs;
+        let rows = x.len() / d.max(1);
+        let all: Vec<usize>;
+        let kept = match kept {
+            Some(k) => k,
+            None => {
+                all = (0..rows).collect();
+                &all
+            }
+        };
+        let out_rows = kept.len();
+        self.norm1.forward(x, &mut s.normed);
+        self.qkv.forward(&s.normed, rows, &mut s.qkv);
+        let shape = AttentionShape {
+            sequences: b,
+            heads: self.heads,
+            scale: ((d / self.heads.max(1)) as f32).powf(-0.5),
+        };
+        let attended = host::attention(&s.qkv, d, shape, kept);
+        self.proj.forward(&attended, out_rows, &mut s.out);
+        // x (kept rows) + attention
+        let mut y: Vec<f32> = Vec::with_capacity(out_rows * d);
+        for (&r, a) in kept.iter().zip(s.out.chunks_exact(d)) {
+            y.extend(x[r * d..(r + 1) * d].iter().zip(a).map(|(x, a)| x + a));
+        }
+        self.norm2.forward(&y, &mut s.normed);
+        self.fc1.forward(&s.normed, out_rows, &mut s.hidden);
+        map_in_place(&mut s.hidden, host::gelu);
+        self.fc2.forward(&s.hidden, out_rows, &mut s.out);
+        for (y, h) in y.iter_mut().zip(&s.out) {
+            *y += h;
+        }
+        y
+    }
+}
+
+/// The encoder's and decoder's blocks on the host.
+#[derive(Debug)]
+pub struct HostTransformer {
+    encoder: Vec<HostBlock>,
+    decoder: Vec<HostBlock>,
+}
+
+impl HostTransformer {
+    /// Copies `t`'s block weights to the host; `None` above [`MAX_HOST_TRANSFORMER_FLOATS`].
+    pub fn new(t: &MarTransformer) -> Option<Self> {
+        let floats: usize = t
+            .encoder_blocks
+            .iter()
+            .chain(&t.decoder_blocks)
+            .map(|b| {
+                [&b.qkv, &b.proj, &b.fc1, &b.fc2]
+                    .iter()
+                    .map(|l| l.weight.dims().iter().product::<usize>())
+                    .sum::<usize>()
+            })
+            .sum();
+        if floats > MAX_HOST_TRANSFORMER_FLOATS {
+            return None;
+        }
+        let host = Self {
+            encoder: t.encoder_blocks.iter().map(HostBlock::new).collect(),
+            decoder: t.decoder_blocks.iter().map(HostBlock::new).collect(),
+        };
+        debug_assert_eq!(
+            host.encoder
+                .iter()
+                .chain(&host.decoder)
+                .map(HostBlock::floats)
+                .sum::<usize>(),
+            floats
+        );
+        Some(host)
+    }
+
+    /// The encoder's blocks over `x [B·L, D]`.
+    pub fn encoder(&self, x: Tensor<2>, b: usize) -> Tensor<2> {
+        run_blocks(&self.encoder, x, b, None)
+    }
+
+    /// The decoder's blocks over `x [B·L, D]`, the last one for the rows `kept` only.
+    pub fn decoder(&self, x: Tensor<2>, b: usize, kept: &[usize]) -> Tensor<2> {
+        run_blocks(&self.decoder, x, b, Some(kept))
+    }
+}
+
+/// `blocks` in turn over the rows of `x`, the last one keeping `last_kept` (all for `None`).
+fn run_blocks(
+    blocks: &[HostBlock],
+    x: Tensor<2>,
+    b: usize,
+    last_kept: Option<&[usize]>,
+) -> Tensor<2> {
+    let device: Device = x.device();
+    let [rows, d] = x.dims();
+    let mut values = x
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let mut scratch = BlockScratch::default();
+    let mut out_rows = rows;
+    for (i, block) in blocks.iter().enumerate() {
+        let kept = if i + 1 == blocks.len() {
+            last_kept
+        } else {
+            None
+        };
+        values = block.forward(&values, b, kept, &mut scratch);
+        out_rows = kept.map_or(rows, <[usize]>::len);
+    }
+    if blocks.is_empty()
+        && let Some(kept) = last_kept
+    {
+        values = kept
+            .iter()
+            .flat_map(|&r| values[r * d..(r + 1) * d].to_vec())
+            .collect();
+        out_rows = kept.len();
+    }
+    Tensor::from_data(TensorData::new(values, [out_rows, d]), &device)
+}
