@@ -167,3 +167,51 @@ fn host_head_rows_do_not_depend_on_the_row_count() {
         assert_eq!(first[..], all[..first.len()], "{m} rows against {rows}");
     }
 }
+
+/// The host blocks take many sequences in groups (to keep activations in cache): the rows must
+/// equal Burn's blocks over all sequences at once, with enough sequences for several groups.
+#[test]
+fn host_transformer_groups_match_burns_blocks() {
+    use burn::tensor::{Tensor, TensorData};
+    use disa::model::host_transformer::HostTransformer;
+    let device = burn::tensor::Device::flex();
+    let g = generator(&device);
+    let t = &g.model.transformer;
+    let host = HostTransformer::new(t).expect("the set's transformer is small");
+    let d = g.config.decoder_embed_dim;
+    let l = g.config.buffer_size + g.config.seq_len();
+    let b = 2 * 256 / l + 3; // more than two groups of 256 rows
+    let x: Vec<f32> = (0..b * l * d)
+        .map(|i| (i * 7919 % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    // Two kept rows per sequence, at different positions in each, ascending.
+    let half = l / 2;
+    let kept: Vec<usize> = (0..b)
+        .flat_map(|s| [s * l + s % half, s * l + half + (7 * s) % half])
+        .collect();
+    let input = || Tensor::<2>::from_data(TensorData::new(x.clone(), [b * l, d]), &device);
+    let got = host
+        .decoder(input(), b, &kept)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let (last, earlier) = t.decoder_blocks.split_last().expect("decoder blocks");
+    let burn = earlier
+        .iter()
+        .fold(input(), |x, block| block.forward_rows(x, b));
+    let want = last
+        .forward_rows_at(burn, b, &kept)
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), kept.len() * d);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 1e-5 * scale,
+        "max |Δ| {worst:e} (max |value| {scale:e})"
+    );
+}
