@@ -6,8 +6,12 @@
 //! The builds target baseline CPUs (x86-64 with SSE2, wasm with simd128); on x86-64 the loops
 //! are also compiled for AVX2 and chosen at run time ([`map_in_place`], [`attention`]).
 
+use super::layers::{LN_EPS, LayerNorm};
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
+use std::ops::{Deref, Range};
 
 /// `a ← f(a)` for every value, in SIMD lanes: `f` is branch-free and inlined, so the loop
 /// vectorizes. On x86-64 with AVX2 (checked at run time; the build itself targets baseline
@@ -209,13 +213,110 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
     out
 }
 
-/// A linear layer's weights on the host.
+/// A tensor's f32 values, read where the Burn tensor keeps them: flex stores a tensor's bytes
+/// behind a reference count and copies before writing to shared storage, so the host kernels
+/// read the model's own weights and cost no second copy of them. Values that are not a plain
+/// f32 flex tensor (another backend or dtype, a strided view) are copied once instead.
+#[derive(Clone)]
+pub struct SharedValues {
+    storage: FlexTensor,
+    /// The tensor's values within `storage`, in elements.
+    range: Range<usize>,
+}
+
+impl SharedValues {
+    /// `t`'s values in row-major order, shared with `t` where it is a contiguous f32 flex
+    /// tensor.
+    pub fn of<const D: usize>(t: Tensor<D>) -> Self {
+        if let Ok(p) = t.clone().try_into_primitive::<Flex>()
+            && p.dtype() == DType::F32
+            && let Some((start, end)) = p.layout().contiguous_offsets()
+        {
+            return Self {
+                storage: p,
+                range: start..end,
+            };
+        }
+        Self::from_vec(values(t))
+    }
+
+    /// Owned values.
+    pub fn from_vec(values: Vec<f32>) -> Self {
+        let n = values.len();
+        Self {
+            storage: FlexTensor::from_data(TensorData::new(values, [n])),
+            range: 0..n,
+        }
+    }
+
+    /// Whether these values are `t`'s own storage (not a copy).
+    pub fn is_shared_with<const D: usize>(&self, t: Tensor<D>) -> bool {
+        t.try_into_primitive::<Flex>()
+            .is_ok_and(|p| std::ptr::eq(p.bytes().as_ptr(), self.storage.bytes().as_ptr()))
+    }
+}
+
+impl Deref for SharedValues {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // f32 by construction (`of` checks the dtype, `from_vec` makes it).
+        &self.storage.storage::<f32>()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for SharedValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedValues({} floats)", self.len())
+    }
+}
+
+/// A LayerNorm's affine parameters on the host (zeros where it has no bias).
+#[derive(Debug)]
+pub struct HostLayerNorm {
+    /// `[W]`.
+    pub weight: SharedValues,
+    /// `[W]`.
+    pub bias: SharedValues,
+}
+
+impl HostLayerNorm {
+    pub fn new(n: &LayerNorm) -> Self {
+        let weight = SharedValues::of(n.weight.val());
+        let bias = n.bias.as_ref().map_or_else(
+            || SharedValues::from_vec(vec![0.0; weight.len()]),
+            |b| SharedValues::of(b.val()),
+        );
+        Self { weight, bias }
+    }
+
+    /// LayerNorm (eps 1e-6) of each `W`-wide row of `x` into `out` (resized).
+    pub fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
+        let w = self.weight.len();
+        out.clear();
+        out.resize(x.len(), 0.0);
+        for (x, o) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+            let mean = sum_in_lanes(x, |v| v) / w as f32;
+            let var = sum_in_lanes(x, |v| (v - mean) * (v - mean)) / w as f32;
+            let inv = 1.0 / (var + LN_EPS as f32).sqrt();
+            for (((o, &x), &g), &b) in o
+                .iter_mut()
+                .zip(x)
+                .zip(self.weight.iter())
+                .zip(self.bias.iter())
+            {
+                *o = (x - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+/// A linear layer's weights on the host (shared with the model's, see [`SharedValues`]).
 #[derive(Debug)]
 pub struct HostLinear {
     /// `[in, out]` row-major (Burn's `Linear` layout).
-    pub weight: Vec<f32>,
+    pub weight: SharedValues,
     /// `[out]` (zeros where the layer has no bias).
-    pub bias: Vec<f32>,
+    pub bias: SharedValues,
     pub inputs: usize,
     pub outputs: usize,
 }
@@ -224,11 +325,11 @@ impl HostLinear {
     pub fn new(linear: &Linear) -> Self {
         let [inputs, outputs] = linear.weight.dims();
         Self {
-            weight: values(linear.weight.val()),
-            bias: linear
-                .bias
-                .as_ref()
-                .map_or_else(|| vec![0.0; outputs], |b| values(b.val())),
+            weight: SharedValues::of(linear.weight.val()),
+            bias: linear.bias.as_ref().map_or_else(
+                || SharedValues::from_vec(vec![0.0; outputs]),
+                |b| SharedValues::of(b.val()),
+            ),
             inputs,
             outputs,
         }
@@ -394,6 +495,32 @@ mod tests {
         ] {
             assert!((erf(x) - e).abs() < 3e-7, "erf({x}) = {} vs {e}", erf(x));
             assert!((erf(-x) + e).abs() < 3e-7);
+        }
+    }
+
+    /// A flex tensor's values are read in place; a strided view is copied, with the same values
+    /// in row-major order.
+    #[test]
+    fn shared_values_borrow_flex_storage_and_copy_otherwise() {
+        let device = burn::tensor::Device::flex();
+        let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let t = Tensor::<2>::from_data(TensorData::new(data.clone(), [3, 4]), &device);
+        let shared = SharedValues::of(t.clone());
+        assert!(shared.is_shared_with(t.clone()));
+        assert_eq!(&*shared, data.as_slice());
+
+        let transposed = t.clone().transpose();
+        let copied = SharedValues::of(transposed.clone());
+        assert!(!copied.is_shared_with(t.clone()));
+        assert_eq!(&*copied, values(transposed).as_slice());
+        assert_eq!(copied[1], data[4]);
+
+        // On the autodiff device (it comes with training, a default feature) the values are
+        // the same, read in place or not.
+        #[cfg(feature = "train")]
+        {
+            let tracked = t.clone().to_device(&device.clone().autodiff());
+            assert_eq!(&*SharedValues::of(tracked), data.as_slice());
         }
     }
 }

@@ -7,27 +7,26 @@
 //! strided copy, which cost more than the arithmetic at these sizes.
 
 use super::head::DiffusionHead;
-use super::host::{HostLinear, map_in_place, sum_in_lanes, values};
-use super::layers::{LN_EPS, LayerNorm};
+use super::host::{HostLayerNorm, HostLinear, SharedValues, map_in_place, sum_in_lanes};
+use super::layers::LN_EPS;
 use burn::tensor::Tensor;
 
-/// Head weights above this many floats stay on Burn's tensor path (their matmuls dominate and
-/// a second copy would cost real memory): 16 M floats, 64 MB. MAR-B's head (6 blocks, 1024
-/// wide) is 25 M; the built-in model's is 0.3 M.
+/// Heads above this many weight floats stay on Burn's tensor path: there the matmuls dominate,
+/// which both paths run through gemm, and the host path has not been measured at those sizes.
+/// 16 M floats; MAR-B's head (6 blocks, 1024 wide) is 25 M, the built-in model's 0.3 M.
 pub const MAX_HOST_HEAD_FLOATS: usize = 16 << 20;
 
 /// One adaLN residual block on the host.
 #[derive(Debug)]
 struct HostBlock {
-    ln_weight: Vec<f32>,
-    ln_bias: Vec<f32>,
+    norm: HostLayerNorm,
     mlp_in: HostLinear,
     mlp_out: HostLinear,
     ada_ln: HostLinear,
 }
 
-/// [`DiffusionHead`]'s network with its weights copied to the host, and the time-embedding
-/// table (`[timesteps, W]`).
+/// [`DiffusionHead`]'s network with its weights read in place (see [`SharedValues`]), and the
+/// time-embedding table (`[timesteps, W]`).
 pub struct HostHead {
     width: usize,
     token_dim: usize,
@@ -35,7 +34,7 @@ pub struct HostHead {
     blocks: Vec<HostBlock>,
     final_ada_ln: HostLinear,
     final_linear: HostLinear,
-    time_table: Vec<f32>,
+    time_table: SharedValues,
 }
 
 impl std::fmt::Debug for HostHead {
@@ -43,7 +42,6 @@ impl std::fmt::Debug for HostHead {
         f.debug_struct("HostHead")
             .field("width", &self.width)
             .field("blocks", &self.blocks.len())
-            .field("bytes", &self.bytes())
             .finish()
     }
 }
@@ -59,8 +57,8 @@ pub struct HostScratch {
 }
 
 impl HostHead {
-    /// Copies `head`'s weights and the time table `[timesteps, W]` to the host; `None` when
-    /// they pass [`MAX_HOST_HEAD_FLOATS`].
+    /// `head`'s weights and the time table `[timesteps, W]` for the host, shared with the
+    /// tensors given; `None` when they pass [`MAX_HOST_HEAD_FLOATS`].
     pub fn new(head: &DiffusionHead, time_table: Tensor<2>) -> Option<Self> {
         let linears = [&head.input_proj, &head.final_ada_ln, &head.final_linear]
             .into_iter()
@@ -77,14 +75,6 @@ impl HostHead {
             return None;
         }
         let [_, width] = head.input_proj.weight.dims();
-        let ln = |n: &LayerNorm| {
-            let weight = values(n.weight.val());
-            let bias = n
-                .bias
-                .as_ref()
-                .map_or_else(|| vec![0.0; weight.len()], |b| values(b.val()));
-            (weight, bias)
-        };
         Some(Self {
             width,
             token_dim: head.token_dim,
@@ -92,41 +82,17 @@ impl HostHead {
             blocks: head
                 .res_blocks
                 .iter()
-                .map(|b| {
-                    let (ln_weight, ln_bias) = ln(&b.in_ln);
-                    HostBlock {
-                        ln_weight,
-                        ln_bias,
-                        mlp_in: HostLinear::new(&b.mlp_in),
-                        mlp_out: HostLinear::new(&b.mlp_out),
-                        ada_ln: HostLinear::new(&b.ada_ln),
-                    }
+                .map(|b| HostBlock {
+                    norm: HostLayerNorm::new(&b.in_ln),
+                    mlp_in: HostLinear::new(&b.mlp_in),
+                    mlp_out: HostLinear::new(&b.mlp_out),
+                    ada_ln: HostLinear::new(&b.ada_ln),
                 })
                 .collect(),
             final_ada_ln: HostLinear::new(&head.final_ada_ln),
             final_linear: HostLinear::new(&head.final_linear),
-            time_table: values(time_table),
+            time_table: SharedValues::of(time_table),
         })
-    }
-
-    /// Bytes of the host copy.
-    pub fn bytes(&self) -> usize {
-        let linear = |l: &HostLinear| l.weight.len() + l.bias.len();
-        4 * (linear(&self.input_proj)
-            + linear(&self.final_ada_ln)
-            + linear(&self.final_linear)
-            + self
-                .blocks
-                .iter()
-                .map(|b| {
-                    b.ln_weight.len()
-                        + b.ln_bias.len()
-                        + linear(&b.mlp_in)
-                        + linear(&b.mlp_out)
-                        + linear(&b.ada_ln)
-                })
-                .sum::<usize>()
-            + self.time_table.len())
     }
 
     /// [`DiffusionHead::forward_embedded`] with the time embedding of original timestep `t`:
@@ -155,8 +121,8 @@ impl HostHead {
             block.ada_ln.forward(&s.y, rows, &mut s.ada);
             modulated_norm(
                 &s.h,
-                &block.ln_weight,
-                &block.ln_bias,
+                &block.norm.weight,
+                &block.norm.bias,
                 &s.ada,
                 3,
                 rows,

@@ -3,56 +3,23 @@
 //! plain `f32` rows, the matmuls through `gemm` and everything else one loop. As Burn ops each
 //! of a block's dozen steps allocated its output and several copied a whole sequence.
 
-use super::host::{self, AttentionShape, HostLinear, map_in_place, sum_in_lanes, values};
-use super::layers::{Block, LN_EPS, LayerNorm};
+use super::host::{self, AttentionShape, HostLayerNorm, HostLinear, map_in_place};
+use super::layers::Block;
 use super::mar::MarTransformer;
 use burn::tensor::{Device, Tensor, TensorData};
 
-/// Transformers above this many weight floats stay on Burn's tensor path (a second copy would
-/// cost real memory, and their matmuls dominate): 16 M floats, 64 MB. The built-in model's
-/// blocks are 0.8 M; MAR-B's are 170 M.
+/// Transformers above this many block weight floats stay on Burn's tensor path: there the
+/// matmuls dominate, which both paths run through gemm, and the host path has not been
+/// measured at those sizes. 16 M floats; the built-in model's blocks are 0.8 M, MAR-B's 170 M.
 pub const MAX_HOST_TRANSFORMER_FLOATS: usize = 16 << 20;
-
-/// A LayerNorm's affine parameters on the host (ones and zeros where it has none).
-#[derive(Debug)]
-struct HostNorm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl HostNorm {
-    fn new(n: &LayerNorm) -> Self {
-        let weight = values(n.weight.val());
-        let bias = n
-            .bias
-            .as_ref()
-            .map_or_else(|| vec![0.0; weight.len()], |b| values(b.val()));
-        Self { weight, bias }
-    }
-
-    /// LayerNorm (eps 1e-6) of each `w`-wide row of `x` into `out` (resized).
-    fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
-        let w = self.weight.len();
-        out.clear();
-        out.resize(x.len(), 0.0);
-        for (x, o) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
-            let mean = sum_in_lanes(x, |v| v) / w as f32;
-            let var = sum_in_lanes(x, |v| (v - mean) * (v - mean)) / w as f32;
-            let inv = 1.0 / (var + LN_EPS as f32).sqrt();
-            for (((o, &x), &g), &b) in o.iter_mut().zip(x).zip(&self.weight).zip(&self.bias) {
-                *o = (x - mean) * inv * g + b;
-            }
-        }
-    }
-}
 
 /// One ViT block ([`Block`]) on the host.
 #[derive(Debug)]
 pub struct HostBlock {
-    norm1: HostNorm,
+    norm1: HostLayerNorm,
     qkv: HostLinear,
     proj: HostLinear,
-    norm2: HostNorm,
+    norm2: HostLayerNorm,
     fc1: HostLinear,
     fc2: HostLinear,
     heads: usize,
@@ -70,10 +37,10 @@ pub struct BlockScratch {
 impl HostBlock {
     fn new(b: &Block) -> Self {
         Self {
-            norm1: HostNorm::new(&b.norm1),
+            norm1: HostLayerNorm::new(&b.norm1),
             qkv: HostLinear::new(&b.qkv),
             proj: HostLinear::new(&b.proj),
-            norm2: HostNorm::new(&b.norm2),
+            norm2: HostLayerNorm::new(&b.norm2),
             fc1: HostLinear::new(&b.fc1),
             fc2: HostLinear::new(&b.fc2),
             heads: b.num_heads,
@@ -140,7 +107,7 @@ pub struct HostTransformer {
 }
 
 impl HostTransformer {
-    /// Copies `t`'s block weights to the host; `None` above [`MAX_HOST_TRANSFORMER_FLOATS`].
+    /// `t`'s blocks for the host, their weights shared with `t`'s; `None` above [`MAX_HOST_TRANSFORMER_FLOATS`].
     pub fn new(t: &MarTransformer) -> Option<Self> {
         let floats: usize = t
             .encoder_blocks
