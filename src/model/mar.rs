@@ -175,7 +175,7 @@ impl MarTransformer {
     }
 
     /// [`MarTransformer::encode`] with the blocks on `host` where given (the plain CPU
-    /// backend's host copy of these blocks, [`HostTransformer`]).
+    /// backend's host path for these blocks, [`HostTransformer`], reading their weights).
     pub fn encode_with(
         &self,
         tokens: Tensor<3>,
