@@ -9,6 +9,7 @@
 use super::layers::{LN_EPS, LayerNorm};
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor, TensorData};
 use std::ops::{Deref, Range};
@@ -240,6 +241,11 @@ impl SharedValues {
         Self::from_vec(values(t))
     }
 
+    /// An optional parameter's values (a bias), or `n` zeros where there is none.
+    fn of_or_zeros(param: Option<&Param<Tensor<1>>>, n: usize) -> Self {
+        param.map_or_else(|| Self::from_vec(vec![0.0; n]), |p| Self::of(p.val()))
+    }
+
     /// Owned values.
     pub fn from_vec(values: Vec<f32>) -> Self {
         let n = values.len();
@@ -250,7 +256,8 @@ impl SharedValues {
     }
 
     /// Whether these values are `t`'s own storage (not a copy).
-    pub fn is_shared_with<const D: usize>(&self, t: Tensor<D>) -> bool {
+    #[cfg(test)]
+    fn is_shared_with<const D: usize>(&self, t: Tensor<D>) -> bool {
         t.try_into_primitive::<Flex>()
             .is_ok_and(|p| std::ptr::eq(p.bytes().as_ptr(), self.storage.bytes().as_ptr()))
     }
@@ -282,32 +289,32 @@ pub struct HostLayerNorm {
 impl HostLayerNorm {
     pub fn new(n: &LayerNorm) -> Self {
         let weight = SharedValues::of(n.weight.val());
-        let bias = n.bias.as_ref().map_or_else(
-            || SharedValues::from_vec(vec![0.0; weight.len()]),
-            |b| SharedValues::of(b.val()),
-        );
+        let bias = SharedValues::of_or_zeros(n.bias.as_ref(), weight.len());
         Self { weight, bias }
     }
 
     /// LayerNorm (eps 1e-6) of each `W`-wide row of `x` into `out` (resized).
     pub fn forward(&self, x: &[f32], out: &mut Vec<f32>) {
-        let w = self.weight.len();
+        let (weight, bias) = (&*self.weight, &*self.bias);
+        let w = weight.len();
         out.clear();
         out.resize(x.len(), 0.0);
         for (x, o) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
-            let mean = sum_in_lanes(x, |v| v) / w as f32;
-            let var = sum_in_lanes(x, |v| (v - mean) * (v - mean)) / w as f32;
-            let inv = 1.0 / (var + LN_EPS as f32).sqrt();
-            for (((o, &x), &g), &b) in o
-                .iter_mut()
-                .zip(x)
-                .zip(self.weight.iter())
-                .zip(self.bias.iter())
-            {
+            let (mean, inv) = norm_stats(x);
+            for (((o, &x), &g), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
                 *o = (x - mean) * inv * g + b;
             }
         }
     }
+}
+
+/// A row's mean and `1/sqrt(var + 1e-6)` (LayerNorm's eps), the sums in lanes.
+#[inline(always)]
+pub fn norm_stats(x: &[f32]) -> (f32, f32) {
+    let w = x.len() as f32;
+    let mean = sum_in_lanes(x, |v| v) / w;
+    let var = sum_in_lanes(x, |v| (v - mean) * (v - mean)) / w;
+    (mean, 1.0 / (var + LN_EPS as f32).sqrt())
 }
 
 /// A linear layer's weights on the host (shared with the model's, see [`SharedValues`]).
@@ -326,10 +333,7 @@ impl HostLinear {
         let [inputs, outputs] = linear.weight.dims();
         Self {
             weight: SharedValues::of(linear.weight.val()),
-            bias: linear.bias.as_ref().map_or_else(
-                || SharedValues::from_vec(vec![0.0; outputs]),
-                |b| SharedValues::of(b.val()),
-            ),
+            bias: SharedValues::of_or_zeros(linear.bias.as_ref(), outputs),
             inputs,
             outputs,
         }

@@ -7,8 +7,7 @@
 //! strided copy, which cost more than the arithmetic at these sizes.
 
 use super::head::DiffusionHead;
-use super::host::{HostLayerNorm, HostLinear, SharedValues, map_in_place, sum_in_lanes};
-use super::layers::LN_EPS;
+use super::host::{HostLayerNorm, HostLinear, SharedValues, map_in_place, norm_stats};
 use burn::tensor::Tensor;
 
 /// Heads above this many weight floats stay on Burn's tensor path: there the matmuls dominate,
@@ -119,16 +118,7 @@ impl HostHead {
         map_in_place(&mut s.y, super::host::silu);
         for block in &self.blocks {
             block.ada_ln.forward(&s.y, rows, &mut s.ada);
-            modulated_norm(
-                &s.h,
-                &block.norm.weight,
-                &block.norm.bias,
-                &s.ada,
-                3,
-                rows,
-                w,
-                &mut s.u,
-            );
+            modulated_norm(&s.h, Some(&block.norm), &s.ada, 3, rows, w, &mut s.u);
             block.mlp_in.forward(&s.u, rows, &mut s.m);
             map_in_place(&mut s.m, super::host::silu);
             block.mlp_out.forward(&s.m, rows, &mut s.u);
@@ -144,8 +134,7 @@ impl HostHead {
             }
         }
         self.final_ada_ln.forward(&s.y, rows, &mut s.ada);
-        let (ones, zeros) = (vec![1.0; w], vec![0.0; w]);
-        modulated_norm(&s.h, &ones, &zeros, &s.ada, 2, rows, w, &mut s.u);
+        modulated_norm(&s.h, None, &s.ada, 2, rows, w, &mut s.u);
         let mut out = Vec::new();
         self.final_linear.forward(&s.u, rows, &mut out);
         debug_assert_eq!(out.len(), rows * 2 * self.token_dim);
@@ -154,12 +143,11 @@ impl HostHead {
 }
 
 /// `LN(h)·(1 + scale) + shift` per row, `shift` and `scale` the first two `w`-wide chunks of
-/// each `chunks·w`-wide modulation row; `LN` with affine `weight`, `bias` and eps 1e-6.
-#[allow(clippy::too_many_arguments)]
+/// each `chunks·w`-wide modulation row; `LN` with eps 1e-6 and `affine`'s weight and bias
+/// (none for the final layer's norm).
 fn modulated_norm(
     h: &[f32],
-    weight: &[f32],
-    bias: &[f32],
+    affine: Option<&HostLayerNorm>,
     ada: &[f32],
     chunks: usize,
     rows: usize,
@@ -168,18 +156,27 @@ fn modulated_norm(
 ) {
     out.clear();
     out.resize(rows * w, 0.0);
+    let affine = affine.map(|n| (&*n.weight, &*n.bias));
     for ((x, o), m) in h
         .chunks_exact(w)
         .zip(out.chunks_exact_mut(w))
         .zip(ada.chunks_exact(chunks * w))
     {
-        let mean = sum_in_lanes(x, |v| v) / w as f32;
-        let var = sum_in_lanes(x, |v| (v - mean) * (v - mean)) / w as f32;
-        let inv = 1.0 / (var + LN_EPS as f32).sqrt();
+        let (mean, inv) = norm_stats(x);
         let (shift, scale) = (&m[..w], &m[w..2 * w]);
-        for j in 0..w {
-            let n = (x[j] - mean) * inv * weight[j] + bias[j];
-            o[j] = n * (scale[j] + 1.0) + shift[j];
+        match affine {
+            Some((weight, bias)) => {
+                for (((o, &x), &g), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+                    *o = (x - mean) * inv * g + b;
+                }
+            }
+            None => o
+                .iter_mut()
+                .zip(x)
+                .for_each(|(o, &x)| *o = (x - mean) * inv),
+        }
+        for ((o, &scale), &shift) in o.iter_mut().zip(scale).zip(shift) {
+            *o = *o * (scale + 1.0) + shift;
         }
     }
 }

@@ -107,7 +107,8 @@ pub struct HostTransformer {
 }
 
 impl HostTransformer {
-    /// `t`'s blocks for the host, their weights shared with `t`'s; `None` above [`MAX_HOST_TRANSFORMER_FLOATS`].
+    /// `t`'s blocks for the host, their weights shared with `t`'s; `None` above
+    /// [`MAX_HOST_TRANSFORMER_FLOATS`].
     pub fn new(t: &MarTransformer) -> Option<Self> {
         let floats: usize = t
             .encoder_blocks
@@ -165,11 +166,7 @@ fn run_blocks(
 ) -> Tensor<2> {
     let device: Device = x.device();
     let [rows, d] = x.dims();
-    let values = x
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
+    let values = host::values(x);
     let b = b.max(1);
     let l = rows / b; // rows per sequence
     let kept_per_sequence = last_kept.map(|k| k.len() / b);
