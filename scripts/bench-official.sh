@@ -4,7 +4,7 @@
 # MAR_DIR is a checkout of https://github.com/LTH14/mar (never committed here). Builds the
 # release CLI, exports the built-in model with `disa convert --to official`, then for each
 # thread count (THREADS, default "2 1") and batch (BATCHES, default "1 8") runs `disa bench
-# --backend cpu` and scripts/official_cpu_bench.py: K = 16, CFG 3, constant:100 and linear 50->5,
+# --backend cpu` and scripts/official_bench.py: K = 16, CFG 3, constant:100 and linear 50->5,
 # ms per image, median of REPEATS (default 3) after a warm-up. The official side's Python
 # packages (torch, timm, scipy) go into a virtual environment under ~/.cache/disa, only when
 # missing.
@@ -36,7 +36,8 @@ for b in $BATCHES; do
     RAYON_NUM_THREADS=$t "$DISA" bench --backend cpu --ar-steps 16 --cfg 3 --batch "$b" \
       --repeats "$REPEATS" --schedules "constant:100;linear:50:5"
     say "official, $t threads, batch $b"
-    OMP_WAIT_POLICY=PASSIVE "$VENV/bin/python" -W ignore scripts/official_cpu_bench.py \
-      "$MAR_DIR" "$WEIGHTS" "$t" "$b" "$REPEATS"
+    OMP_WAIT_POLICY=PASSIVE "$VENV/bin/python" -W ignore scripts/official_bench.py "$MAR_DIR" \
+      --model builtin --weights "$WEIGHTS" --device cpu --threads "$t" --batch "$b" \
+      --ar-steps 16 --repeats "$REPEATS" --schedules "constant:100;linear:50:5"
   done
 done
