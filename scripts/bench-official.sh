@@ -11,9 +11,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 
-MAR_DIR="${1:?usage: scripts/bench-official.sh MAR_DIR (a checkout of LTH14/mar)}"
-[ -f "$MAR_DIR/models/mar.py" ] || { echo "no models/mar.py in $MAR_DIR: not a LTH14/mar checkout" >&2; exit 2; }
-MAR_DIR="$(cd "$MAR_DIR" && pwd)"
+MAR_DIR="$(mar_checkout "${1:?usage: scripts/bench-official.sh MAR_DIR (a checkout of LTH14/mar)}")"
 THREADS="${THREADS:-2 1}" BATCHES="${BATCHES:-1 8}" REPEATS="${REPEATS:-3}"
 
 apt_ensure python3 python3-venv

@@ -33,3 +33,10 @@ apt_ensure() {
 rust_target_ensure() {
   rustup target list --installed | grep -qx "$1" || { say "rustup target add $1"; rustup target add "$1"; }
 }
+
+# mar_checkout DIR: DIR's absolute path if it is a checkout of LTH14/mar (the official code,
+# never committed here); else a clear error.
+mar_checkout() {
+  [ -f "$1/models/mar.py" ] || { echo "no models/mar.py in $1: not a LTH14/mar checkout" >&2; return 2; }
+  (cd "$1" && pwd)
+}

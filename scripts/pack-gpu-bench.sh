@@ -9,8 +9,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 DIR="${1:?usage: scripts/pack-gpu-bench.sh DIR MAR_DIR}"
-MAR_DIR="${2:?usage: scripts/pack-gpu-bench.sh DIR MAR_DIR (a checkout of LTH14/mar)}"
-[ -f "$MAR_DIR/models/mar.py" ] || { echo "no models/mar.py in $MAR_DIR: not a LTH14/mar checkout" >&2; exit 2; }
+MAR_DIR="$(mar_checkout "${2:?usage: scripts/pack-gpu-bench.sh DIR MAR_DIR (a checkout of LTH14/mar)}")"
 mkdir -p "$DIR/gl"
 
 say "cargo build --release --bin disa"
