@@ -104,7 +104,13 @@ struct BackendInfo {
     detail: Option<String>,
 }
 
-const CPU_ADAPTER: &str = "CPU (Burn flex, WebAssembly)";
+/// The CPU backend's name, with the build's SIMD: the page loads the `relaxed-simd` build where
+/// the browser has relaxed SIMD (www/worker.js).
+const CPU_ADAPTER: &str = if cfg!(feature = "relaxed-simd") {
+    "CPU (Burn flex, WebAssembly relaxed SIMD)"
+} else {
+    "CPU (Burn flex, WebAssembly SIMD)"
+};
 
 /// A loaded model (`loadModel`).
 #[derive(Serialize)]

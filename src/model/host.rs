@@ -7,6 +7,7 @@
 //! are also compiled for AVX2 and chosen at run time ([`map_in_place`], [`attention`]).
 
 use super::layers::{LN_EPS, LayerNorm};
+use super::panel_matmul::{self, Panels};
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::module::Param;
@@ -67,8 +68,10 @@ pub fn erf(x: f32) -> f32 {
 /// `expf` is a scalar call per element.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
-    // Below −87 the result is under f32's smallest normal; erf's term is 0 long before.
-    let x = x.max(-87.0);
+    // Below −87 the result is under f32's smallest normal; erf's term is 0 long before. A
+    // compare and select, not `f32::max`: in wasm that is a libm call per lane (its NaN rule
+    // differs from wasm's `f32x4.max`), which kept the loops from vectorizing.
+    let x = if x < -87.0 { -87.0 } else { x };
     // Round to nearest (even) by the 1.5·2²³ trick: vectorizes, unlike `f32::round`. The sum
     // has ulp 1, so its bits minus ROUND's are k as an integer (an `as i32` would saturate,
     // which does not vectorize).
@@ -94,6 +97,9 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 /// wanted, sequence-major, the same count in each of the `sequences` sequences →
 /// `[queries, D]`, heads side by side as timm's `transpose(1, 2).reshape` lays them out.
 pub fn attention(qkv: &[f32], width: usize, shape: AttentionShape, queries: &[usize]) -> Vec<f32> {
+    if panel_matmul::PREFERRED {
+        return attention_in_panels(qkv, width, shape, queries);
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: this CPU has AVX2 (checked just above).
@@ -179,12 +185,7 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
                     gemm::Parallelism::None,
                 );
             }
-            for row in p.chunks_exact_mut(l) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
-                let inv_sum = 1.0 / row.iter().sum::<f32>();
-                row.iter_mut().for_each(|v| *v *= inv_sum);
-            }
+            softmax_rows(&mut p, l);
             unsafe {
                 // out[:, h·hd..] = p·v
                 gemm::gemm(
@@ -209,6 +210,71 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
                     gemm::Parallelism::None,
                 );
             }
+        }
+    }
+    out
+}
+
+/// Softmax of each `l`-wide row of `p`, in place.
+#[inline(always)]
+fn softmax_rows(p: &mut [f32], l: usize) {
+    for row in p.chunks_exact_mut(l) {
+        // A compare, not `f32::max` (a libm call in wasm); NaNs are skipped either way.
+        let max = row
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
+        let inv_sum = 1.0 / row.iter().sum::<f32>();
+        row.iter_mut().for_each(|v| *v *= inv_sum);
+    }
+}
+
+/// [`attention`] with [`panel_matmul`]'s matmuls (the page's CPU fallback): per sequence and
+/// head, `kᵀ` and `v` packed into panels, the query scaled first as timm does.
+fn attention_in_panels(
+    qkv: &[f32],
+    d: usize,
+    shape: AttentionShape,
+    queries: &[usize],
+) -> Vec<f32> {
+    let AttentionShape {
+        sequences,
+        heads,
+        scale,
+    } = shape;
+    let mut out = vec![0.0f32; queries.len() * d];
+    if d == 0 || sequences == 0 || heads == 0 || queries.is_empty() {
+        return out;
+    }
+    let l = qkv.len() / (3 * d) / sequences; // keys per sequence
+    let s = queries.len() / sequences; // queries per sequence
+    let hd = d / heads;
+    assert!(
+        qkv.len() >= sequences * l * 3 * d && queries.iter().all(|&r| r < sequences * l),
+        "attention: qkv rows and queries out of range"
+    );
+    let mut q = vec![0.0f32; s * hd]; // one head's queries, scaled, [S, hd]
+    let mut p = vec![0.0f32; s * l]; // their scores, then weights, [S, L]
+    let (mut keys, mut values) = (Panels::default(), Panels::default());
+    for seq in 0..sequences {
+        let rows = &qkv[seq * l * 3 * d..(seq + 1) * l * 3 * d];
+        let wanted = &queries[seq * s..(seq + 1) * s];
+        let out_rows = &mut out[seq * s * d..(seq + 1) * s * d];
+        for h in 0..heads {
+            for (qi, &r) in q.chunks_exact_mut(hd).zip(wanted) {
+                let at = r * 3 * d + h * hd;
+                for (qi, &v) in qi.iter_mut().zip(&qkv[at..at + hd]) {
+                    *qi = v * scale;
+                }
+            }
+            // kᵀ [hd, L]: element (c, j) is key j's column c.
+            keys.repack(&rows[d + h * hd..], hd, l, 1, 3 * d);
+            p.fill(0.0);
+            panel_matmul::matmul_add(&q, hd, s, &keys, &mut p, l);
+            softmax_rows(&mut p, l);
+            // out[:, h·hd..] = p·v, v [L, hd] the sequence's rows at stride 3D.
+            values.repack(&rows[2 * d + h * hd..], l, hd, 3 * d, 1);
+            panel_matmul::matmul_add(&p, l, s, &values, &mut out_rows[h * hd..], d);
         }
     }
     out
@@ -326,16 +392,23 @@ pub struct HostLinear {
     pub bias: SharedValues,
     pub inputs: usize,
     pub outputs: usize,
+    /// `weight` packed for [`panel_matmul`], where the build prefers it (a copy: the page's
+    /// CPU fallback only).
+    panels: Option<Panels>,
 }
 
 impl HostLinear {
     pub fn new(linear: &Linear) -> Self {
         let [inputs, outputs] = linear.weight.dims();
+        let weight = SharedValues::of(linear.weight.val());
+        let panels =
+            panel_matmul::PREFERRED.then(|| Panels::pack(&weight, inputs, outputs, outputs, 1));
         Self {
-            weight: SharedValues::of(linear.weight.val()),
+            weight,
             bias: SharedValues::of_or_zeros(linear.bias.as_ref(), outputs),
             inputs,
             outputs,
+            panels,
         }
     }
 
@@ -346,6 +419,14 @@ impl HostLinear {
     /// a lone row runs as two, so a token gives the same values whether the generation, a
     /// thread's part of it or the teaching view's replay computes it.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        if let Some(panels) = &self.panels {
+            out.clear();
+            for _ in 0..rows {
+                out.extend_from_slice(&self.bias);
+            }
+            panel_matmul::matmul_add(x, self.inputs, rows, panels, out, self.outputs);
+            return;
+        }
         if rows == 1 {
             let twice = [&x[..self.inputs], &x[..self.inputs]].concat();
             self.forward(&twice, 2, out);
@@ -461,16 +542,22 @@ mod tests {
         // Two query rows per sequence, not in row order within the sequence's block.
         let some = vec![3, 0, 7 + 6, 7 + 2, 14 + 1, 14 + 5];
         for queries in [&all, &some] {
-            let got = attention(&qkv, d, shape, queries);
-            let want = attention_f64(&qkv, d, shape, queries);
-            assert_eq!(got.len(), queries.len() * d);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
-            assert!(worst < 1e-5, "max |Δ| {worst:e}");
+            // Both matmul routes: `gemm` (native builds) and the panels (the page's).
+            for got in [
+                attention(&qkv, d, shape, queries),
+                attention_in_panels(&qkv, d, shape, queries),
+            ] {
+                let want = attention_f64(&qkv, d, shape, queries);
+                assert_eq!(got.len(), queries.len() * d);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+                assert!(worst < 1e-5, "max |Δ| {worst:e}");
+            }
         }
         assert!(attention(&qkv, d, shape, &[]).is_empty());
+        assert!(attention_in_panels(&qkv, d, shape, &[]).is_empty());
     }
 
     #[test]
@@ -499,6 +586,32 @@ mod tests {
         ] {
             assert!((erf(x) - e).abs() < 3e-7, "erf({x}) = {} vs {e}", erf(x));
             assert!((erf(-x) + e).abs() < 3e-7);
+        }
+    }
+
+    /// A linear layer gives the same rows through `gemm` and through the panels, for a lone
+    /// row and for several.
+    #[test]
+    fn linear_rows_agree_between_gemm_and_panels() {
+        use burn::nn::LinearConfig;
+        let device = burn::tensor::Device::flex();
+        let linear = LinearConfig::new(13, 21).init(&device);
+        let mut by_gemm = HostLinear::new(&linear);
+        by_gemm.panels = None;
+        let mut by_panels = HostLinear::new(&linear);
+        by_panels.panels = Some(Panels::pack(&by_gemm.weight, 13, 21, 21, 1));
+        let x: Vec<f32> = (0..5 * 13).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+        for rows in [1, 5] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            by_gemm.forward(&x, rows, &mut a);
+            by_panels.forward(&x, rows, &mut b);
+            assert_eq!(a.len(), rows * 21);
+            assert_eq!(b.len(), rows * 21);
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst < 1e-5, "{rows} rows: max |Δ| {worst:e}");
         }
     }
 

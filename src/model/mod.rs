@@ -8,6 +8,7 @@ pub mod host_head;
 pub mod host_transformer;
 pub mod layers;
 pub mod mar;
+pub mod panel_matmul;
 pub mod params;
 pub mod patch;
 pub mod threads;
