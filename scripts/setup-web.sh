@@ -32,7 +32,7 @@ export PATH="$ROOT/tests/e2e/node_modules/.bin:$PATH"
 # release_page: builds the release page into dist/, only when a source changed since the last
 # release build (wasm-opt alone takes minutes). scripts/e2e.sh's dev build clears the stamp.
 release_page() {
-  if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml .cargo -newer dist/.release-stamp -print -quit)" ]; then
+  if [ -f dist/.release-stamp ] && [ -z "$(find src www Cargo.toml Cargo.lock Trunk.toml .cargo scripts/build-relaxed-wasm.sh -newer dist/.release-stamp -print -quit)" ]; then
     say "the release page in dist/ is up to date"
   else
     say "building the page (release wasm; the first build takes a while)"

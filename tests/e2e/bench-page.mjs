@@ -1,5 +1,5 @@
 // The page's generation speed, in one run beside the native CLI's:
-//   node tests/e2e/bench-page.mjs [--backend cpu|webgpu] [--kernels tensor,fused]
+//   node tests/e2e/bench-page.mjs [--backend cpu|webgpu] [--kernels tensor,fused] [--wasm simd128,auto]
 //     [--schedules 'constant:100;linear:50:5'] [--ar-steps 16] [--cfg 3] [--repeats 3] [--warmup 3]
 //     [--dist DIR] [--json FILE]
 // (scripts/bench-page.sh builds the release page and the CLI, then runs this.)
@@ -10,7 +10,9 @@
 // wall time from `generate` to `done`. Each row runs in a fresh worker: its first generation
 // (cold: wasm compilation, shaders, first allocations) is the page's first image; then
 // `--warmup` unreported runs let the browser's optimizing compiler in, and the row reports the
-// median of `--repeats` more. With
+// median of `--repeats` more. `--wasm`: the library builds (www/worker.js): `auto` as the page
+// picks (relaxed SIMD in Chromium), `simd128` the build for browsers without relaxed SIMD; on
+// the CPU both by default. With
 // DISA_BIN set, `disa bench --backend cpu` runs single-threaded (RAYON_NUM_THREADS=1; the page
 // has one thread) on the same settings, and the table gives page ÷ native per image.
 
@@ -19,13 +21,14 @@ import fs from 'node:fs';
 import { serveDist, launchBrowser, median, gotoBlank, workerRuns, DISA_BIN, DIST } from './harness.mjs';
 
 function parseArgs(argv) {
-  const o = { backend: 'cpu', kernels: null, schedules: 'constant:100;linear:50:5', arSteps: 16, cfg: 3, repeats: 3, warmup: 3, dist: DIST, json: null };
+  const o = { backend: 'cpu', kernels: null, wasm: null, schedules: 'constant:100;linear:50:5', arSteps: 16, cfg: 3, repeats: 3, warmup: 3, dist: DIST, json: null };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (value === undefined) throw new Error(`${flag} needs a value`);
     switch (flag) {
       case '--backend': o.backend = value; break;
       case '--kernels': o.kernels = value; break;
+      case '--wasm': o.wasm = value; break;
       case '--schedules': o.schedules = value; break;
       case '--ar-steps': o.arSteps = Number(value); break;
       case '--cfg': o.cfg = Number(value); break;
@@ -42,6 +45,8 @@ function parseArgs(argv) {
   if (!(Number.isInteger(o.warmup) && o.warmup >= 0)) throw new Error('--warmup: an integer ≥ 0');
   if (!(o.cfg >= 1)) throw new Error('--cfg: a number ≥ 1');
   o.kernels = (o.kernels || (o.backend === 'webgpu' ? 'tensor,fused' : 'tensor')).split(',');
+  o.wasm = (o.wasm || (o.backend === 'cpu' ? 'simd128,auto' : 'auto')).split(',');
+  if (!o.wasm.every((w) => ['auto', 'simd128'].includes(w))) throw new Error('--wasm: auto and/or simd128');
   o.schedules = o.schedules.split(';').filter(Boolean);
   return o;
 }
@@ -75,11 +80,14 @@ try {
 const native = DISA_BIN ? benchNative(o) : null;
 
 const b = result.backend;
-console.log(`page: ${b.backend}${b.adapter ? ` · ${b.adapter}` : ''}${b.software ? ' (software)' : ''} · ${result.model.name}`);
+const adapters = [...new Set(result.rows.map((r) => r.adapter).filter(Boolean))].join(' / ');
+console.log(`page: ${b.backend}${adapters ? ` · ${adapters}` : ''}${b.software ? ' (software)' : ''} · ${result.model.name}`);
 console.log(`K=${o.arSteps} · cfg ${o.cfg} (linear) · batch 1 · previews off · first (cold) image, then the median of ${o.repeats} after ${o.warmup} warm-up runs${native ? ' · native: disa bench --backend cpu, RAYON_NUM_THREADS=1' : ''}`);
 console.log('');
-console.log(`| schedule | kernels | head calls | first image (s) | page s / image | page wall s / image | ${native ? 'native s / image | page ÷ native |' : ''}`);
-console.log(`|---|---|---|---|---|---|${native ? '---|---|' : ''}`);
+// The build a row ran: the adapter names it (src/web.rs).
+const build = (row) => (/relaxed SIMD/.test(row.adapter) ? 'relaxed SIMD' : 'SIMD');
+console.log(`| wasm | schedule | kernels | head calls | first image (s) | page s / image | page wall s / image | ${native ? 'native s / image | page ÷ native |' : ''}`);
+console.log(`|---|---|---|---|---|---|---|${native ? '---|---|' : ''}`);
 const summary = [];
 for (const row of result.rows) {
   const warm = row.runs;
@@ -87,34 +95,36 @@ for (const row of result.rows) {
   const wall = median(warm.map((r) => r.wallMs)) / 1e3;
   const first = row.first.wallMs / 1e3;
   const n = native ? native[row.schedule] : null;
-  summary.push({ schedule: row.schedule, kernels: row.kernels, headCalls: row.first.headCalls, firstImageSeconds: first, secondsPerImage: sampling, wallSecondsPerImage: wall, nativeSecondsPerImage: n });
-  console.log(`| ${row.schedule} | ${row.kernels} | ${row.first.headCalls} | ${first.toFixed(3)} | ${sampling.toFixed(3)} | ${wall.toFixed(3)} | ${n ? `${n.toFixed(3)} | ${(sampling / n).toFixed(2)}× |` : ''}`);
+  summary.push({ wasm: build(row), schedule: row.schedule, kernels: row.kernels, headCalls: row.first.headCalls, firstImageSeconds: first, secondsPerImage: sampling, wallSecondsPerImage: wall, nativeSecondsPerImage: n });
+  console.log(`| ${build(row)} | ${row.schedule} | ${row.kernels} | ${row.first.headCalls} | ${first.toFixed(3)} | ${sampling.toFixed(3)} | ${wall.toFixed(3)} | ${n ? `${n.toFixed(3)} | ${(sampling / n).toFixed(2)}× |` : ''}`);
 }
 // Where the time goes, first (cold) image and warm median: the step events' transformer and
 // head times (in wasm they include waiting for the GPU, which runs ahead asynchronously) and
 // the rest of the wall time (the request, the final decode, messages).
 console.log('');
-console.log('| schedule | kernels | first: transformer / head / rest (s) | warm: transformer / head / rest (s) |');
-console.log('|---|---|---|---|');
+console.log('| wasm | schedule | kernels | first: transformer / head / rest (s) | warm: transformer / head / rest (s) |');
+console.log('|---|---|---|---|---|');
 for (const row of result.rows) {
   const split = (r) => [r.transformerMs, r.headMs, r.wallMs - r.transformerMs - r.headMs].map((v) => (v / 1e3).toFixed(3)).join(' / ');
   const warm = [...row.runs].sort((a, b) => a.wallMs - b.wallMs)[row.runs.length >> 1];
-  console.log(`| ${row.schedule} | ${row.kernels} | ${split(row.first)} | ${split(warm)} |`);
+  console.log(`| ${build(row)} | ${row.schedule} | ${row.kernels} | ${split(row.first)} | ${split(warm)} |`);
 }
-// Same request, same seed: every kernel choice must draw the same image (the first pixels).
+// Same request, same seed: every build and kernel choice must draw the same image (the first
+// pixels).
+const label = (r) => `${r.kernels} (${build(r)})`;
 for (const schedule of o.schedules) {
   const rows = result.rows.filter((r) => r.schedule === schedule);
   for (const r of rows.slice(1)) {
     const diff = (r.first.head || []).reduce((m, v, i) => Math.max(m, Math.abs(v - rows[0].first.head[i])), 0);
-    if (diff > 1) console.log(`note: ${schedule}: ${r.kernels} differs from ${rows[0].kernels} by up to ${diff} levels`);
+    if (diff > 1) console.log(`note: ${schedule}: ${label(r)} differs from ${label(rows[0])} by up to ${diff} levels`);
   }
 }
-if (o.kernels.length > 1) {
+if (summary.length > o.schedules.length) {
   for (const schedule of o.schedules) {
     const rows = summary.filter((r) => r.schedule === schedule);
     const base = rows[0];
     for (const r of rows.slice(1)) {
-      console.log(`${schedule}: ${r.kernels} vs ${base.kernels}: first image ${(base.firstImageSeconds / r.firstImageSeconds).toFixed(2)}× faster, warm ${(base.secondsPerImage / r.secondsPerImage).toFixed(2)}× faster`);
+      console.log(`${schedule}: ${r.kernels} (${r.wasm}) vs ${base.kernels} (${base.wasm}): first image ${(base.firstImageSeconds / r.firstImageSeconds).toFixed(2)}× faster, warm ${(base.secondsPerImage / r.secondsPerImage).toFixed(2)}× faster`);
     }
   }
 }

@@ -453,17 +453,23 @@ test('bench mode (previews off, as bench-page.mjs runs it): one decode at the en
   try {
     await gotoBlank(page, baseUrl);
     const s = { ...SETTINGS, arSteps: 4 };
+    // Both library builds (www/worker.js): Chromium has relaxed SIMD, so `auto` loads
+    // disa-relaxed.js; `simd128` the build for browsers without it.
     const result = await workerRuns(page, { backend: 'cpu', schedules: [`linear:${s.start}:${s.end}`], kernels: ['tensor'],
-      arSteps: s.arSteps, cfg: s.cfg, repeats: 1, classLabel: s.classLabel, keepImages: true });
-    const runs = [result.rows[0].first, ...result.rows[0].runs];
+      arSteps: s.arSteps, cfg: s.cfg, repeats: 1, classLabel: s.classLabel, keepImages: true, wasm: ['auto', 'simd128'] });
+    assert.deepEqual(result.rows.map((r) => r.adapter),
+      ['CPU (Burn flex, WebAssembly relaxed SIMD)', 'CPU (Burn flex, WebAssembly SIMD)'], 'each build ran, named by its adapter');
+    const runs = result.rows.flatMap((row) => [row.first, ...row.runs]);
     for (const run of runs) {
       assert.equal(run.steps, s.arSteps, 'a step event per AR step');
       assert.equal(run.previews, 1, 'one preview, the last step\'s: none is decoded during the run');
       assert.ok(run.image && run.samplingMs > 0 && run.wallMs >= run.samplingMs, `done carries the image and the timings: ${JSON.stringify({ ...run, image: !!run.image })}`);
     }
     // Seeds 0 (the first run) and 1 (the repeat): each equals the CLI's image for that seed.
-    for (const [seed, run] of runs.entries()) {
-      compareImages(run.image, nativeImage({ ...s, seed }, s.end), `bench mode seed ${seed}`);
+    for (const row of result.rows) {
+      for (const [seed, run] of [row.first, ...row.runs].entries()) {
+        compareImages(run.image, nativeImage({ ...s, seed }, s.end), `bench mode (${row.adapter}) seed ${seed}`);
+      }
     }
     console.log(`bench mode: ${runs.map((r) => `${r.samplingMs.toFixed(0)} ms sampling, ${r.wallMs.toFixed(0)} ms wall`).join('; ')}`);
   } catch (e) {

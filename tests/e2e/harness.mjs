@@ -88,11 +88,13 @@ export async function gotoBlank(page, baseUrl) {
 /**
  * Runs generations in fresh page workers (worker.js, as www/worker-protocol.md describes), from
  * a page of the build's origin (`gotoBlank`), with previews off: `o` = {backend: 'cpu'|'webgpu',
- * schedules, kernels, arSteps, cfg, repeats, warmup = 0, classLabel = 0, keepImages = false}.
- * Each row (schedule × kernels) gets its own worker, so its first run is cold (wasm
+ * schedules, kernels, arSteps, cfg, repeats, warmup = 0, classLabel = 0, keepImages = false,
+ * wasm = ['auto']} (`wasm`: the library builds to load, 'auto' as the page does, 'simd128' the
+ * one without relaxed SIMD; www/worker.js).
+ * Each row (wasm build × schedule × kernels) gets its own worker, so its first run is cold (wasm
  * compilation, shaders, first allocations: the page's first image); then `warmup` unreported
  * runs, then `repeats` runs. Seeds: 0 for the first run, then 1, 2, … for the repeats. Resolves
- * to {backend, model, rows: [{schedule, kernels, first, runs: [...]}]}, each run {wallMs,
+ * to {backend, model, rows: [{wasm, adapter, schedule, kernels, first, runs: [...]}]}, each run {wallMs,
  * samplingMs, headCalls, steps, previews, image?: {width, height, data}} (`image` with
  * `keepImages`; else the first 64 bytes as `head`).
  */
@@ -100,9 +102,9 @@ export async function workerRuns(page, o) {
   return page.evaluate(async (o) => {
     let backend = null, model = null;
     const rows = [];
-    for (const schedule of o.schedules) {
+    for (const wasm of o.wasm || ['auto']) for (const schedule of o.schedules) {
       for (const kernels of o.kernels) {
-        const worker = new Worker('./worker.js', { type: 'module' });
+        const worker = new Worker(wasm === 'auto' ? './worker.js' : `./worker.js?wasm=${wasm}`, { type: 'module' });
         const inbox = [];
         let wake = () => {};
         worker.onmessage = ({ data }) => { inbox.push(data); wake(); };
@@ -149,7 +151,7 @@ export async function workerRuns(page, o) {
         const runs = [];
         for (let rep = 1; rep <= o.repeats; rep++) runs.push(await generate(rep));
         worker.terminate();
-        rows.push({ schedule, kernels, first, runs });
+        rows.push({ wasm, adapter: backend.adapter, schedule, kernels, first, runs });
       }
     }
     return { backend, model, rows };

@@ -14,7 +14,9 @@ let worker = null;
  * load).
  */
 export function startWorker(init, onMessage, onUncaught) {
-  worker = new Worker('./worker.js', { type: 'module' });
+  // `?wasm=simd128` on the page's URL forces the library build without relaxed SIMD (worker.js).
+  const wasm = new URLSearchParams(location.search).get('wasm');
+  worker = new Worker(wasm ? `./worker.js?wasm=${encodeURIComponent(wasm)}` : './worker.js', { type: 'module' });
   worker.onmessage = (e) => onMessage(e.data || {});
   worker.onerror = (e) => {
     e.preventDefault();
