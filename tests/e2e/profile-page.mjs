@@ -1,7 +1,8 @@
 // Where the page spends its time: a Chromium CPU profile of generations run by the wasm library
 // in a blank page of a built dist (no worker, so the profiler sees the wasm):
 //   node tests/e2e/profile-page.mjs [DIST] [--runs N] [--schedule linear:50:5] [--ar-steps 16]
-//        [--backend cpu|webgpu] [--kernels auto|fused|tensor] [--cfg 3]
+//        [--backend cpu|webgpu] [--kernels auto|fused|tensor] [--cfg 3] [--wasm simd128|relaxed]
+// (`--wasm`: the library build, disa.js or disa-relaxed.js; www/worker.js)
 // On WebGPU the GPU's own work runs in Chromium's GPU process: what the page thread does not
 // account for (wall minus profiled busy time) is waiting for it.
 // Prints the wall and sampling time of each profiled run and the functions with the most self
@@ -21,10 +22,12 @@ const arSteps = Number(option('--ar-steps', '16'));
 const backend = option('--backend', 'cpu');
 const kernels = option('--kernels', 'auto');
 const cfg = Number(option('--cfg', '3'));
+const wasm = option('--wasm', 'simd128');
 const dist = args[0] || DIST;
 if (!(Number.isInteger(runs) && runs >= 1) || !(Number.isInteger(arSteps) && arSteps >= 1)
-    || !['cpu', 'webgpu'].includes(backend) || !['auto', 'fused', 'tensor'].includes(kernels) || !(cfg >= 1)) {
-  console.error('usage: node tests/e2e/profile-page.mjs [DIST] [--runs N] [--schedule S] [--ar-steps K] [--backend cpu|webgpu] [--kernels auto|fused|tensor] [--cfg C]');
+    || !['cpu', 'webgpu'].includes(backend) || !['auto', 'fused', 'tensor'].includes(kernels) || !(cfg >= 1)
+    || !['simd128', 'relaxed'].includes(wasm)) {
+  console.error('usage: node tests/e2e/profile-page.mjs [DIST] [--runs N] [--schedule S] [--ar-steps K] [--backend cpu|webgpu] [--kernels auto|fused|tensor] [--cfg C] [--wasm simd128|relaxed]');
   process.exit(2);
 }
 
@@ -32,8 +35,8 @@ const { server, baseUrl } = await serveDist(dist);
 const { context, page } = await launchBrowser({ webgpu: backend === 'webgpu' });
 try {
   await gotoBlank(page, baseUrl);
-  const info = await page.evaluate(async ({ schedule, arSteps, backend, kernels, cfg }) => {
-    const wasm = await import('./disa.js');
+  const info = await page.evaluate(async ({ schedule, arSteps, backend, kernels, cfg, library }) => {
+    const wasm = await import(library);
     await wasm.default();
     const session = new wasm.Session();
     const info = await session.initBackend(backend === 'cpu');
@@ -53,7 +56,7 @@ try {
     };
     for (let i = 0; i < 3; i++) await window.generateOnce(); // warm-up: wasm tiers up
     return info;
-  }, { schedule, arSteps, backend, kernels, cfg });
+  }, { schedule, arSteps, backend, kernels, cfg, library: wasm === 'relaxed' ? './disa-relaxed.js' : './disa.js' });
   console.log(`backend: ${info.backend} (${info.adapter}), kernels: ${kernels}`);
   const cdp = await context.newCDPSession(page);
   await cdp.send('Profiler.enable');
