@@ -71,12 +71,27 @@ const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 
 const libraryUrl = () => (new URL(self.location.href).searchParams.get('wasm') !== 'simd128'
   && WebAssembly.validate(RELAXED_PROBE) ? './disa-relaxed.js' : './disa.js');
 
-async function initAll({ weightsUrl, forceCpu, file }) {
-  if (!WebAssembly.validate(SIMD_PROBE)) throw new Error(NO_SIMD);
-  ready = ready || import(libraryUrl()).then(async (lib) => {
+// The chosen build, initialized; where disa-relaxed.js cannot be loaded (a deployment that
+// left it out, a failed fetch) the SIMD build serves instead, with a console warning.
+async function loadLibrary() {
+  const load = async (url) => {
+    const lib = await import(url);
     await lib.default();
     return lib;
-  });
+  };
+  const url = libraryUrl();
+  try {
+    return await load(url);
+  } catch (err) {
+    if (url === './disa.js') throw err;
+    console.warn(`${url} could not be loaded (${err && err.message ? err.message : err}); using ./disa.js`);
+    return load('./disa.js');
+  }
+}
+
+async function initAll({ weightsUrl, forceCpu, file }) {
+  if (!WebAssembly.validate(SIMD_PROBE)) throw new Error(NO_SIMD);
+  ready = ready || loadLibrary();
   const { Session } = await ready;
   session = session || new Session();
   const backend = await session.initBackend(!!forceCpu);

@@ -472,6 +472,12 @@ test('bench mode (previews off, as bench-page.mjs runs it): one decode at the en
       }
     }
     console.log(`bench mode: ${runs.map((r) => `${r.samplingMs.toFixed(0)} ms sampling, ${r.wallMs.toFixed(0)} ms wall`).join('; ')}`);
+    // Where disa-relaxed.js cannot be fetched, the worker falls back to the SIMD build.
+    await context.route('**/disa-relaxed.js', (route) => route.abort());
+    const fallback = await workerRuns(page, { backend: 'cpu', schedules: [`linear:${s.start}:${s.end}`], kernels: ['tensor'],
+      arSteps: s.arSteps, cfg: s.cfg, repeats: 0, classLabel: s.classLabel, keepImages: true });
+    assert.equal(fallback.rows[0].adapter, 'CPU (Burn flex, WebAssembly SIMD)', 'no relaxed build: the SIMD build serves');
+    compareImages(fallback.rows[0].first.image, nativeImage({ ...s, seed: 0 }, s.end), 'bench mode, relaxed build blocked, seed 0');
   } catch (e) {
     console.log(logs.slice(-20).join('\n'));
     throw e;
