@@ -137,16 +137,9 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
         scale,
     } = shape;
     let mut out = vec![0.0f32; queries.len() * d];
-    if d == 0 || sequences == 0 || heads == 0 || queries.is_empty() {
+    let Some(AttentionSizes { l, s, hd }) = AttentionSizes::of(qkv, d, shape, queries) else {
         return out;
-    }
-    let l = qkv.len() / (3 * d) / sequences; // keys per sequence
-    let s = queries.len() / sequences; // queries per sequence
-    let hd = d / heads;
-    assert!(
-        qkv.len() >= sequences * l * 3 * d && queries.iter().all(|&r| r < sequences * l),
-        "attention: qkv rows and queries out of range"
-    );
+    };
     let mut q = vec![0.0f32; s * hd]; // one head's queries, [S, hd]
     let mut p = vec![0.0f32; s * l]; // their scores, then weights, [S, L]
     for seq in 0..sequences {
@@ -215,6 +208,41 @@ fn attention_body(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize
     out
 }
 
+/// [`attention`]'s sizes, shared by its two routes.
+struct AttentionSizes {
+    /// Keys per sequence.
+    l: usize,
+    /// Queries per sequence.
+    s: usize,
+    /// Columns per head.
+    hd: usize,
+}
+
+impl AttentionSizes {
+    /// `None` where there is nothing to compute.
+    ///
+    /// # Panics
+    /// When `qkv` is short of `sequences` equal sequences or a query is out of range.
+    fn of(qkv: &[f32], d: usize, shape: AttentionShape, queries: &[usize]) -> Option<Self> {
+        let AttentionShape {
+            sequences, heads, ..
+        } = shape;
+        if d == 0 || sequences == 0 || heads == 0 || queries.is_empty() {
+            return None;
+        }
+        let l = qkv.len() / (3 * d) / sequences;
+        assert!(
+            qkv.len() >= sequences * l * 3 * d && queries.iter().all(|&r| r < sequences * l),
+            "attention: qkv rows and queries out of range"
+        );
+        Some(Self {
+            l,
+            s: queries.len() / sequences,
+            hd: d / heads,
+        })
+    }
+}
+
 /// Softmax of each `l`-wide row of `p`, in place.
 #[inline(always)]
 fn softmax_rows(p: &mut [f32], l: usize) {
@@ -243,16 +271,9 @@ fn attention_in_panels(
         scale,
     } = shape;
     let mut out = vec![0.0f32; queries.len() * d];
-    if d == 0 || sequences == 0 || heads == 0 || queries.is_empty() {
+    let Some(AttentionSizes { l, s, hd }) = AttentionSizes::of(qkv, d, shape, queries) else {
         return out;
-    }
-    let l = qkv.len() / (3 * d) / sequences; // keys per sequence
-    let s = queries.len() / sequences; // queries per sequence
-    let hd = d / heads;
-    assert!(
-        qkv.len() >= sequences * l * 3 * d && queries.iter().all(|&r| r < sequences * l),
-        "attention: qkv rows and queries out of range"
-    );
+    };
     let mut q = vec![0.0f32; s * hd]; // one head's queries, scaled, [S, hd]
     let mut p = vec![0.0f32; s * l]; // their scores, then weights, [S, L]
     let (mut keys, mut values) = (Panels::default(), Panels::default());
