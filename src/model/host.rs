@@ -438,17 +438,10 @@ impl HostLinear {
     /// Each row's values do not depend on how many rows come with it, except that `gemm` takes
     /// a different path for a single row (a matrix-vector product, summing in another order):
     /// a lone row runs as two, so a token gives the same values whether the generation, a
-    /// thread's part of it or the teaching view's replay computes it.
+    /// thread's part of it or the teaching view's replay computes it. The panels have no such
+    /// path.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
-        if let Some(panels) = &self.panels {
-            out.clear();
-            for _ in 0..rows {
-                out.extend_from_slice(&self.bias);
-            }
-            panel_matmul::matmul_add(x, self.inputs, rows, panels, out, self.outputs);
-            return;
-        }
-        if rows == 1 {
+        if rows == 1 && self.panels.is_none() {
             let twice = [&x[..self.inputs], &x[..self.inputs]].concat();
             self.forward(&twice, 2, out);
             out.truncate(self.outputs);
@@ -459,6 +452,10 @@ impl HostLinear {
             out.extend_from_slice(&self.bias);
         }
         if rows == 0 || self.inputs == 0 || self.outputs == 0 {
+            return;
+        }
+        if let Some(panels) = &self.panels {
+            panel_matmul::matmul_add(x, self.inputs, rows, panels, out, self.outputs);
             return;
         }
         // SAFETY: `out` is `[rows, outputs]`, `x` is at least `[rows, inputs]` and `weight`
@@ -564,11 +561,11 @@ mod tests {
         let some = vec![3, 0, 7 + 6, 7 + 2, 14 + 1, 14 + 5];
         for queries in [&all, &some] {
             // Both matmul routes: `gemm` (native builds) and the panels (the page's).
+            let want = attention_f64(&qkv, d, shape, queries);
             for got in [
                 attention(&qkv, d, shape, queries),
                 attention_in_panels(&qkv, d, shape, queries),
             ] {
-                let want = attention_f64(&qkv, d, shape, queries);
                 assert_eq!(got.len(), queries.len() * d);
                 let worst = got
                     .iter()

@@ -62,21 +62,6 @@ impl Panels {
         }
         (self.k, self.n) = (k, n);
     }
-
-    /// Rows of `B` (the inner dimension).
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Columns of `B`.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.values.len() * std::mem::size_of::<f32>()
-    }
 }
 
 /// `c[i][j] += Σₚ a[i][p]·B[p][j]` for `m` rows: `a [m, k]` at row stride `lda`, `c [m, n]` at
@@ -101,32 +86,36 @@ pub fn matmul_add(a: &[f32], lda: usize, m: usize, b: &Panels, c: &mut [f32], ld
             let rows = TILE_ROWS.min(m - i);
             let a_rows = &a[i * lda..];
             let c_rows = &mut c[i * ldc + j0..];
+            // A full panel's tile writes straight into `c`; the last, narrower one goes through
+            // a full-width copy of its rows.
+            let full = width == PANEL;
+            let mut tmp = [0.0f32; TILE_ROWS * PANEL];
+            if !full {
+                for r in 0..rows {
+                    tmp[r * PANEL..r * PANEL + width]
+                        .copy_from_slice(&c_rows[r * ldc..r * ldc + width]);
+                }
+            }
+            let (dst, ld) = if full {
+                (c_rows.as_mut_ptr(), ldc)
+            } else {
+                (tmp.as_mut_ptr(), PANEL)
+            };
             // SAFETY: `a_rows` holds `rows` rows of `k` at stride `lda`, `values` is `[k, 8]`
-            // and `c_rows` holds `rows` rows at stride `ldc` from column j0 (checked above);
-            // the tile reads and writes 8 columns of `c` only for a full panel.
+            // (both checked above); `dst` holds `rows` rows of 8 writable floats at stride
+            // `ld`: `c`'s, for a full panel (checked above), else `tmp`'s.
             unsafe {
-                if width == PANEL {
-                    match rows {
-                        4 => tile::<4>(k, a_rows, lda, values, c_rows.as_mut_ptr(), ldc),
-                        3 => tile::<3>(k, a_rows, lda, values, c_rows.as_mut_ptr(), ldc),
-                        2 => tile::<2>(k, a_rows, lda, values, c_rows.as_mut_ptr(), ldc),
-                        _ => tile::<1>(k, a_rows, lda, values, c_rows.as_mut_ptr(), ldc),
-                    }
-                } else {
-                    // The last, narrower panel: through a full-width copy of its rows.
-                    let mut tmp = [0.0f32; TILE_ROWS * PANEL];
-                    for r in 0..rows {
-                        tmp[r * PANEL..r * PANEL + width]
-                            .copy_from_slice(&c_rows[r * ldc..r * ldc + width]);
-                    }
-                    for r in 0..rows {
-                        let at = tmp.as_mut_ptr().add(r * PANEL);
-                        tile::<1>(k, &a_rows[r * lda..], lda, values, at, PANEL);
-                    }
-                    for r in 0..rows {
-                        c_rows[r * ldc..r * ldc + width]
-                            .copy_from_slice(&tmp[r * PANEL..r * PANEL + width]);
-                    }
+                match rows {
+                    4 => tile::<4>(k, a_rows, lda, values, dst, ld),
+                    3 => tile::<3>(k, a_rows, lda, values, dst, ld),
+                    2 => tile::<2>(k, a_rows, lda, values, dst, ld),
+                    _ => tile::<1>(k, a_rows, lda, values, dst, ld),
+                }
+            }
+            if !full {
+                for r in 0..rows {
+                    c_rows[r * ldc..r * ldc + width]
+                        .copy_from_slice(&tmp[r * PANEL..r * PANEL + width]);
                 }
             }
             i += rows;
