@@ -68,8 +68,12 @@ const NO_SIMD = 'This browser\'s WebAssembly has no SIMD, which the demo needs: 
 // a module whose one function is `f32x4.relaxed_madd` of three splats.
 const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0,
   10, 19, 1, 17, 0, 65, 0, 253, 15, 65, 0, 253, 15, 65, 0, 253, 15, 253, 133, 2, 11]);
-const libraryUrl = () => (new URL(self.location.href).searchParams.get('wasm') !== 'simd128'
-  && WebAssembly.validate(RELAXED_PROBE) ? './disa-relaxed.js' : './disa.js');
+function libraryUrl() {
+  const wanted = new URL(self.location.href).searchParams.get('wasm');
+  if (wanted === 'simd128') return './disa.js';
+  if (wanted !== null) console.warn(`?wasm=${wanted}: only ?wasm=simd128 is understood; choosing the build by the browser`);
+  return WebAssembly.validate(RELAXED_PROBE) ? './disa-relaxed.js' : './disa.js';
+}
 
 // The chosen build, initialized; where disa-relaxed.js cannot be loaded (a deployment that
 // left it out, a failed fetch) the SIMD build serves instead, with a console warning.
