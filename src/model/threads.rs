@@ -35,11 +35,22 @@ pub fn parts_for(macs: usize, items: usize, available: usize) -> usize {
         .min(items.max(1))
 }
 
-/// [`parts_for`] with the current pool's threads natively; 1 in wasm.
+/// Threads that can run side by side here: the current rayon pool's, but no more than the
+/// processors the OS gives this process (`RAYON_NUM_THREADS=16` on two cores would otherwise
+/// cut the work into 16 smaller, less efficient pieces that take turns on two cores).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn usable_threads() -> usize {
+    use std::sync::OnceLock;
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::current_num_threads().min(cores).max(1)
+}
+
+/// [`parts_for`] with [`usable_threads`] natively; 1 in wasm.
 pub fn parts_here(macs: usize, items: usize) -> usize {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        parts_for(macs, items, rayon::current_num_threads())
+        parts_for(macs, items, usable_threads())
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -73,7 +84,7 @@ pub fn run_parts<T, R>(parts: Vec<T>, f: impl Fn(T) -> R) -> Vec<R> {
     parts.into_iter().map(f).collect()
 }
 
-/// Runs `f` with at most [`threads_for`]`(macs)` rayon threads.
+/// Runs `f` with at most [`threads_for`]`(macs)` of the [`usable_threads`].
 #[cfg(not(target_arch = "wasm32"))]
 pub fn with_threads_for<R: Send>(macs: usize, f: impl FnOnce() -> R + Send) -> R {
     // Already on a pool's thread (a part of [`run_parts`], or inside another sized pool): the
@@ -81,9 +92,8 @@ pub fn with_threads_for<R: Send>(macs: usize, f: impl FnOnce() -> R + Send) -> R
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    let available = rayon::current_num_threads();
-    let threads = threads_for(macs, available);
-    if threads >= available {
+    let threads = threads_for(macs, usable_threads());
+    if threads >= rayon::current_num_threads() {
         return f();
     }
     match pool(threads) {
@@ -186,5 +196,19 @@ mod tests {
     fn a_small_call_runs_on_one_thread() {
         let n = with_threads_for(0, rayon::current_num_threads);
         assert_eq!(n, 1);
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn a_pool_larger_than_the_machine_is_used_only_up_to_its_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores + 3)
+            .build()
+            .unwrap();
+        let (usable, parts) =
+            pool.install(|| (usable_threads(), parts_here(usize::MAX, usize::MAX)));
+        assert_eq!(usable, cores);
+        assert_eq!(parts, cores);
     }
 }
