@@ -276,7 +276,8 @@ impl Request {
         )
     }
 
-    fn uses_cfg(&self) -> bool {
+    /// Whether each image runs with an unconditional copy (CFG scale ≠ 1, as MAR).
+    pub fn uses_cfg(&self) -> bool {
         self.cfg != 1.0
     }
 }

@@ -553,7 +553,20 @@ fn bench_reports_ratios_against_the_first_schedule() {
         let speed_up = row["speedUp"].as_f64().unwrap();
         let base = rows[0]["secondsPerImage"].as_f64().unwrap();
         assert!((speed_up - base / seconds).abs() < 1e-9, "{row}");
+        let head_speed_up = row["headSpeedUp"].as_f64().unwrap();
+        let base_head = rows[0]["headSecondsPerImage"].as_f64().unwrap();
+        assert!((head_speed_up - base_head / head).abs() < 1e-9, "{row}");
     }
+    // The head's arithmetic follows the token·steps; the transformer's the AR steps alone.
+    let macs = |i: usize, part: &str| rows[i]["macsPerImage"][part].as_u64().unwrap();
+    let token_steps = |i: usize| rows[i]["tokenSteps"].as_u64().unwrap();
+    assert!(macs(0, "transformer") > 0 && macs(1, "head") > 0, "{report:#}");
+    assert_eq!(macs(0, "transformer"), macs(1, "transformer"));
+    assert_eq!(
+        macs(0, "head") * token_steps(1),
+        macs(1, "head") * token_steps(0),
+        "{report:#}"
+    );
     assert!(report["moduleWeightBytes"].as_u64().unwrap() > 0);
     assert!(report["fusedHeadWeightBytes"].is_null());
 }

@@ -135,6 +135,10 @@ struct Row {
     speed_up: f64,
     /// Baseline head calls over this row's.
     head_call_ratio: f64,
+    /// Baseline head time over this row's: the end-to-end speed-up were the transformer free.
+    head_speed_up: f64,
+    /// Multiply-adds per image of the transformer's blocks and of the head's network.
+    macs_per_image: disa::model::MacsPerImage,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -205,7 +209,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         print_header(&report, &generator);
     }
     let labels: Vec<Option<usize>> = (0..args.batch).map(|i| Some(i % classes)).collect();
-    let mut baseline: Option<(f64, usize)> = None;
+    let mut baseline: Option<(f64, usize, f64)> = None;
     for schedule in &args.schedules {
         let request = disa::defaults::Sampling {
             schedule: schedule.clone(),
@@ -214,6 +218,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .request(labels.clone(), args.clip);
         let plan = request.plan(&generator.config)?;
         let head_calls = plan.head_calls();
+        let macs_per_image = generator.model.macs_per_image(&plan, request.uses_cfg());
         // Each head implementation, and for the fused head each `token_loop` thread count asked.
         let mut variants = Vec::new();
         for &kernels in &args.kernels {
@@ -286,7 +291,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let (ms, head_ms) = (median(&mut times), median(&mut head_times));
             let transformer_ms = median(&mut transformer_times);
             let head_gpu_ms = (!gpu_times.is_empty()).then(|| median(&mut gpu_times));
-            let (base_ms, base_calls) = *baseline.get_or_insert((ms, head_calls));
+            let (base_ms, base_calls, base_head_ms) =
+                *baseline.get_or_insert((ms, head_calls, head_ms));
             let row = Row {
                 schedule: schedule.to_string(),
                 kernels: disa::sampler::Kernels::from(kernels).to_string(),
@@ -305,6 +311,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 launches,
                 speed_up: base_ms / ms,
                 head_call_ratio: base_calls as f64 / head_calls as f64,
+                head_speed_up: base_head_ms / head_ms,
+                macs_per_image,
             };
             if !args.json {
                 print_row(&row);
@@ -317,8 +325,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         super::common::print_out(&(text + "\n"))?;
     } else {
         println!("(sampling only: transformer + diffusion head; decoding is not timed)");
+        print_work(&report.rows);
     }
     Ok(())
+}
+
+/// Where each row's arithmetic goes and how fast it ran: the end-to-end speed-up is
+/// `(T + H_baseline) / (T + H)` for transformer time T and head times H, so it stays below
+/// the head's own (`head ×`) by as much as the transformer's share.
+fn print_work(rows: &[Row]) {
+    println!("multiply-adds per image (G) and their rate (G/s):");
+    for r in rows {
+        let rate = |macs: u64, seconds: f64| macs as f64 / 1e9 / seconds.max(1e-12);
+        let m = r.macs_per_image;
+        println!(
+            "  {:<18}transformer blocks {:.2} G at {:.1} G/s · head {:.2} G at {:.1} G/s · \
+             transformer {:.0}% of the time",
+            r.schedule,
+            m.transformer as f64 / 1e9,
+            rate(m.transformer, r.transformer_seconds_per_image),
+            m.head as f64 / 1e9,
+            rate(m.head, r.head_seconds_per_image),
+            100.0 * r.transformer_seconds_per_image
+                / (r.transformer_seconds_per_image + r.head_seconds_per_image).max(1e-12),
+        );
+    }
 }
 
 fn print_header(r: &Report, generator: &disa::LoadedModel) {
@@ -354,7 +385,7 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
         );
     }
     println!(
-        "{:<18}{:>12}{:>10}{:>12}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>12}",
+        "{:<18}{:>12}{:>10}{:>12}{:>12}{:>12}{:>14}{:>12}{:>12}{:>10}{:>9}{:>12}",
         "schedule",
         "transformer",
         "head",
@@ -365,6 +396,7 @@ fn print_header(r: &Report, generator: &disa::LoadedModel) {
         "head calls",
         "launches",
         "speed-up",
+        "head ×",
         "head-call ×"
     );
 }
@@ -379,7 +411,7 @@ fn print_row(r: &Row) {
         None => r.head.to_string(),
     };
     println!(
-        "{:<18}{:>12}{head:>10}{:>12.1}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>11.2}×",
+        "{:<18}{:>12}{head:>10}{:>12.1}{:>12.1}{:>12.1}{gpu:>14}{:>12}{launches:>12}{:>9.2}×{:>8.2}×{:>11.2}×",
         r.schedule,
         r.transformer,
         r.seconds_per_image * 1e3,
@@ -387,6 +419,7 @@ fn print_row(r: &Row) {
         r.head_seconds_per_image * 1e3,
         r.head_calls,
         r.speed_up,
+        r.head_speed_up,
         r.head_call_ratio
     );
 }

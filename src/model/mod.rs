@@ -96,7 +96,33 @@ impl burn::module::ModuleVisitor for CountBytes {
     }
 }
 
+/// Multiply-adds per image of one generation: where the arithmetic goes, for `disa bench`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MacsPerImage {
+    /// The transformer's blocks over every AR step (the encoder over the buffer and known
+    /// tokens, the decoder over every position, its last block over the revealed rows).
+    pub transformer: u64,
+    /// The head's network over every token and diffusion step.
+    pub head: u64,
+}
+
 impl Model {
+    /// [`MacsPerImage`] of a generation following `plan`; `guided` (CFG on) doubles both, as
+    /// every sequence runs with its unconditional copy.
+    pub fn macs_per_image(&self, plan: &crate::schedule::Plan, guided: bool) -> MacsPerImage {
+        let copies = if guided { 2 } else { 1 };
+        let tokens = self.transformer.diffusion_pos_embed.dims()[1];
+        let mut masked = tokens;
+        let mut transformer = 0;
+        for step in plan.steps.iter().filter(|s| s.tokens > 0) {
+            let known = tokens.saturating_sub(masked);
+            transformer += self.transformer.macs(copies, known, step.tokens) as u64;
+            masked = step.mask_len_after;
+        }
+        let head = (copies * plan.token_steps() * self.head.macs_per_row()) as u64;
+        MacsPerImage { transformer, head }
+    }
+
     /// What the transformer's and head's parameters take on their device (Burn's modules;
     /// the fused GPU head's own copy is counted by [`crate::gpu::FusedHead`]).
     pub fn weight_bytes(&self) -> WeightBytes {
