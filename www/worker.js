@@ -151,6 +151,8 @@ async function generate({ runId, request, lane }) {
   currentRun = { runId, lane };
   const started = performance.now();
   let event = null, last = null;
+  // Σ over the steps of each phase: the A/B card sets the head's own speed-up beside the total.
+  let headMs = 0, transformerMs = 0;
   // A cancelled run says when it has really stopped: the page measures how long a cancel takes
   // (on WebGPU the AR step in flight runs to its end first).
   const stopped = () => {
@@ -165,13 +167,18 @@ async function generate({ runId, request, lane }) {
       if (!currentRun || currentRun.runId !== runId) return stopped();
       if (result === null || result === undefined) break;
       event = result.event;
+      headMs += event.headMs || 0;
+      transformerMs += event.transformerMs || 0;
       if (result.preview) last = result.preview;
       post({ type: 'step', runId, lane, event, preview: result.preview });
     }
     currentRun = null;
     // The totals are the last event's (the library's plan of the steps run).
     const { headCalls = 0, tokenSteps = 0, samplingMs = 0 } = event || {};
-    post({ type: 'done', runId, lane, image: last, totalMs: performance.now() - started, samplingMs, headCalls, tokenSteps });
+    post({
+      type: 'done', runId, lane, image: last, totalMs: performance.now() - started, samplingMs,
+      headMs, transformerMs, headCalls, tokenSteps,
+    });
   } catch (err) {
     currentRun = null;
     if (isTrap(err)) {
