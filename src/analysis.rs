@@ -460,6 +460,30 @@ pub struct AnalysisOptions {
     pub pca_paths: usize,
 }
 
+impl AnalysisOptions {
+    /// The largest `samples` (`M`) accepted.
+    pub const MAX_SAMPLES: usize = 4096;
+
+    /// Checks the options on their own ([`Analyzer::new`] does; a caller can before it
+    /// generates anything to analyse): `samples` in `2..=`[`Self::MAX_SAMPLES`].
+    pub fn validate(&self) -> Result<()> {
+        if self.samples < 2 {
+            return Err(invalid!(
+                "the spread needs at least 2 re-samples per token (got {})",
+                self.samples
+            ));
+        }
+        if self.samples > Self::MAX_SAMPLES {
+            return Err(invalid!(
+                "{} re-samples per token is too many (at most {})",
+                self.samples,
+                Self::MAX_SAMPLES
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AnalysisOptions {
     fn default() -> Self {
         Self {
@@ -574,18 +598,7 @@ impl Analyzer {
         recording: Arc<Recording>,
         options: AnalysisOptions,
     ) -> Result<Self> {
-        if options.samples < 2 {
-            return Err(invalid!(
-                "the spread needs at least 2 re-samples per token (got {})",
-                options.samples
-            ));
-        }
-        if options.samples > 4096 {
-            return Err(invalid!(
-                "{} re-samples per token is too many (at most 4096)",
-                options.samples
-            ));
-        }
+        options.validate()?;
         let (n, c) = (generator.config.seq_len(), generator.config.token_dim());
         if recording.seq_len != n || recording.token_dim != c {
             return Err(invalid!(

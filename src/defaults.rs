@@ -15,7 +15,7 @@
 //! silently ignored: a model that says "use cfg 3" must not quietly sample at cfg 1.
 
 use crate::error::{DisaError, Result};
-use crate::sampler::Request;
+use crate::sampler::{Request, check_cfg, check_temperature};
 use crate::schedule::{CfgSchedule, StepSchedule};
 
 /// A model's suggested sampling settings; `None` where it suggests nothing.
@@ -68,6 +68,31 @@ impl SamplingDefaults {
     /// The JSON object written to a model file's `info.defaults`.
     pub fn to_info(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("sampling defaults serialize")
+    }
+
+    /// Checks the settings given here on their own, before any model is loaded (a flag's value
+    /// fails at once, not after minutes of loading): `arSteps` ≥ 1, the CFG scale and the
+    /// temperature in their ranges ([`check_cfg`], [`check_temperature`]), and a custom
+    /// schedule's length against `arSteps` when both are given. What depends on the model (K
+    /// against its token count) is checked when its request is ([`Request::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(k) = self.ar_steps {
+            // K against the most tokens any plan has; the model's own count comes later.
+            crate::schedule::validate_ar_steps(k, crate::schedule::MAX_TOKENS)?;
+        }
+        if let Some(cfg) = self.cfg {
+            check_cfg(cfg)?;
+        }
+        if let Some(t) = self.temperature {
+            check_temperature(t)?;
+        }
+        if let Some(schedule) = &self.schedule {
+            schedule.validate()?;
+            if let (StepSchedule::Custom(_), Some(k)) = (schedule, self.ar_steps) {
+                schedule.steps_at(k - 1, k)?;
+            }
+        }
+        Ok(())
     }
 
     /// These settings with `over`'s values where it has them (`over` wins): flags over a model's
@@ -141,23 +166,17 @@ impl TryFrom<Raw> for SamplingDefaults {
             return Err("`arSteps` 0: a generation needs at least 1 AR step".into());
         }
         let (cfg, temperature) = (raw.cfg.map(|c| c as f32), raw.temperature.map(|t| t as f32));
-        if let Some(cfg) = cfg
-            && (!cfg.is_finite() || cfg < 1.0)
-        {
-            return Err(format!(
-                "`cfg` {cfg} must be a finite number ≥ 1 (1 turns guidance off)"
-            ));
-        }
-        if let Some(t) = temperature
-            && (!t.is_finite() || t < 0.0)
-        {
-            return Err(format!("`temperature` {t} must be a finite number ≥ 0"));
-        }
-        // The library's parsers give the messages (which forms are accepted).
+        // The library's checks and parsers give the messages (the ranges, the accepted forms).
         let text = |e: DisaError| match e {
             DisaError::InvalidSetting(m) => m,
             other => other.to_string(),
         };
+        if let Some(cfg) = cfg {
+            check_cfg(cfg).map_err(|e| format!("`cfg`: {}", text(e)))?;
+        }
+        if let Some(t) = temperature {
+            check_temperature(t).map_err(|e| format!("`temperature`: {}", text(e)))?;
+        }
         Ok(Self {
             ar_steps: raw.ar_steps,
             schedule: raw

@@ -93,6 +93,12 @@ impl LoadedModel {
         self.fused_transformer.as_deref()
     }
 
+    /// Why [`Self::fused_transformer`] is `None` (for a caller that checks `Kernels::Fused`
+    /// before it runs anything).
+    pub fn fused_transformer_unavailable(&self) -> &str {
+        &self.fused_transformer_unavailable
+    }
+
     /// The fused head kernels, where this generator has them.
     pub fn fused_head(&self) -> Option<&FusedHead> {
         self.fused.as_deref()
@@ -150,8 +156,56 @@ pub enum Clip {
     /// No clip (plain MAR).
     Off,
     /// Retained timesteps above this one are replaced by it (1..=1000, checked by
-    /// [`Request::validate`]).
+    /// [`Clip::validate`], part of [`Request::validate`]).
     At(usize),
+}
+
+impl Clip {
+    /// Checks a timestep clip's range (1..=1000).
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Self::At(c) if c == 0 || c > crate::diffusion::NUM_BASE_TIMESTEPS => Err(invalid!(
+                "timestep clip {c} must be in 1..={}",
+                crate::diffusion::NUM_BASE_TIMESTEPS
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The largest classifier-free guidance scale accepted. Published MAR/DiSA settings stay below
+/// 10 and the page's slider stops at 10; at 100 the images are already saturated, and far
+/// larger scales only push the arithmetic towards overflow, so nothing above this is run.
+pub const MAX_CFG: f32 = 1000.0;
+
+/// The largest noise temperature accepted. MAR samples at about 1 (the page's slider stops at
+/// 2); at 10 the images are pure noise already, and far larger values only push the
+/// arithmetic towards overflow, so nothing above this is run.
+pub const MAX_TEMPERATURE: f32 = 100.0;
+
+/// Checks a classifier-free guidance scale: finite, in `1..=`[`MAX_CFG`]. Every reader of
+/// the setting (a request, a model file's suggestion, a flag) goes through this one check.
+pub fn check_cfg(cfg: f32) -> Result<()> {
+    if cfg.is_finite() && (1.0..=MAX_CFG).contains(&cfg) {
+        Ok(())
+    } else {
+        Err(invalid!(
+            "cfg {cfg} must be a finite number in 1..={MAX_CFG} (1 turns guidance off; larger \
+             scales cannot give meaningful images)"
+        ))
+    }
+}
+
+/// Checks a noise temperature: finite, in `0..=`[`MAX_TEMPERATURE`].
+pub fn check_temperature(temperature: f32) -> Result<()> {
+    if temperature.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&temperature) {
+        Ok(())
+    } else {
+        Err(invalid!(
+            "temperature {temperature} must be a finite number in 0..={MAX_TEMPERATURE} (MAR \
+             samples at about 1; larger values cannot give meaningful images)"
+        ))
+    }
 }
 
 impl std::fmt::Display for Clip {
@@ -242,23 +296,11 @@ impl Request {
                 ));
             }
         }
-        if !self.cfg.is_finite() || self.cfg < 1.0 {
-            return Err(invalid!(
-                "cfg {} must be a finite number ≥ 1 (1 turns guidance off)",
-                self.cfg
-            ));
-        }
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(invalid!(
-                "temperature {} must be a finite number ≥ 0",
-                self.temperature
-            ));
-        }
-        if let Clip::At(c) = self.clip
-            && (c == 0 || c > crate::diffusion::NUM_BASE_TIMESTEPS)
-        {
-            return Err(invalid!("timestep clip {c} must be in 1..=1000"));
-        }
+        // The same checks as a model file's suggestions and the CLI's flags before loading
+        // (`crate::defaults::SamplingDefaults::validate`).
+        check_cfg(self.cfg)?;
+        check_temperature(self.temperature)?;
+        self.clip.validate()?;
         schedule::validate_ar_steps(self.ar_steps, config.seq_len())?;
         // Builds the plan, which checks the schedule against K.
         self.plan(config).map(|_| ())

@@ -218,12 +218,22 @@ impl CfgSchedule {
     }
 
     /// The CFG scale at a step after which `mask_len` of `num_tokens` stay masked, computed in
-    /// f32 as the official code does with its f32 `mask_len` tensor.
+    /// f32 as the official code does with its f32 `mask_len` tensor:
+    /// `1 + (cfg − 1) · (N − mask_len) / N`, multiplied before dividing, so every scale a
+    /// request accepts is bit-identical to the official code's. Where that product alone would
+    /// overflow (a scale near `f32::MAX`) the fraction is taken first instead, which cannot
+    /// exceed `cfg`: no finite input gives an infinite scale.
     pub fn scale(self, cfg: f32, mask_len: usize, num_tokens: usize) -> f32 {
         match self {
             Self::Constant => cfg,
             Self::Linear => {
-                1.0 + (cfg - 1.0) * (num_tokens as f32 - mask_len as f32) / num_tokens as f32
+                let (revealed, n) = (num_tokens as f32 - mask_len as f32, num_tokens as f32);
+                let product = (cfg - 1.0) * revealed;
+                if product.is_finite() {
+                    1.0 + product / n
+                } else {
+                    1.0 + (cfg - 1.0) * (revealed / n)
+                }
             }
         }
     }
@@ -296,8 +306,18 @@ impl Plan {
     }
 }
 
+/// The most tokens per image a plan is made for: 1,048,576 (a 1024×1024 token grid; MAR at
+/// 256×256 pixels has 256, at 512×512 1,024). Keeps a plan's table and its totals
+/// (`tokens × steps`) far from memory and integer limits.
+pub const MAX_TOKENS: usize = 1 << 20;
+
 /// Checks `K` against the token count.
 pub fn validate_ar_steps(num_ar_steps: usize, num_tokens: usize) -> Result<()> {
+    if num_tokens > MAX_TOKENS {
+        return Err(invalid!(
+            "{num_tokens} tokens per image is more than the {MAX_TOKENS} a plan is made for"
+        ));
+    }
     if num_ar_steps < 1 {
         return Err(invalid!("AR steps must be at least 1"));
     }

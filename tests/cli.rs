@@ -103,6 +103,82 @@ fn bad_settings_exit_with_a_message() {
             vec!["generate", "--weights", "/nonexistent/model.safetensors"],
             vec!["/nonexistent/model.safetensors"],
         ),
+        // Counts that would run for ever or exhaust memory have an upper limit, said in the
+        // message.
+        (
+            vec!["bench", "--repeats", "1000000000000"],
+            vec!["--repeats 1000000000000", "at most 10000"],
+        ),
+        (
+            vec!["bench", "--batch", "100000000"],
+            vec!["100000000 images", "1048576", "lower --batch"],
+        ),
+        (
+            vec!["eval", "--quick", "--bootstrap", "1000000000000"],
+            vec!["--bootstrap 1000000000000", "at most 100000"],
+        ),
+        (
+            vec![
+                "schedule",
+                "--tokens",
+                "100000000",
+                "--ar-steps",
+                "100000000",
+                "--schedule",
+                "constant:2",
+            ],
+            vec!["--tokens 100000000", "at most 1048576"],
+        ),
+        (
+            // (2^32 − 1)², which wrapped the token·steps total around.
+            vec![
+                "schedule",
+                "--tokens",
+                "18446744065119617025",
+                "--ar-steps",
+                "4",
+            ],
+            vec!["--tokens 18446744065119617025", "at most 1048576"],
+        ),
+        // Sampling settings too large for a meaningful image are refused by every command, with
+        // the bound (the shared check of the library's request).
+        (
+            vec![
+                "schedule",
+                "--tokens",
+                "16",
+                "--ar-steps",
+                "4",
+                "--cfg",
+                "1e38",
+            ],
+            vec!["cfg 1", "1..=1000"],
+        ),
+        (
+            vec!["bench", "--ar-steps", "2", "--temperature", "1e38"],
+            vec!["temperature 1", "0..=100"],
+        ),
+        (
+            vec!["bench", "--ar-steps", "2", "--cfg", "1001"],
+            vec!["cfg 1001", "1..=1000"],
+        ),
+        (
+            vec!["eval", "--quick", "--temperature", "101"],
+            vec!["temperature 101", "0..=100"],
+        ),
+        // `convert` names its output for what it holds.
+        (
+            vec!["convert", "--out", "cv.txt"],
+            vec!["--out cv.txt", ".safetensors"],
+        ),
+        (
+            vec!["convert", "--out", "x.ckpt"],
+            vec!["--out x.ckpt", ".safetensors", "--to official"],
+        ),
+        (
+            vec!["convert", "--to", "official", "--out", "x.bin"],
+            vec!["x.bin", ".pth", ".pt", ".ckpt", ".safetensors"],
+        ),
     ] {
         let out = disa().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
@@ -560,7 +636,10 @@ fn bench_reports_ratios_against_the_first_schedule() {
     // The head's arithmetic follows the token·steps; the transformer's the AR steps alone.
     let macs = |i: usize, part: &str| rows[i]["macsPerImage"][part].as_u64().unwrap();
     let token_steps = |i: usize| rows[i]["tokenSteps"].as_u64().unwrap();
-    assert!(macs(0, "transformer") > 0 && macs(1, "head") > 0, "{report:#}");
+    assert!(
+        macs(0, "transformer") > 0 && macs(1, "head") > 0,
+        "{report:#}"
+    );
     assert_eq!(macs(0, "transformer"), macs(1, "transformer"));
     assert_eq!(
         macs(0, "head") * token_steps(1),
@@ -698,5 +777,329 @@ fn bench_json_reports_fused_launches_on_wgpu() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && !err.contains("panicked"), "{err}");
         assert!(err.contains(needle), "{kernels} {threads}: {err}");
+    }
+}
+
+/// A fresh, empty folder under the system's temporary folder.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("disa-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a run failed with a message holding every needle, and printed nothing on stdout
+/// (no table header: the settings were refused before any work).
+fn refused(out: &std::process::Output, what: &str, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: succeeded");
+    assert!(err.starts_with("error: "), "{what}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{what}: `{needle}` not in: {err}");
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed before refusing:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `disa convert` never writes over one of its inputs: the weights (also through a link), the
+/// VAE given or found beside them. Run on copies of the reference files, which must stay
+/// byte-identical.
+#[test]
+fn convert_refuses_to_overwrite_its_inputs() {
+    let dir = fresh_dir("convert-inputs");
+    let reference = reference_dir();
+    for name in ["checkpoint-last.pth", "manifest.json", "vae.ckpt"] {
+        std::fs::copy(reference.join(name), dir.join(name)).unwrap();
+    }
+    let weights = dir.join("checkpoint-last.pth");
+    let vae = dir.join("vae.ckpt");
+    let original = std::fs::read(&weights).unwrap();
+    let original_vae = std::fs::read(&vae).unwrap();
+    let link = dir.join("link.pth");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&weights, &link).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(&weights, &link).unwrap();
+    let convert = |extra: &[&str], out: &std::path::Path| {
+        disa()
+            .arg("convert")
+            .arg("--weights")
+            .arg(&weights)
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let mut cases: Vec<(Vec<&str>, std::path::PathBuf, &str)> = vec![
+        (vec!["--to", "official"], weights.clone(), "--weights"),
+        (
+            vec!["--to", "official"],
+            vae.clone(),
+            "the VAE found beside --weights",
+        ),
+        (
+            vec!["--to", "official", "--vae", vae.to_str().unwrap()],
+            // The same file under another spelling.
+            dir.join(".").join("vae.ckpt"),
+            "--vae",
+        ),
+    ];
+    if cfg!(unix) {
+        cases.push((vec!["--to", "official"], link.clone(), "--weights"));
+    }
+    for (extra, out, what) in cases {
+        let o = convert(&extra, &out);
+        refused(
+            &o,
+            &format!("{extra:?} --out {}", out.display()),
+            &["is the same file as", what, "choose another --out"],
+        );
+        assert_eq!(
+            std::fs::read(&weights).unwrap(),
+            original,
+            "the weights changed"
+        );
+        assert_eq!(
+            std::fs::read(&vae).unwrap(),
+            original_vae,
+            "the VAE changed"
+        );
+    }
+    // The same conversion to a new file works (the copies are a valid model).
+    let fresh = dir.join("exported.pth");
+    let o = convert(&["--to", "official"], &fresh);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(fresh.exists());
+    assert_eq!(std::fs::read(&weights).unwrap(), original);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `disa analyze --out` is a file prefix: a folder (`runs/`, or an existing folder's name)
+/// would make hidden files (`runs/.csv`), so it is refused before any work, with an example.
+#[test]
+fn analyze_refuses_an_out_without_a_file_name() {
+    let dir = fresh_dir("analyze-out");
+    let slash = format!("{}/", dir.display());
+    let dot = format!("{}/.", dir.display());
+    for out in [slash.as_str(), dot.as_str(), dir.to_str().unwrap()] {
+        let o = disa()
+            .args(["analyze", "--ar-steps", "2", "--samples", "2", "--out", out])
+            .output()
+            .unwrap();
+        refused(&o, out, &["--out", "file prefix", "analysis.csv"]);
+    }
+    let written: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(written.is_empty(), "files written: {written:?}");
+    // A prefix inside the folder writes the three files there.
+    let prefix = dir.join("a");
+    let o = disa()
+        .args([
+            "analyze",
+            "--ar-steps",
+            "2",
+            "--samples",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for name in ["a.csv", "a-tokens.csv", "a.svg"] {
+        assert!(dir.join(name).exists(), "{name} not written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bench`, `analyze` and `eval` check what they can before loading the model: with weights
+/// that do not exist, the bad setting is what they report, and `bench` prints no table header.
+#[test]
+fn settings_are_checked_before_the_model_is_loaded() {
+    let missing = "/nonexistent/model.safetensors";
+    let dir = fresh_dir("before-loading");
+    let prefix = dir.join("a");
+    let prefix = prefix.to_str().unwrap();
+    for (args, needles) in [
+        (
+            vec!["bench", "--clip", "0"],
+            vec!["timestep clip 0", "1..=1000"],
+        ),
+        (
+            vec!["bench", "--schedules", "custom:5,4,3", "--ar-steps", "4"],
+            vec!["custom schedule lists 3 step counts", "4 AR steps"],
+        ),
+        (
+            vec!["bench", "--kernels", "fused"],
+            vec!["--kernels fused", "--backend wgpu"],
+        ),
+        (
+            vec!["bench", "--token-loop-threads", "64"],
+            vec!["--token-loop-threads", "--backend wgpu"],
+        ),
+        (
+            vec!["bench", "--repeats", "10001"],
+            vec!["--repeats 10001", "at most 10000"],
+        ),
+        (
+            vec!["bench", "--batch", "2000000"],
+            vec!["2000000 images", "lower --batch"],
+        ),
+        (vec!["bench", "--cfg", "1e38"], vec!["cfg 1", "1..=1000"]),
+        (
+            vec!["analyze", "--out", prefix, "--temperature", "1e38"],
+            vec!["temperature 1", "0..=100"],
+        ),
+        (
+            vec!["analyze", "--out", prefix, "--class", "1", "--cfg", "1e38"],
+            vec!["cfg 1", "1..=1000"],
+        ),
+        (
+            vec!["analyze", "--out", prefix, "--batch", "100000000"],
+            vec!["100000000 images", "1048576", "lower --batch"],
+        ),
+        (
+            vec!["analyze", "--out", prefix, "--clip", "1001"],
+            vec!["timestep clip 1001", "1..=1000"],
+        ),
+        (
+            vec!["analyze", "--out", prefix, "--samples", "1"],
+            vec!["at least 2 re-samples"],
+        ),
+        (
+            vec!["analyze", "--out", prefix, "--batch", "2000000"],
+            vec!["2000000 images", "lower --batch"],
+        ),
+        (
+            vec![
+                "analyze",
+                "--out",
+                prefix,
+                "--schedule",
+                "custom:5,4",
+                "--ar-steps",
+                "3",
+            ],
+            vec!["custom schedule lists 2 step counts", "3 AR steps"],
+        ),
+        (
+            vec!["eval", "--quick", "--cfg", "1e38"],
+            vec!["cfg 1", "1..=1000"],
+        ),
+        (
+            vec!["eval", "--quick", "--schedules", "linear:50:5@0"],
+            vec!["timestep clip 0", "1..=1000"],
+        ),
+        (
+            vec![
+                "eval",
+                "--quick",
+                "--schedules",
+                "custom:3,2",
+                "--ar-steps",
+                "4",
+            ],
+            vec!["custom schedule lists 2 step counts", "4 AR steps"],
+        ),
+    ] {
+        let o = disa()
+            .args(&args)
+            .args(["--weights", missing])
+            .output()
+            .unwrap();
+        refused(&o, &format!("{args:?}"), &needles);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains(missing), "{args:?}: loaded first: {err}");
+    }
+    let written: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(written.is_empty(), "files written: {written:?}");
+    // What needs the model (a custom schedule against the model's K) still fails before the
+    // table: the built-in model suggests K = 16.
+    let o = disa()
+        .args(["bench", "--schedules", "constant:4;custom:5,4,3"])
+        .output()
+        .unwrap();
+    refused(
+        &o,
+        "custom:5,4,3 at K=16",
+        &["3 step counts", "16 AR steps"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `disa schedule`'s table: the masked column counts the tokens still masked after each step,
+/// so the last row, which reveals every token left (as the official code's last step does),
+/// shows 0; the totals stay the official code's.
+#[test]
+fn schedule_table_counts_the_tokens_left_masked() {
+    for (k, tokens) in [(4, 16), (64, 256), (1, 16), (16, 16)] {
+        let out = disa()
+            .args(["schedule", "--ar-steps", &k.to_string()])
+            .args(["--tokens", &tokens.to_string(), "--cfg", "3"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let rows: Vec<Vec<f64>> = text
+            .lines()
+            .skip(2)
+            .take(k)
+            .map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(rows.len(), k, "{text}");
+        let mut masked = tokens as f64;
+        for row in &rows {
+            masked -= row[1];
+            assert_eq!(
+                row[2], masked,
+                "K={k}, N={tokens}, step {}:\n{text}",
+                row[0]
+            );
+        }
+        assert_eq!(rows.last().unwrap()[2], 0.0, "{text}");
+    }
+}
+
+/// The linear CFG scale multiplies before it divides, as the official code does, so every
+/// accepted scale rounds the same; a scale whose product alone would overflow gives a finite
+/// result instead of infinity.
+#[test]
+fn linear_cfg_scale_keeps_the_official_rounding_and_never_overflows() {
+    use disa::schedule::CfgSchedule;
+    for cfg in [1.0f32, 1.1, 1.5, 2.0, 3.0, 4.5, 7.3, 1000.0] {
+        for (mask_len, n) in [
+            (255, 256),
+            (128, 256),
+            (1, 256),
+            (0, 256),
+            (13, 64),
+            (1, 16),
+        ] {
+            let official = 1.0 + (cfg - 1.0) * (n as f32 - mask_len as f32) / n as f32;
+            let ours = CfgSchedule::Linear.scale(cfg, mask_len, n);
+            assert_eq!(
+                ours.to_bits(),
+                official.to_bits(),
+                "cfg {cfg}, {mask_len}/{n}"
+            );
+        }
+    }
+    for cfg in [1e38f32, f32::MAX] {
+        for mask_len in [0, 1, 128, 255] {
+            let scale = CfgSchedule::Linear.scale(cfg, mask_len, 256);
+            assert!(
+                scale.is_finite() && scale <= cfg,
+                "cfg {cfg}, {mask_len}: {scale}"
+            );
+        }
     }
 }

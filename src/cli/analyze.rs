@@ -2,12 +2,12 @@
 //! of one generation, as a CSV table and an SVG plot for slides.
 
 use super::args::{BackendArg, ModelArgs, SamplingArgs, suggested};
-use super::common::{progress_bar, write_file};
+use super::common::{MAX_IMAGES, check_batch, printable, progress_bar, write_file};
 use clap::Args;
-use disa::Result;
 use disa::analysis::{Analysis, AnalysisOptions, Analyzer, Recorder};
 use disa::backend::Backend;
 use disa::noise::SeededNoise;
+use disa::{DisaError, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +19,8 @@ pub struct AnalyzeArgs {
     /// Class label(s), comma-separated; omit for unconditional generation.
     #[arg(long = "class", value_delimiter = ',')]
     pub classes: Vec<usize>,
-    /// Images per class: the curves average over every token of every image.
+    /// Images per class: the curves average over every token of every image (at most
+    /// 1048576 images in all, and what fits in memory).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Seed of the generation (orders and noise): the same seed as `disa generate` or the page
@@ -28,22 +29,44 @@ pub struct AnalyzeArgs {
     pub seed: u64,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Noise temperature [default: the model's suggestion, else 1].
+    /// Noise temperature in 0..=100 [default: the model's suggestion, else 1].
     #[arg(long)]
     pub temperature: Option<f32>,
-    /// Re-samples of the head per token for the spread (M).
+    /// Re-samples of the head per token for the spread (M), in 2..=4096.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
     /// Compute backend.
     #[arg(long, value_enum, ignore_case = true, default_value_t = BackendArg::Cpu)]
     pub backend: BackendArg,
     /// Output prefix: writes PREFIX.csv (one row per AR step), PREFIX-tokens.csv (one row per
-    /// token) and PREFIX.svg (the curves).
+    /// token) and PREFIX.svg (the curves). It must end in a file name: for files in a folder
+    /// give `DIR/NAME` (`runs/a` writes runs/a.csv, …); a folder (`runs/`) is refused.
     #[arg(long, default_value = "analysis")]
     pub out: PathBuf,
     /// No progress bar or table.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The three files `--out PREFIX` names, checked before any work: PREFIX must end in a file
+/// name (not `runs/`, `.` or `..`, and not an existing folder: that would write hidden files
+/// such as `runs/.csv`), in an existing, writable folder.
+pub fn output_files(prefix: &Path) -> Result<[PathBuf; 3]> {
+    let text = prefix.to_string_lossy();
+    let last = text.rsplit(std::path::is_separator).next().unwrap_or("");
+    if last.is_empty() || last == "." || last == ".." || prefix.is_dir() {
+        let example = printable(&prefix.join("analysis").to_string_lossy());
+        return Err(DisaError::InvalidSetting(format!(
+            "--out {}: give a file prefix, not a folder (e.g. --out {example} writes \
+             {example}.csv, {example}-tokens.csv and {example}.svg)",
+            printable(&text),
+        )));
+    }
+    let files = [".csv", "-tokens.csv", ".svg"].map(|suffix| with_suffix(prefix, suffix));
+    for file in &files {
+        disa::weights::atomic::check_output_file(file, "--out", &[])?;
+    }
+    Ok(files)
 }
 
 fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
@@ -291,32 +314,44 @@ fn first_last(values: &[f64]) -> (f64, f64) {
 }
 
 pub fn analyze(args: AnalyzeArgs) -> Result<()> {
-    let device = Backend::from(args.backend).device()?;
-    let bundle = args.model.bundle()?;
-    let sampling = args
-        .sampling
-        .resolve(&suggested(&bundle)?, args.temperature);
-    let model_name = bundle.info.name.clone();
-    let generator = Arc::new(bundle.into_generator(&device)?);
+    // Everything that can be checked without the model is, before it is loaded.
+    let [csv_path, tokens_path, svg_path] = output_files(&args.out)?;
+    args.sampling.check(args.temperature)?;
+    let options = AnalysisOptions {
+        samples: args.samples,
+        ..AnalysisOptions::default()
+    };
+    options.validate()?;
     if args.batch == 0 {
-        return Err(disa::DisaError::InvalidSetting(
-            "batch must be at least 1".into(),
-        ));
+        return Err(DisaError::InvalidSetting("batch must be at least 1".into()));
     }
     let classes: Vec<Option<usize>> = if args.classes.is_empty() {
         vec![None]
     } else {
         args.classes.iter().map(|&c| Some(c)).collect()
     };
+    let images = classes.len().saturating_mul(args.batch);
+    if images > MAX_IMAGES {
+        return Err(DisaError::InvalidSetting(format!(
+            "{images} images at once is more than the {MAX_IMAGES} accepted: lower --batch"
+        )));
+    }
+    let device = Backend::from(args.backend).device()?;
+    let bundle = args.model.bundle()?;
+    let sampling = args
+        .sampling
+        .resolve(&suggested(&bundle)?, args.temperature);
     let labels = classes
         .iter()
         .flat_map(|c| std::iter::repeat_n(*c, args.batch))
         .collect();
     let request = sampling.request(labels, args.sampling.clip);
-    let options = AnalysisOptions {
-        samples: args.samples,
-        ..AnalysisOptions::default()
-    };
+    // The whole request (classes, K against the model's tokens) and its memory, as `generate`
+    // checks them, before the model is built.
+    request.validate(&bundle.config)?;
+    check_batch(&bundle.config, images, sampling.cfg)?;
+    let model_name = bundle.info.name.clone();
+    let generator = Arc::new(bundle.into_generator(&device)?);
     let k = request.ar_steps as u64;
     let bar = progress_bar(
         2 * k,
@@ -330,6 +365,13 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         Box::new(SeededNoise::new(args.seed)),
     )?;
     while recorder.step()?.is_some() {
+        // As in `generate`: a generation that overflows stops at the step it does, instead of
+        // curves of NaN.
+        let generation = recorder.generation();
+        disa::image::check_finite(
+            generation.tokens(),
+            &format!("at AR step {}", generation.steps_done()),
+        )?;
         bar.inc(1);
     }
     let recording = Arc::new(recorder.finish());
@@ -366,9 +408,6 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         "{model_name} · class {class} × {} · seed {} · K={} · {} · cfg {} · M={}",
         args.batch, args.seed, request.ar_steps, request.schedule, request.cfg, args.samples
     );
-    let csv_path = with_suffix(&args.out, ".csv");
-    let tokens_path = with_suffix(&args.out, "-tokens.csv");
-    let svg_path = with_suffix(&args.out, ".svg");
     write_file(&csv_path, steps_csv(&analysis).as_bytes())?;
     write_file(&tokens_path, tokens_csv(&analysis).as_bytes())?;
     write_file(&svg_path, curves_svg(&analysis, &title).as_bytes())?;

@@ -83,7 +83,8 @@ pub struct SamplingArgs {
     /// code), none (MAR; also off), or a timestep in 1..=1000 (DiSA: 950).
     #[arg(long, default_value = "default", value_parser = parse_clip)]
     pub clip: Clip,
-    /// Classifier-free guidance scale, 1 = off [default: the model's suggestion, else 1].
+    /// Classifier-free guidance scale in 1..=1000, 1 = off [default: the model's suggestion,
+    /// else 1].
     #[arg(long)]
     pub cfg: Option<f32>,
     /// How the CFG scale grows over the AR steps [default: the model's suggestion, else
@@ -104,10 +105,25 @@ impl SamplingArgs {
         }
     }
 
+    /// Checks the flags given before anything is loaded (see [`check_flags`]).
+    pub fn check(&self, temperature: Option<f32>) -> Result<()> {
+        check_flags(&self.flags(temperature), self.clip)
+    }
+
     /// Every setting: a flag, else the model's suggestion, else the built-in fallback.
     pub fn resolve(&self, suggested: &SamplingDefaults, temperature: Option<f32>) -> Sampling {
         suggested.overridden_by(&self.flags(temperature)).resolve()
     }
+}
+
+/// Checks sampling flags before any loading, with the library's checks and messages (the
+/// same a request gets when it runs: `disa::sampler::Request::validate`): K ≥ 1, the CFG scale
+/// in 1..=1000, the temperature in 0..=100, the clip in 1..=1000, a custom schedule's length
+/// against K when both are given. What needs the model (K against its tokens, the classes)
+/// is checked once it is loaded.
+pub fn check_flags(flags: &SamplingDefaults, clip: Clip) -> Result<()> {
+    flags.validate()?;
+    clip.validate()
 }
 
 /// `--schedule`'s parser: the library's, with its message.

@@ -1,8 +1,10 @@
 //! `disa bench`: schedules (and head implementations) timed against a baseline in one run, as
 //! a table or, with `--json`, one JSON document.
 
-use super::args::{BackendArg, CfgScheduleArg, Clip, KernelsArg, ModelArgs, parse_clip, suggested};
-use super::common::printable;
+use super::args::{
+    BackendArg, CfgScheduleArg, Clip, KernelsArg, ModelArgs, check_flags, parse_clip, suggested,
+};
+use super::common::{MAX_IMAGES, check_batch, printable};
 use clap::Args;
 use disa::backend::Backend;
 use disa::defaults::SamplingDefaults;
@@ -31,20 +33,22 @@ pub struct BenchArgs {
     /// AR steps K [default: the model's suggestion, else 64].
     #[arg(long)]
     pub ar_steps: Option<usize>,
-    /// Classifier-free guidance scale, 1 = off [default: the model's suggestion, else 1].
+    /// Classifier-free guidance scale in 1..=1000, 1 = off [default: the model's suggestion,
+    /// else 1].
     #[arg(long)]
     pub cfg: Option<f32>,
     /// How the CFG scale grows over the AR steps [default: the model's suggestion, else
     /// linear].
     #[arg(long, value_enum, ignore_case = true)]
     pub cfg_schedule: Option<CfgScheduleArg>,
-    /// Noise temperature [default: the model's suggestion, else 1].
+    /// Noise temperature in 0..=100 [default: the model's suggestion, else 1].
     #[arg(long)]
     pub temperature: Option<f32>,
-    /// Images per generation.
+    /// Images per generation (at most 1048576, and what fits in memory).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Timed repetitions per schedule (after one untimed warm-up); the median is reported.
+    /// Timed repetitions per schedule (after one untimed warm-up), in 1..=10000; the median
+    /// is reported.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     /// Compute backend.
@@ -141,8 +145,13 @@ struct Row {
     macs_per_image: disa::model::MacsPerImage,
 }
 
-pub fn bench(args: BenchArgs) -> Result<()> {
-    let backend = Backend::from(args.backend);
+/// The most timed repetitions `--repeats` accepts: a median of 10,000 runs is as steady as a
+/// timing gets, and more only keeps the machine busy.
+pub const MAX_REPEATS: usize = 10_000;
+
+/// What `bench` checks before it loads anything: counts, the sampling flags (with the
+/// library's checks, as `generate`), and the head implementations against the backend.
+fn check_before_loading(args: &BenchArgs, flags: &SamplingDefaults) -> Result<()> {
     if !args.token_loop_threads.is_empty()
         && args.kernels.iter().all(|k| matches!(k, KernelsArg::Tensor))
     {
@@ -155,6 +164,62 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "repeats and batch must be at least 1".into(),
         ));
     }
+    if args.repeats > MAX_REPEATS {
+        return Err(DisaError::InvalidSetting(format!(
+            "--repeats {}: at most {MAX_REPEATS} timed repetitions per schedule",
+            args.repeats
+        )));
+    }
+    if args.batch > MAX_IMAGES {
+        return Err(DisaError::InvalidSetting(format!(
+            "{} images at once is more than the {MAX_IMAGES} accepted: lower --batch",
+            args.batch
+        )));
+    }
+    // Each row's settings as its request will have them (a custom schedule against --ar-steps
+    // where K is given; against the model's K once it is loaded).
+    check_flags(flags, args.clip)?;
+    for schedule in &args.schedules {
+        check_flags(
+            &SamplingDefaults {
+                schedule: Some(schedule.clone()),
+                ..flags.clone()
+            },
+            args.clip,
+        )?;
+    }
+    if args.backend == BackendArg::Cpu {
+        if !args.token_loop_threads.is_empty() {
+            return Err(DisaError::InvalidSetting(
+                "--token-loop-threads sets the fused head's workgroups, which run on a GPU: add \
+                 --backend wgpu"
+                    .into(),
+            ));
+        }
+        let fused = args
+            .kernels
+            .iter()
+            .find(|k| matches!(k, KernelsArg::Fused | KernelsArg::FusedHead));
+        if let Some(k) = fused {
+            return Err(DisaError::InvalidSetting(format!(
+                "--kernels {}: the fused kernels run on a GPU; add --backend wgpu",
+                disa::sampler::Kernels::from(*k)
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let backend = Backend::from(args.backend);
+    let flags = SamplingDefaults {
+        ar_steps: args.ar_steps,
+        schedule: None,
+        cfg: args.cfg,
+        cfg_schedule: args.cfg_schedule.map(Into::into),
+        temperature: args.temperature,
+    };
+    check_before_loading(&args, &flags)?;
     let device = backend.device()?;
     let bundle = match &args.shapes {
         Some(name) => {
@@ -173,18 +238,63 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         None => args.model.bundle()?,
     };
-    let flags = SamplingDefaults {
-        ar_steps: args.ar_steps,
-        schedule: None,
-        cfg: args.cfg,
-        cfg_schedule: args.cfg_schedule.map(Into::into),
-        temperature: args.temperature,
-    };
     // Every row's schedule comes from --schedules; the other settings as in `generate`.
     let sampling = suggested(&bundle)?.overridden_by(&flags).resolve();
+    let classes = bundle.config.class_num;
+    let labels: Vec<Option<usize>> = (0..args.batch).map(|i| Some(i % classes)).collect();
+    // Every row's request is checked, and the batch against memory, before the model is built
+    // and before the table starts.
+    let requests = args
+        .schedules
+        .iter()
+        .map(|schedule| {
+            let request = disa::defaults::Sampling {
+                schedule: schedule.clone(),
+                ..sampling.clone()
+            }
+            .request(labels.clone(), args.clip);
+            request.validate(&bundle.config).map(|()| request)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    check_batch(&bundle.config, args.batch, sampling.cfg)?;
     let model = printable(&bundle.info.name);
     let generator = Arc::new(bundle.into_generator(&device)?);
-    let classes = generator.config.class_num;
+    // The fused kernels asked for, where the device has none, and each --token-loop-threads
+    // count (whose range depends on the model's token size) fail now, not after a row.
+    for &kernels in &args.kernels {
+        let name = disa::sampler::Kernels::from(kernels);
+        let fused = matches!(kernels, KernelsArg::Fused | KernelsArg::FusedHead);
+        if fused && generator.fused_head().is_none() {
+            return Err(DisaError::Device(format!(
+                "--kernels {name}: the fused head kernels are not available here: {}",
+                generator.fused_unavailable()
+            )));
+        }
+        if kernels == KernelsArg::Fused && generator.fused_transformer().is_none() {
+            return Err(DisaError::Device(format!(
+                "--kernels {name}: the fused transformer kernels are not available here: {}",
+                generator.fused_transformer_unavailable()
+            )));
+        }
+    }
+    if !args.token_loop_threads.is_empty() {
+        match generator.fused_head() {
+            Some(f) if f.uses_token_loop() => {
+                for &threads in &args.token_loop_threads {
+                    f.set_token_loop_threads(threads)?;
+                }
+            }
+            _ => {
+                return Err(DisaError::InvalidSetting(format!(
+                    "--token-loop-threads: this model's head does not run token_loop here ({})",
+                    generator.fused_head().map_or_else(
+                        || generator.fused_unavailable().to_string(),
+                        |f| f.launch_summary()
+                    )
+                )));
+            }
+        }
+    }
     let module_weights = generator.model.weight_bytes();
     let module_weight_bytes = module_weights.bytes;
     let module_weight_f32_bytes = module_weights.f32_bytes;
@@ -208,14 +318,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if !args.json {
         print_header(&report, &generator);
     }
-    let labels: Vec<Option<usize>> = (0..args.batch).map(|i| Some(i % classes)).collect();
     let mut baseline: Option<(f64, usize, f64)> = None;
-    for schedule in &args.schedules {
-        let request = disa::defaults::Sampling {
-            schedule: schedule.clone(),
-            ..sampling.clone()
-        }
-        .request(labels.clone(), args.clip);
+    for (schedule, request) in args.schedules.iter().zip(&requests) {
         let plan = request.plan(&generator.config)?;
         let head_calls = plan.head_calls();
         let macs_per_image = generator.model.macs_per_image(&plan, request.uses_cfg());

@@ -2,12 +2,12 @@
 //! model back to the official layout.
 
 use super::args::ModelArgs;
-use super::common::write_file;
+use super::common::{printable, write_file};
 use clap::{Args, ValueEnum};
 use disa::defaults::SamplingDefaults;
 use disa::weights::{Bundle, DecoderSpec, Storage};
 use disa::{DisaError, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct ConvertArgs {
@@ -21,8 +21,10 @@ pub struct ConvertArgs {
     /// `cfgSchedule`, `temperature`, merged over the source's suggestions, e.g. '{"cfg": 4}'.
     #[arg(long, value_name = "JSON")]
     pub defaults: Option<String>,
-    /// Output file: safetensors with disa metadata; with `--to official`, a PyTorch checkpoint
-    /// (`.pth`, `.pt`, `.ckpt`) or safetensors (`.safetensors`).
+    /// Output file: a `.safetensors` file with disa metadata; with `--to official`, a PyTorch
+    /// checkpoint (`.pth`, `.pt`, `.ckpt`) or safetensors (`.safetensors`). Never one of the
+    /// input files (the weights, the VAE, the configuration): that is refused, not
+    /// overwritten.
     #[arg(long)]
     pub out: PathBuf,
     /// Tensor storage of a disa model file.
@@ -85,35 +87,107 @@ enum ConvertOutput {
 }
 
 impl ConvertOutput {
-    /// Checks `--to`, `--storage` and `--out`'s extension together, before any loading.
+    /// Checks `--to`, `--storage` and `--out`'s extension together, before any loading. A
+    /// device or pipe that exists (`/dev/stdout`) is written whatever its name; a file must
+    /// be named for what it holds.
     fn of(args: &ConvertArgs) -> Result<Self> {
+        let extension = args
+            .out
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let special = std::fs::metadata(&args.out).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        let out = printable(&args.out.display().to_string());
         match args.to {
-            Layout::Disa => Ok(Self::Disa(args.storage.into())),
+            Layout::Disa => match extension.as_deref() {
+                Some("safetensors") => Ok(Self::Disa(args.storage.into())),
+                _ if special => Ok(Self::Disa(args.storage.into())),
+                _ => Err(DisaError::InvalidSetting(format!(
+                    "--out {out}: a disa model file is safetensors: name it .safetensors (or \
+                     give --to official for a .pth/.pt/.ckpt PyTorch checkpoint)"
+                ))),
+            },
             Layout::Official if args.storage != StorageArg::F32 => Err(DisaError::InvalidSetting(
                 "--to official writes f32 (the official checkpoints' dtype)".into(),
             )),
-            Layout::Official => {
-                let extension = args
-                    .out
-                    .extension()
-                    .map(|e| e.to_string_lossy().to_ascii_lowercase());
-                match extension.as_deref() {
-                    Some("pth" | "pt" | "ckpt") => Ok(Self::TorchCheckpoint),
-                    Some("safetensors") => Ok(Self::OfficialSafetensors),
-                    _ => Err(DisaError::InvalidSetting(format!(
-                        "--to official --out {}: name the file .pth (a PyTorch checkpoint) or \
-                         .safetensors",
-                        args.out.display()
-                    ))),
-                }
-            }
+            Layout::Official => match extension.as_deref() {
+                Some("pth" | "pt" | "ckpt") => Ok(Self::TorchCheckpoint),
+                Some("safetensors") => Ok(Self::OfficialSafetensors),
+                // A device or pipe gets the checkpoint form (what torch.load reads).
+                _ if special => Ok(Self::TorchCheckpoint),
+                _ => Err(DisaError::InvalidSetting(format!(
+                    "--to official --out {out}: name the file .pth, .pt or .ckpt (a PyTorch \
+                     checkpoint) or .safetensors"
+                ))),
+            },
         }
     }
 }
 
+/// Whether two paths name the same existing file (the same device and inode on Unix, so a
+/// symbolic or hard link counts; the same canonical path elsewhere).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+        false
+    }
+    #[cfg(not(unix))]
+    {
+        match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+}
+
+/// Refuses an `--out` that is one of the files the conversion reads: the weights, the VAE and
+/// the configuration, given or found beside the weights. The write is atomic, so it would
+/// replace the input wholesale (an exported checkpoint over the original one).
+fn check_out_is_not_an_input(args: &ConvertArgs) -> Result<()> {
+    // A path that does not exist yet cannot be an input; nor can a device (`/dev/stdout`).
+    if !std::fs::metadata(&args.out).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let Some(weights) = &args.model.weights else {
+        // The built-in model: no input file.
+        return Ok(());
+    };
+    let dir = weights.parent().unwrap_or(Path::new("."));
+    let mut inputs: Vec<(&str, PathBuf)> = vec![("--weights", weights.clone())];
+    match &args.model.vae {
+        Some(vae) => inputs.push(("--vae", vae.clone())),
+        None => inputs.extend(
+            ["vae.safetensors", "vae.ckpt"]
+                .map(|n| ("the VAE found beside --weights", dir.join(n))),
+        ),
+    }
+    match &args.model.config {
+        Some(config) => inputs.push(("--config", PathBuf::from(config))),
+        None => inputs.extend(
+            ["manifest.json", "config.json"]
+                .map(|n| ("the configuration found beside --weights", dir.join(n))),
+        ),
+    }
+    for (what, input) in inputs {
+        if same_file(&args.out, &input) {
+            return Err(DisaError::InvalidSetting(format!(
+                "--out {} is the same file as {what} ({}): converting would overwrite its own \
+                 input; choose another --out",
+                printable(&args.out.display().to_string()),
+                printable(&input.display().to_string())
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn convert(args: ConvertArgs) -> Result<()> {
-    let output = ConvertOutput::of(&args)?;
     disa::weights::atomic::check_output_file(&args.out, "--out", &[])?;
+    let output = ConvertOutput::of(&args)?;
+    check_out_is_not_an_input(&args)?;
     let given = args.defaults.as_deref().map(parse_defaults).transpose()?;
     if given.is_some() && !matches!(output, ConvertOutput::Disa(_)) {
         return Err(DisaError::InvalidSetting(

@@ -2,7 +2,9 @@
 //! accuracy and Fréchet distance with a bootstrap confidence interval, and the real test
 //! images' own figures at the same sample size as the floor.
 
-use super::args::{CfgScheduleArg, Clip, ModelArgs, SHIPPED_CLASSIFIER, parse_clip, suggested};
+use super::args::{
+    CfgScheduleArg, Clip, ModelArgs, SHIPPED_CLASSIFIER, check_flags, parse_clip, suggested,
+};
 use super::common::{MAX_IMAGES, check_batch, printable, progress_bar};
 use clap::Args;
 use disa::data::{DEBIAN_DIR, FashionMnist};
@@ -79,21 +81,22 @@ pub struct EvalArgs {
     /// 25→5; --quick: the baselines and linear:50:5].
     #[arg(long, value_delimiter = ';', value_parser = parse_row)]
     pub schedules: Option<Vec<RowSpec>>,
-    /// Classifier-free guidance scale, 1 = off [default: the model's suggestion, else 1].
+    /// Classifier-free guidance scale in 1..=1000, 1 = off [default: the model's suggestion,
+    /// else 1].
     #[arg(long)]
     pub cfg: Option<f32>,
     /// How the CFG scale grows over the AR steps [default: the model's suggestion, else
     /// linear].
     #[arg(long, value_enum, ignore_case = true)]
     pub cfg_schedule: Option<CfgScheduleArg>,
-    /// Noise temperature [default: the model's suggestion, else 1].
+    /// Noise temperature in 0..=100 [default: the model's suggestion, else 1].
     #[arg(long)]
     pub temperature: Option<f32>,
     /// Timestep clip of rows without `@clip`: default (950 for DiSA schedules, none for
     /// constant ones, as the official code), none, or a timestep (950).
     #[arg(long, default_value = "default", value_parser = parse_clip)]
     pub clip: Clip,
-    /// Bootstrap resamples per figure [default: 500; --quick: 100].
+    /// Bootstrap resamples per figure, in 2..=100000 [default: 500; --quick: 100].
     #[arg(long)]
     pub bootstrap: Option<usize>,
     /// Confidence level of the intervals.
@@ -114,6 +117,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = DEBIAN_DIR)]
     pub data: PathBuf,
 }
+
+/// The most bootstrap resamples `--bootstrap` accepts: intervals settle within a few thousand,
+/// and each resample recomputes every figure (a Fréchet distance's matrix square root).
+pub const MAX_BOOTSTRAP: usize = 100_000;
 
 /// `K` values in order, repeats dropped.
 fn distinct(ks: impl IntoIterator<Item = usize>) -> Vec<usize> {
@@ -141,6 +148,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         seed: args.seed,
     };
     bootstrap.validate()?;
+    if bootstrap.resamples > MAX_BOOTSTRAP {
+        return Err(DisaError::InvalidSetting(format!(
+            "--bootstrap {}: at most {MAX_BOOTSTRAP} resamples (a few thousand already give \
+             steady intervals)",
+            bootstrap.resamples
+        )));
+    }
     let reference_images = args.reference.unwrap_or(if quick { 2000 } else { 10_000 });
     let classes = classifier::CLASSES;
     if reference_images < classes || !reference_images.is_multiple_of(classes) {
@@ -171,16 +185,32 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .map(|r| parse_row(r).map_err(DisaError::InvalidSetting))
             .collect::<Result<_>>()?,
     };
-    let bundle = args.model.bundle()?;
-    let model_name = printable(&bundle.info.name);
     // Every row's K and schedule come from --ar-steps and --schedules; the other settings as
-    // in `generate`.
+    // in `generate`. The flags given are checked before anything is loaded: each row's with
+    // each K given.
     let flags = SamplingDefaults {
         cfg: args.cfg,
         cfg_schedule: args.cfg_schedule.map(Into::into),
         temperature: args.temperature,
         ..SamplingDefaults::default()
     };
+    check_flags(&flags, args.clip)?;
+    let given_ks: Vec<Option<usize>> = match &args.ar_steps {
+        Some(ks) => ks.iter().map(|&k| Some(k)).collect(),
+        None => vec![None],
+    };
+    for k in given_ks {
+        for row in &rows {
+            let row_flags = SamplingDefaults {
+                ar_steps: k,
+                schedule: Some(row.schedule.clone()),
+                ..flags.clone()
+            };
+            check_flags(&row_flags, row.clip.unwrap_or(args.clip))?;
+        }
+    }
+    let bundle = args.model.bundle()?;
+    let model_name = printable(&bundle.info.name);
     let sampling = suggested(&bundle)?.overridden_by(&flags).resolve();
     let ks = match &args.ar_steps {
         Some(ks) if ks.is_empty() => {

@@ -27,7 +27,7 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Noise temperature [default: the model's suggestion, else 1].
+    /// Noise temperature in 0..=100 [default: the model's suggestion, else 1].
     #[arg(long)]
     pub temperature: Option<f32>,
     /// Compute backend.

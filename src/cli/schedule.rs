@@ -16,11 +16,12 @@ use std::fmt::Write;
         "Diffusion steps per AR step: constant:N, linear:START:END, cosine:START:END, \
          two-stage:START:END or custom:N,N,... (one per AR step) [default: linear:50:5]"
     )),
-    mut_arg("cfg", |a| a.help("Classifier-free guidance scale, 1 = off [default: 1]")),
+    mut_arg("cfg", |a| a.help("Classifier-free guidance scale in 1..=1000, 1 = off [default: 1]")),
     mut_arg("cfg_schedule", |a| a.help("How the CFG scale grows over the AR steps [default: linear]")),
 )]
 pub struct ScheduleArgs {
-    /// Tokens per image (256 for MAR at 256×256).
+    /// Tokens per image, a square number of at most 1048576 (= 1024×1024; 256 for MAR at
+    /// 256×256).
     #[arg(long, default_value_t = 256)]
     pub tokens: usize,
     #[command(flatten)]
@@ -32,6 +33,13 @@ pub fn print_schedule(args: ScheduleArgs) -> Result<()> {
     let sampling = args.sampling.resolve(&SamplingDefaults::default(), None);
     // The settings go through the same validation as `generate`'s, on a model with this many
     // tokens (MAR's token grid is square).
+    if args.tokens > schedule::MAX_TOKENS {
+        return Err(DisaError::InvalidSetting(format!(
+            "--tokens {}: at most {} (a 1024×1024 token grid) tokens per image are planned",
+            args.tokens,
+            schedule::MAX_TOKENS
+        )));
+    }
     let side = (args.tokens as f64).sqrt().round() as usize;
     if args.tokens == 0 || side * side != args.tokens {
         return Err(DisaError::InvalidSetting(format!(
@@ -69,10 +77,18 @@ pub fn print_schedule(args: ScheduleArgs) -> Result<()> {
         "k", "tokens", "masked", "nominal", "effective", "cfg"
     );
     for st in &plan.steps {
+        // The last step reveals every token left, as the official code's does: none stay
+        // masked, although its `mask_len` (which the linear CFG scale still reads) is clamped
+        // to 1.
+        let masked = if st.k + 1 == plan.steps.len() {
+            0
+        } else {
+            st.mask_len_after
+        };
         let _ = writeln!(
             text,
             "{:>4} {:>7} {:>9} {:>8} {:>10} {:>6.3}",
-            st.k, st.tokens, st.mask_len_after, st.nominal_steps, st.effective_steps, st.cfg
+            st.k, st.tokens, masked, st.nominal_steps, st.effective_steps, st.cfg
         );
     }
     let tokens: usize = plan.steps.iter().map(|s| s.tokens).sum();
