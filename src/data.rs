@@ -46,6 +46,17 @@ fn be_u32(bytes: &[u8], at: usize, source: &str) -> Result<u32> {
         .ok_or_else(|| bad(source, format!("truncated header ({} bytes)", bytes.len())))
 }
 
+/// What a file holds against what its header declares, as text: data read by
+/// [`read_maybe_gz`] stops one byte past the declared size, so a longer file is only known to
+/// hold more ([`read_idx_file`] sizes it).
+fn found(len: usize, declared: usize) -> String {
+    if len > declared {
+        format!("more than {declared} (at least {len} bytes; the rest is not read)")
+    } else {
+        format!("{len}")
+    }
+}
+
 /// Grayscale images, row-major, one byte per pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Images {
@@ -87,7 +98,7 @@ pub fn parse_images(source: &str, bytes: &[u8]) -> Result<Images> {
             source,
             format!(
                 "{count} images of {rows}×{cols} need {expected} bytes, the file has {}",
-                data.len()
+                found(data.len(), expected)
             ),
         ));
     }
@@ -113,7 +124,10 @@ pub fn parse_labels(source: &str, bytes: &[u8], num_classes: usize) -> Result<Ve
     if data.len() != count {
         return Err(bad(
             source,
-            format!("{count} labels declared, the file has {}", data.len()),
+            format!(
+                "{count} labels declared, the file has {}",
+                found(data.len(), count)
+            ),
         ));
     }
     if let Some((i, l)) = data
@@ -131,20 +145,47 @@ pub fn parse_labels(source: &str, bytes: &[u8], num_classes: usize) -> Result<Ve
 
 /// Reads an idx file, gunzipping it when it starts with the gzip magic. The header is read
 /// first and the rest only as far as it says (at most [`MAX_IDX_BYTES`]), so a compression
-/// bomb or a file that never ends costs no more than a valid file of the size it claims.
+/// bomb or a file that never ends costs no more than a valid file of the size it claims. A
+/// file longer than its header says comes back with one byte more than declared, which
+/// [`parse_images`] and [`parse_labels`] refuse; [`read_idx_file`] says by how much.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    read_file(path, false)
+}
+
+/// [`read_maybe_gz`], refusing a file longer than its header says with its real size: the
+/// rest is counted (never stored) on disk, or through gzip up to [`MAX_IDX_BYTES`] more.
+pub fn read_idx_file(path: &Path) -> Result<Vec<u8>> {
+    read_file(path, true)
+}
+
+/// How much a file holds past its header, when more than the header declares.
+enum Surplus {
+    /// Exactly this many bytes of data.
+    Exactly(u64),
+    /// More than this many (counting stopped there).
+    MoreThan(u64),
+}
+
+fn read_file(path: &Path, size_surplus: bool) -> Result<Vec<u8>> {
     let source = path.display().to_string();
-    let (mut file, _) = crate::weights::atomic::open_regular(path)?;
+    let (mut file, len) = crate::weights::atomic::open_regular(path)?;
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic).map_err(|e| DisaError::Io {
         path: source.clone(),
         source: e,
     })?;
     let file = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
-    if magic[..n] == [0x1f, 0x8b] {
+    let gzip = magic[..n] == [0x1f, 0x8b];
+    let (bytes, surplus) = if gzip {
         // Say that the gzip layer is where it went wrong: a damaged download reads as a
         // truncated or garbled idx file otherwise.
-        read_idx(&source, flate2::read::GzDecoder::new(file)).map_err(|e| match e {
+        read_idx(
+            &source,
+            flate2::read::GzDecoder::new(file),
+            None,
+            size_surplus,
+        )
+        .map_err(|e| match e {
             DisaError::Dataset {
                 source_name,
                 reason,
@@ -155,14 +196,49 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
                 ),
             },
             other => other,
-        })
+        })?
     } else {
-        read_idx(&source, file)
-    }
+        read_idx(&source, file, Some(len), size_surplus)?
+    };
+    let Some(surplus) = surplus else {
+        return Ok(bytes);
+    };
+    let (header, declared) = if be_u32(&bytes, 0, &source)? == IMAGES_MAGIC {
+        let dim = |i: usize| be_u32(&bytes, 4 * i, &source);
+        (16, format!("{} images of {}×{}", dim(1)?, dim(2)?, dim(3)?))
+    } else {
+        (8, format!("{} labels", be_u32(&bytes, 4, &source)?))
+    };
+    let need = bytes.len() - header - 1;
+    let found = match surplus {
+        Surplus::Exactly(n) => format!("{n}"),
+        Surplus::MoreThan(n) => format!("more than {n}"),
+    };
+    let (after, what) = if gzip {
+        (" once decompressed", ".gz file")
+    } else {
+        ("", "file")
+    };
+    Err(bad(
+        &source,
+        format!(
+            "{declared} need {need} bytes after the {header}-byte header, the {what} holds \
+             {found}{after}: it is not the file its header describes (damaged, or another file); \
+             fetch it again (Debian: reinstall dataset-fashion-mnist)"
+        ),
+    ))
 }
 
-/// Reads one idx file from `input`: its header, then exactly the payload the header declares.
-fn read_idx(source: &str, mut input: impl Read) -> Result<Vec<u8>> {
+/// Reads one idx file from `input`: its header, then exactly the payload the header declares,
+/// and one byte more if there is one. With `size_surplus`, such a surplus is sized: from
+/// `file_len` (the whole file's bytes) when known, else by reading on (unstored) up to
+/// [`MAX_IDX_BYTES`].
+fn read_idx(
+    source: &str,
+    mut input: impl Read,
+    file_len: Option<u64>,
+    size_surplus: bool,
+) -> Result<(Vec<u8>, Option<Surplus>)> {
     let corrupt = |e: std::io::Error| bad(source, format!("unreadable or corrupt ({e})"));
     let mut head = vec![0u8; 8];
     input
@@ -197,14 +273,30 @@ fn read_idx(source: &str, mut input: impl Read) -> Result<Vec<u8>> {
             ),
         ));
     }
+    let header = head.len() as u64;
     let mut bytes = head;
     bytes.reserve(payload as usize);
     // One byte more than declared, to notice a file longer than its header says.
-    input
+    (&mut input)
         .take(payload + 1)
         .read_to_end(&mut bytes)
         .map_err(corrupt)?;
-    Ok(bytes)
+    if !size_surplus || bytes.len() as u64 <= header + payload {
+        return Ok((bytes, None));
+    }
+    let surplus = match file_len {
+        Some(len) => Surplus::Exactly(len - header),
+        None => {
+            let rest = std::io::copy(&mut input.take(MAX_IDX_BYTES), &mut std::io::sink())
+                .map_err(corrupt)?;
+            if rest == MAX_IDX_BYTES {
+                Surplus::MoreThan(payload + MAX_IDX_BYTES)
+            } else {
+                Surplus::Exactly(payload + 1 + rest)
+            }
+        }
+    };
+    Ok((bytes, Some(surplus)))
 }
 
 /// One split: images and their labels.
@@ -241,7 +333,7 @@ impl FashionMnist {
             };
             let ip = find(format!("{prefix}-images-idx3-ubyte"))?;
             let lp = find(format!("{prefix}-labels-idx1-ubyte"))?;
-            let images = parse_images(&ip.display().to_string(), &read_maybe_gz(&ip)?)?;
+            let images = parse_images(&ip.display().to_string(), &read_idx_file(&ip)?)?;
             if (images.rows, images.cols) != (IMAGE_SIDE, IMAGE_SIDE) {
                 return Err(bad(
                     &ip.display().to_string(),
@@ -253,7 +345,7 @@ impl FashionMnist {
             }
             let labels = parse_labels(
                 &lp.display().to_string(),
-                &read_maybe_gz(&lp)?,
+                &read_idx_file(&lp)?,
                 CLASS_NAMES.len(),
             )?;
             if labels.len() != images.count {

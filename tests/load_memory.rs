@@ -240,11 +240,12 @@ fn huge_claimed_tensors_and_huge_files_are_not_read() {
         config: Some(reference().join("manifest.json").display().to_string()),
         state_dict: "model_ema".into(),
     };
-    // A tensor the model does not use, 256 MB: skipped unread.
+    // A tensor the model does not use, 256 MB: refused by name, unread.
     let unused = dir.join("unused.safetensors");
     with_claimed_tensor(&model, &unused, "extra.big", 64 << 20);
     let (peak, _, r) = measure(|| files(unused.clone()).load());
-    r.expect("the model's own tensors load");
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("does not use: `extra.big`"), "{err}");
     assert!(
         peak < 2 * model_bytes,
         "peak {peak} for a {model_bytes}-byte model"
@@ -332,12 +333,13 @@ fn a_deflated_huge_tensor_in_a_pth_is_never_inflated() {
         config: config.then(|| reference().join("manifest.json").display().to_string()),
         state_dict: "model_ema".into(),
     };
-    // A tensor the model does not use: skipped unread, and the model loads.
+    // A tensor the model does not use: refused by name, never inflated.
     let unused = dir.join("unused.pth");
     torch_checkpoint(&unused, &[&format!("extra.big={huge}")]);
     assert!(std::fs::metadata(&unused).unwrap().len() < 8 << 20);
     let (peak, _, r) = measure(|| files(unused.clone(), true).load());
-    r.expect("the model's own tensors load");
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("does not use: `extra.big`"), "{err}");
     assert!(peak < 2 * model_bytes, "peak {peak}, model {model_bytes}");
     // The same size under a name the model uses: more values than the model has, refused
     // before reading, with the configuration given and inferred from the claimed shapes.

@@ -211,7 +211,14 @@ impl Bundle {
         // One parse of the header serves the float tensors and the quantized ones.
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| meta_error(source_name, format!("not a valid safetensors file ({e})")))?;
-        let mut all = WeightMap::from_safetensors(source_name, &st)?;
+        let entries: BTreeMap<String, QuantEntry> = match meta.get("quantized") {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| meta_error(source_name, format!("metadata `quantized`: {e}")))?,
+            None => BTreeMap::new(),
+        };
+        // The quantized tensors' bytes are decoded below; any other tensor must be a float.
+        let mut all =
+            WeightMap::from_safetensors(source_name, &st, &|name| entries.contains_key(name))?;
         let mut stored: BTreeMap<String, StoredForm> = st
             .tensors()
             .into_iter()
@@ -221,33 +228,29 @@ impl Bundle {
             .map(|(name, _)| (name, StoredForm::F16))
             .collect();
         let mut quantized = BTreeMap::new();
-        if let Some(text) = meta.get("quantized") {
-            let entries: BTreeMap<String, QuantEntry> = serde_json::from_str(text)
-                .map_err(|e| meta_error(source_name, format!("metadata `quantized`: {e}")))?;
-            for (name, entry) in entries {
-                quantized.insert(name.clone(), entry.bits);
-                let view = st.tensor(&name).map_err(|_| {
-                    meta_error(source_name, format!("quantized tensor `{name}` is missing"))
-                })?;
-                if view.dtype() != safetensors::Dtype::U8 {
-                    return Err(meta_error(
-                        source_name,
-                        format!("quantized tensor `{name}` is not stored as bytes"),
-                    ));
-                }
-                let t = quant::decode(view.data(), &entry.shape, entry.bits)
-                    .map_err(|e| meta_error(source_name, format!("tensor `{name}`: {e}")))?;
-                if name.starts_with(KEEP_STORED_PREFIX) {
-                    stored.insert(
-                        name.clone(),
-                        StoredForm::Quantized {
-                            bits: entry.bits,
-                            bytes: view.data().to_vec(),
-                        },
-                    );
-                }
-                all.tensors.insert(name, t);
+        for (name, entry) in entries {
+            quantized.insert(name.clone(), entry.bits);
+            let view = st.tensor(&name).map_err(|_| {
+                meta_error(source_name, format!("quantized tensor `{name}` is missing"))
+            })?;
+            if view.dtype() != safetensors::Dtype::U8 {
+                return Err(meta_error(
+                    source_name,
+                    format!("quantized tensor `{name}` is not stored as bytes"),
+                ));
             }
+            let t = quant::decode(view.data(), &entry.shape, entry.bits)
+                .map_err(|e| meta_error(source_name, format!("tensor `{name}`: {e}")))?;
+            if name.starts_with(KEEP_STORED_PREFIX) {
+                stored.insert(
+                    name.clone(),
+                    StoredForm::Quantized {
+                        bits: entry.bits,
+                        bytes: view.data().to_vec(),
+                    },
+                );
+            }
+            all.tensors.insert(name, t);
         }
         let mut sorted: Vec<(&String, &HostTensor)> = all.tensors.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
@@ -277,6 +280,16 @@ impl Bundle {
                 source_name,
                 "declares a VAE decoder but holds no `vae.` tensors",
             ));
+        }
+        // Tensors the model or decoder would not take are refused, not ignored.
+        super::usage::check_mar_unused(
+            source_name,
+            mar.iter().map(|(k, t)| (k.as_str(), t.numel() as f64)),
+            &config,
+            Some("the `config` in the file's metadata"),
+        )?;
+        if let Some(vae) = &vae {
+            super::usage::check_vae_unused(vae)?;
         }
         Ok(Self {
             config,

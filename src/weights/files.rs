@@ -4,7 +4,7 @@
 use super::bundle::Fnv1a;
 use super::limits;
 use super::map::{
-    FileFormat, MAX_SAFETENSORS_HEADER, ReadLimits, detect_format, is_mar_tensor,
+    Expect, FileFormat, MAX_SAFETENSORS_HEADER, ReadLimits, detect_format, is_mar_tensor,
     is_vae_decoder_tensor, read_safetensors_streaming, sniff_path, unknown_format,
 };
 use super::{Bundle, BundleInfo, DecoderSpec, SourceFile, WeightMap};
@@ -85,15 +85,17 @@ impl ModelFiles {
         self.weights.parent().unwrap_or(Path::new("."))
     }
 
-    /// The configuration given (`--config`) or found beside the weights, if any.
-    fn given_config(&self) -> Result<Option<MarConfig>> {
+    /// The configuration given (`--config`) or found beside the weights, if any, with where
+    /// it came from (for messages).
+    fn given_config(&self) -> Result<Option<(MarConfig, String)>> {
         if let Some(spec) = &self.config {
-            return config_from_spec(spec).map(Some);
+            return config_from_spec(spec).map(|c| Some((c, format!("--config {spec}"))));
         }
         for name in ["manifest.json", "config.json"] {
             let candidate = self.dir().join(name);
             if candidate.exists() {
-                return read_config_json(&candidate).map(Some);
+                let origin = format!("{}, found beside the weights", candidate.display());
+                return read_config_json(&candidate).map(|c| Some((c, origin)));
             }
         }
         Ok(None)
@@ -116,7 +118,9 @@ impl ModelFiles {
 
     /// As [`ModelFiles::load`], reporting `(bytes read, file size)` while a bundle file is read
     /// (in 4 MiB chunks into one buffer, parsed from there). Official weights are read tensor
-    /// by tensor, only those the model uses, within what the configuration allows.
+    /// by tensor, only those the model uses, within what the configuration allows; a file
+    /// holding tensors the model would not use (a configuration with fewer blocks than the
+    /// weights, another model's file) is refused naming them, before any is read.
     pub fn load_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Bundle> {
         let name = self.weights.display().to_string();
         let (head, len) = sniff_path(&self.weights)?;
@@ -136,11 +140,17 @@ impl ModelFiles {
             let bytes = read_with_progress(&self.weights, progress)?;
             return Bundle::from_bytes(&name, &bytes);
         }
-        let given = self.given_config()?;
+        let (given, origin) = self.given_config()?.unzip();
+        // Every tensor of the file must be one the model takes: the others are refused by
+        // name before any is read (a configuration with fewer blocks than the weights, or
+        // another model's file, would otherwise draw other images without a word).
         let read_limits = ReadLimits {
             keep: is_mar_tensor,
             max_values: given.as_ref().map(limits::config_params),
-            outline_model: true,
+            expect: Expect::Mar {
+                config: given.clone(),
+                origin,
+            },
         };
         let mar = match format {
             FileFormat::Safetensors => read_safetensors_streaming(&self.weights, &read_limits)?,
@@ -159,12 +169,15 @@ impl ModelFiles {
         let vae_limits = ReadLimits {
             keep: is_vae_decoder_tensor,
             max_values: None,
-            outline_model: false,
+            expect: Expect::VaeDecoder,
         };
         let vae = self
             .vae_path()
             .map(|p| WeightMap::read_path(&p, Some("model"), &vae_limits))
             .transpose()?;
+        if let Some(vae) = &vae {
+            super::usage::check_vae_unused(vae)?;
+        }
         let decoder = if vae.is_some() {
             DecoderSpec::Vae
         } else {

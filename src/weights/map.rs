@@ -50,24 +50,29 @@ fn decode_floats(source_name: &str, key: &str, dtype: &str, bytes: &[u8]) -> Res
 }
 
 impl WeightMap {
-    /// Parses a safetensors file held in memory. Non-float tensors are skipped (checkpoints
-    /// carry none the model needs); a malformed header or truncated data is an error.
+    /// Parses a safetensors file held in memory. Every tensor must be of a float type: one
+    /// stored as an integer or bool is an error that names it (a model never takes one); a
+    /// malformed header or truncated data is an error.
     pub fn from_safetensors_bytes(source_name: &str, bytes: &[u8]) -> Result<Self> {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
             format_error(source_name, format!("not a valid safetensors file ({e})"))
         })?;
-        Self::from_safetensors(source_name, &st)
+        Self::from_safetensors(source_name, &st, &|_| false)
     }
 
-    /// The float tensors of a parsed safetensors file (others are skipped).
+    /// The float tensors of a parsed safetensors file. Tensors of other types are an error
+    /// ([`not_float_error`]), except those `skip` names (a bundle's quantized bytes, which its
+    /// reader decodes itself).
     pub(crate) fn from_safetensors(
         source_name: &str,
         st: &safetensors::SafeTensors<'_>,
+        skip: &dyn Fn(&str) -> bool,
     ) -> Result<Self> {
         let mut tensors = BTreeMap::new();
+        let mut others = Vec::new();
         for (name, view) in st.tensors() {
             let dtype = format!("{:?}", view.dtype());
-            if matches!(dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
+            if is_float(&dtype) {
                 let values = decode_floats(source_name, &name, &dtype, view.data())?;
                 tensors.insert(
                     name,
@@ -76,7 +81,18 @@ impl WeightMap {
                         values,
                     },
                 );
+            } else if !skip(&name) && !is_counter(&name) {
+                others.push(Listed {
+                    name,
+                    dtype,
+                    shape: view.shape().to_vec(),
+                });
             }
+        }
+        if !others.is_empty() {
+            others.sort_by(|a, b| a.name.cmp(&b.name));
+            let refs: Vec<&Listed> = others.iter().collect();
+            return Err(not_float_error(source_name, "", &refs));
         }
         Ok(Self {
             source_name: source_name.to_string(),
@@ -101,6 +117,10 @@ impl WeightMap {
         limits: &ReadLimits,
     ) -> Result<Self> {
         let source_name = path.display().to_string();
+        // Messages name the state dict asked for (an alias reads the same dict).
+        let place = top_level_key
+            .map(|k| format!(" under `{k}`"))
+            .unwrap_or_default();
         check_pickle_size(path)?;
         // A key whose state dict is the same object as another's is read as that one.
         let aliased = top_level_key.and_then(|k| pickle_aliases(path).remove(k));
@@ -128,40 +148,44 @@ impl WeightMap {
                     format!("not a readable PyTorch checkpoint{hint}: {e}"),
                 )
             })?;
-        let mut wanted = Vec::new();
-        for (name, tensor) in reader.into_tensors() {
-            let code = match format!("{:?}", tensor.dtype()).as_str() {
-                "F32" => "F32",
-                "F16" => "F16",
-                "BF16" => "BF16",
-                "F64" => "F64",
-                _ => continue,
-            };
-            if (limits.keep)(&name) {
-                wanted.push((name, code, tensor));
-            }
-        }
-        // Claimed sizes first.
-        limits.check(
-            &source_name,
-            wanted.iter().map(|(name, _, t)| (name.as_str(), t.shape())),
-        )?;
+        let mut all: Vec<(Listed, pytorch_reader::Tensor)> = reader
+            .into_tensors()
+            .into_iter()
+            .map(|(name, tensor)| {
+                let dtype = match tensor.dtype() {
+                    pytorch_reader::DType::Bool => "BOOL".to_string(),
+                    other => format!("{other:?}"),
+                };
+                let shape = tensor.shape().to_vec();
+                (Listed { name, dtype, shape }, tensor)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let listed: Vec<&Listed> = all.iter().map(|(l, _)| l).collect();
+        // Names, types and claimed sizes first: nothing is read from a file refused here.
+        let wanted = limits.select(&source_name, &place, &listed)?;
         let mut tensors = BTreeMap::new();
-        for (name, code, tensor) in wanted {
-            let shape = tensor.shape().to_vec();
+        for i in wanted {
+            let (Listed { name, dtype, shape }, tensor) = &all[i];
             let bytes = tensor.read().map_err(|e| {
                 format_error(
                     &source_name,
                     format!("tensor `{name}`: data unreadable ({e})"),
                 )
             })?;
-            let values = decode_floats(&source_name, &name, code, &bytes)?;
-            tensors.insert(name, HostTensor { shape, values });
+            let values = decode_floats(&source_name, name, dtype, &bytes)?;
+            tensors.insert(
+                name.clone(),
+                HostTensor {
+                    shape: shape.clone(),
+                    values,
+                },
+            );
         }
         if tensors.is_empty() {
             return Err(format_error(
                 &source_name,
-                "the checkpoint holds no float tensors",
+                format!("the checkpoint holds no float tensors{place}"),
             ));
         }
         Ok(Self {
@@ -368,19 +392,97 @@ pub(crate) fn sniff_path(path: &std::path::Path) -> Result<(Vec<u8>, u64)> {
     Ok((head, len))
 }
 
+/// Float dtypes (safetensors' names, which the PyTorch reader's match).
+fn is_float(dtype: &str) -> bool {
+    matches!(dtype, "F32" | "F16" | "BF16" | "F64")
+}
+
+/// A BatchNorm's step counter (an integer buffer, never a weight): skipped by readers that
+/// take every tensor, so a state dict of such a model still reads.
+fn is_counter(name: &str) -> bool {
+    name.ends_with("num_batches_tracked")
+}
+
+/// One tensor as a file lists it, before any of its data is read.
+pub(crate) struct Listed {
+    pub name: String,
+    /// Safetensors' dtype name (`F32`, `I64`, `BOOL`, …).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Listed {
+    /// Values the shape claims, in floating point (a product may overflow).
+    fn values(&self) -> f64 {
+        self.shape.iter().map(|&d| d as f64).product()
+    }
+}
+
+/// The error for tensors a reader would take that are not of a float type (`others`, sorted),
+/// naming the first with its type and shape. `place` says where in the file (` under
+/// `model_ema``).
+pub(crate) fn not_float_error(source_name: &str, place: &str, others: &[&Listed]) -> DisaError {
+    let first = others[0];
+    let more = match others.len() {
+        1 => String::new(),
+        n => format!(
+            " (and {} more not of a float type: {})",
+            n - 1,
+            super::usage::some_keys(others[1..].iter().map(|l| l.name.as_str()), n - 1)
+        ),
+    };
+    let (kind, origin) = if first.dtype.starts_with("F8") {
+        (
+            "an 8-bit float type disa does not read",
+            "saved in 8-bit floats",
+        )
+    } else {
+        ("not a float type", "saved from an integer or bool tensor")
+    };
+    format_error(
+        source_name,
+        format!(
+            "tensor `{}`{place} (shape {:?}) is there but stored as {}, {kind}{more}: weights \
+             must be F32, F16, BF16 or F64. It was {origin} (or the file was edited); save the \
+             model's float weights and convert again",
+            first.name, first.shape, first.dtype
+        ),
+    )
+}
+
+/// What a file read with [`ReadLimits`] must hold.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Expect {
+    /// Any float tensors.
+    #[default]
+    Any,
+    /// A MAR model. The kept tensors must outline one: a configuration is inferred from the
+    /// claimed shapes before any data is read, so a file that cannot be one is refused
+    /// unread, and with no `max_values` given the tensors are held to the inferred model's
+    /// size. Every tensor of the file (kept or not) must be one that a model of `config`
+    /// (given, else the inferred one) takes: the others are refused by name, unread.
+    Mar {
+        config: Option<crate::model::MarConfig>,
+        /// Where `config` came from, for messages (`--config x.json`).
+        origin: Option<String>,
+    },
+    /// A VAE whose decoder is read: a file without one is refused saying what it holds.
+    VaeDecoder,
+}
+
 /// Which tensors of a file to read, and how many values they may hold (reading files from
 /// disk: native only).
 #[cfg(not(target_arch = "wasm32"))]
-#[derive(Clone, Copy)]
+#[derive(Clone, Debug)]
 pub(crate) struct ReadLimits {
     /// Tensors (by name) the model uses; the others are never read.
     pub keep: fn(&str) -> bool,
     /// The values a model of the known configuration has (tensors kept must not hold more).
     pub max_values: Option<f64>,
-    /// The kept tensors must outline a MAR model: a configuration is inferred from the claimed
-    /// shapes before any data is read, so a file that cannot be one is refused unread, and with
-    /// no `max_values` given the tensors are held to the inferred model's size.
-    pub outline_model: bool,
+    /// What the file must hold.
+    pub expect: Expect,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -389,18 +491,64 @@ impl Default for ReadLimits {
         Self {
             keep: |_| true,
             max_values: None,
-            outline_model: false,
+            expect: Expect::Any,
         }
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl ReadLimits {
+    /// The tensors to read among those a file lists (`listed`, all of them, with the types
+    /// and shapes the file declares), as indices into `listed`, after refusing, before any is
+    /// read: a kept tensor of no float type, a file without what [`Expect`] asks for, tensors
+    /// the model would not use, and claimed sizes over the budget. `place` says where in the
+    /// file the tensors are (` under `model``), for messages.
+    pub fn select(&self, source_name: &str, place: &str, listed: &[&Listed]) -> Result<Vec<usize>> {
+        let kept: Vec<usize> = (0..listed.len())
+            .filter(|&i| (self.keep)(&listed[i].name))
+            .collect();
+        let others: Vec<&Listed> = kept
+            .iter()
+            .map(|&i| listed[i])
+            .filter(|l| !is_float(&l.dtype) && !is_counter(&l.name))
+            .collect();
+        if !others.is_empty() {
+            return Err(not_float_error(source_name, place, &others));
+        }
+        let kept: Vec<usize> = kept
+            .into_iter()
+            .filter(|&i| is_float(&listed[i].dtype))
+            .collect();
+        if kept.is_empty() {
+            match &self.expect {
+                Expect::VaeDecoder => return Err(no_vae_error(source_name, place, listed)),
+                Expect::Mar { .. } if listed.iter().any(|l| is_vae_decoder_tensor(&l.name)) => {
+                    return Err(DisaError::MissingTensor {
+                        source_name: source_name.to_string(),
+                        key: "z_proj.weight".into(),
+                        hint: format!(
+                            " (its tensors{place} are a VAE's decoder: this looks like a VAE \
+                             file, not a MAR model; give the MAR weights, and the VAE as --vae)"
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let shapes = kept
+            .iter()
+            .map(|&i| (listed[i].name.as_str(), listed[i].shape.as_slice()));
+        self.check(source_name, listed, shapes)?;
+        Ok(kept)
+    }
+
     /// Refuses the kept tensors' claimed shapes (`(name, shape)` as the file declares them)
-    /// over the budget, before any is read.
-    pub fn check<'a>(
+    /// over the budget, and for a MAR model the file's tensors (`listed`) it would not use,
+    /// before any is read.
+    fn check<'a>(
         &self,
         source_name: &str,
+        listed: &[&Listed],
         shapes: impl Iterator<Item = (&'a str, &'a [usize])> + Clone,
     ) -> Result<()> {
         // In floating point: a shape's product may overflow.
@@ -409,7 +557,7 @@ impl ReadLimits {
             .map(|(_, s)| s.iter().map(|&d| d as f64).product::<f64>())
             .sum();
         let mut max_values = self.max_values;
-        if self.outline_model {
+        if let Expect::Mar { config, origin } = &self.expect {
             let outline = WeightMap {
                 source_name: source_name.to_string(),
                 tensors: shapes
@@ -425,6 +573,15 @@ impl ReadLimits {
             // Head counts do not change the size; one head always divides the width.
             let inferred = crate::model::MarConfig::infer(&outline, Some((1, 1)))?;
             max_values = max_values.or(Some(super::limits::config_params(&inferred)));
+            // Names before sizes: a surplus of blocks says what it is, whatever its size.
+            let model = config.as_ref().unwrap_or(&inferred);
+            let origin = config.as_ref().and(origin.as_deref());
+            super::usage::check_mar_unused(
+                source_name,
+                listed.iter().map(|l| (l.name.as_str(), l.values())),
+                model,
+                origin,
+            )?;
         }
         if let Some(max) = max_values {
             // A little slack for extra small buffers a state dict may carry.
@@ -435,7 +592,6 @@ impl ReadLimits {
                 )));
             }
         }
-        #[cfg(not(target_arch = "wasm32"))]
         super::limits::check_fits(
             &format!("reading the tensors of {source_name}"),
             claimed * 4.0,
@@ -444,8 +600,37 @@ impl ReadLimits {
     }
 }
 
+/// The error for a file read as a VAE that holds no VAE decoder tensor: what it holds instead.
+#[cfg(not(target_arch = "wasm32"))]
+fn no_vae_error(source_name: &str, place: &str, listed: &[&Listed]) -> DisaError {
+    let wanted = "VAE decoder tensors (`decoder.*`, `post_quant_conv.*`)";
+    let reason = if listed.is_empty() {
+        format!("it holds no tensors{place}, where a VAE file holds {wanted}")
+    } else if listed.iter().any(|l| {
+        matches!(l.name.as_str(), "class_emb.weight" | "z_proj.weight")
+            || l.name.starts_with("diffloss.")
+    }) {
+        format!(
+            "this looks like a MAR checkpoint, not a VAE: its {} tensors{place} ({}) are a \
+             MAR model's, and it holds no {wanted}. Give --vae the VAE's file (e.g. \
+             `vae.ckpt` or `vae.safetensors`), and the MAR checkpoint as --weights",
+            listed.len(),
+            super::usage::some_keys(listed.iter().map(|l| l.name.as_str()), listed.len())
+        )
+    } else {
+        format!(
+            "it holds no {wanted}: its {} tensors{place} are {}. Give the KL VAE the model \
+             was trained with",
+            listed.len(),
+            super::usage::some_keys(listed.iter().map(|l| l.name.as_str()), listed.len())
+        )
+    };
+    format_error(source_name, reason)
+}
+
 /// Names of a MAR state dict's tensors (under one of the official top-level modules the
-/// model's builders name); other tensors a checkpoint may carry are skipped unread.
+/// model's builders name): the tensors of a MAR file that are read. Others are never read;
+/// loading a model from files refuses them by name, unread.
 pub fn is_mar_tensor(name: &str) -> bool {
     let module = name.split('.').next().unwrap_or(name);
     crate::model::state_dict_modules().contains(module)
@@ -498,9 +683,7 @@ pub(crate) fn read_safetensors_streaming(
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("not a valid safetensors file (header: {e})")))?;
     struct Entry {
-        name: String,
-        dtype: String,
-        shape: Vec<usize>,
+        listed: Listed,
         start: u64,
         end: u64,
     }
@@ -526,9 +709,7 @@ pub(crate) fn read_safetensors_streaming(
             )));
         }
         entries.push(Entry {
-            name,
-            dtype,
-            shape,
+            listed: Listed { name, dtype, shape },
             start,
             end,
         });
@@ -539,7 +720,7 @@ pub(crate) fn read_safetensors_streaming(
         if e.start != at {
             return Err(bad(format!(
                 "tensor `{}`: data does not follow the previous tensor's (offset {} ≠ {at})",
-                e.name, e.start
+                e.listed.name, e.start
             )));
         }
         at = e.end;
@@ -550,15 +731,13 @@ pub(crate) fn read_safetensors_streaming(
             len - 8 - n
         )));
     }
-    let wanted: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| matches!(e.dtype.as_str(), "F32" | "F16" | "BF16" | "F64"))
-        .filter(|e| (limits.keep)(&e.name))
+    entries.sort_by(|a, b| a.listed.name.cmp(&b.listed.name));
+    let listed: Vec<&Listed> = entries.iter().map(|e| &e.listed).collect();
+    let wanted: Vec<&Entry> = limits
+        .select(&source_name, "", &listed)?
+        .into_iter()
+        .map(|i| &entries[i])
         .collect();
-    limits.check(
-        &source_name,
-        wanted.iter().map(|e| (e.name.as_str(), e.shape.as_slice())),
-    )?;
     let mut tensors = BTreeMap::new();
     let data_start = 8 + n;
     for e in wanted {
@@ -566,11 +745,12 @@ pub(crate) fn read_safetensors_streaming(
             .map_err(io)?;
         let mut bytes = vec![0u8; (e.end - e.start) as usize];
         file.read_exact(&mut bytes).map_err(io)?;
-        let values = decode_floats(&source_name, &e.name, &e.dtype, &bytes)?;
+        let Listed { name, dtype, shape } = &e.listed;
+        let values = decode_floats(&source_name, name, dtype, &bytes)?;
         tensors.insert(
-            e.name.clone(),
+            name.clone(),
             HostTensor {
-                shape: e.shape.clone(),
+                shape: shape.clone(),
                 values,
             },
         );

@@ -15,6 +15,7 @@ mod pickle_scan;
 pub mod quant;
 #[cfg(not(target_arch = "wasm32"))]
 mod torch_checkpoint;
+mod usage;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use atomic::{write_atomic, write_atomic_with};
@@ -31,3 +32,4 @@ pub use map::{
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use torch_checkpoint::{save_torch_checkpoint, write_torch_checkpoint};
+pub use usage::{mar_tensor_shapes, vae_tensor_shapes};
