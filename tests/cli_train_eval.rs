@@ -211,6 +211,85 @@ fn train_makes_a_resumable_checkpoint() {
 }
 
 #[test]
+fn a_cpu_resume_starts_no_gpu_backend() {
+    // Loading the optimizer state once materialized it on Burn's default device (wgpu in
+    // this build), which probed the GPU adapters: "error: XDG_RUNTIME_DIR is invalid or not
+    // set in the environment." four times from a CPU-only resume.
+    let dir = temp_dir("train-quiet").join("run");
+    let run = |extra: &[&str]| {
+        let out = disa()
+            .args(["train", "--out", dir.to_str().unwrap(), "--batch", "2"])
+            .args(["--save-every", "1"])
+            .args(extra)
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        ok(out);
+        err
+    };
+    for (what, extra) in [
+        ("a new run", &["--steps", "1"][..]),
+        ("a resumed run", &["--steps", "2", "--resume"][..]),
+    ] {
+        let err = run(extra);
+        assert!(
+            !err.contains("XDG_RUNTIME_DIR") && !err.to_lowercase().contains("vulkan"),
+            "{what}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+#[test]
+fn resuming_past_a_damaged_checkpoint_warns_which_and_why() {
+    let dir = temp_dir("train-damaged").join("run");
+    let run = |extra: &[&str]| {
+        disa()
+            .args(["train", "--out", dir.to_str().unwrap(), "--batch", "2"])
+            .args(["--save-every", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    ok(run(&["--steps", "2"]));
+    let checkpoints = dir.join("checkpoints");
+    // A newer checkpoint whose optimizer state is empty (its manifest says otherwise).
+    let damaged = checkpoints.join("step-000000099");
+    std::fs::create_dir(&damaged).unwrap();
+    for entry in std::fs::read_dir(checkpoints.join("step-000000002")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), damaged.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(damaged.join("optimizer.bin"), b"").unwrap();
+    let out = run(&["--steps", "3", "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let text = ok(out);
+    // It still resumes from the newest intact checkpoint, and says so.
+    assert!(text.contains("1 steps in"), "one step from step 2: {text}");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(
+        warning.contains(damaged.to_str().unwrap()) && warning.contains("optimizer.bin"),
+        "{warning}"
+    );
+    assert!(err.contains("resuming from step 2"), "{err}");
+    assert!(
+        err.contains(checkpoints.join("step-000000002").to_str().unwrap()),
+        "{err}"
+    );
+    // An intact run resumes without a warning.
+    let out = run(&["--steps", "4", "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("resuming from step 3"), "{err}");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+#[test]
 fn train_can_start_from_the_shipped_model() {
     let dir = temp_dir("train-init").join("run");
     let run = |extra: &[&str]| {

@@ -189,6 +189,44 @@ fn a_resumed_run_continues_exactly() {
 }
 
 #[test]
+fn a_resume_past_a_damaged_checkpoint_reports_it() {
+    let data = first(&data().train, 16);
+    let settings = TrainSettings {
+        batch_size: 2,
+        ..TrainSettings::default()
+    };
+    let device = Device::flex().autodiff();
+    let dir = std::env::temp_dir().join(format!("disa-resume-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut t = Trainer::new(tiny(), settings, &device).unwrap();
+    t.train_step(&data).unwrap();
+    t.save(&dir, &BundleInfo::default()).unwrap();
+    let root = dir.join(disa::train::CHECKPOINTS);
+    let good = root.join(format!("step-{:09}", 1));
+    let r = Trainer::resume_reporting(&dir, &device).unwrap();
+    assert_eq!((r.trainer.step, &r.checkpoint), (1, &good));
+    assert!(r.skipped.is_empty());
+
+    // A newer checkpoint with an empty optimizer state: skipped, and told.
+    let damaged = root.join(format!("step-{:09}", 99));
+    std::fs::create_dir(&damaged).unwrap();
+    for entry in std::fs::read_dir(&good).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), damaged.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(damaged.join("optimizer.bin"), b"").unwrap();
+    let r = Trainer::resume_reporting(&dir, &device).unwrap();
+    assert_eq!((r.trainer.step, &r.checkpoint), (1, &good));
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!((r.skipped[0].step, &r.skipped[0].path), (99, &damaged));
+    let reason = r.skipped[0].reason.to_string();
+    assert!(reason.contains("optimizer.bin"), "{reason}");
+    // The plain `resume` takes the same checkpoint.
+    assert_eq!(Trainer::resume(&dir, &device).unwrap().step, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_run_started_from_weights_begins_at_them() {
     let data = first(&data().train, 16);
     let settings = TrainSettings {

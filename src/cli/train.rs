@@ -2,7 +2,7 @@
 //! `train_classifier.rs`).
 
 use super::args::ModelArgs;
-use super::common::progress_bar;
+use super::common::{printable, progress_bar};
 use clap::Args;
 use disa::data::{CLASS_NAMES, DEBIAN_DIR, FashionMnist};
 use disa::defaults::SamplingDefaults;
@@ -125,12 +125,40 @@ fn config(text: &str) -> Result<MarConfig> {
     disa::weights::config_from_spec(text)
 }
 
+/// Resumes the run in `out`, warning about every newer checkpoint skipped as damaged (the
+/// steps after the one resumed from are trained again) and saying where it resumes from.
+fn resume(out: &std::path::Path, device: &burn::tensor::Device) -> Result<Trainer> {
+    let resumed = Trainer::resume_reporting(out, device)?;
+    for s in &resumed.skipped {
+        eprintln!(
+            "warning: skipping the damaged checkpoint {} (step {}), removed at the next save: {}",
+            printable(&s.path.display().to_string()),
+            s.step,
+            printable(&s.reason.to_string())
+        );
+    }
+    let newest = resumed.skipped.first().map(|s| s.step);
+    eprintln!(
+        "resuming from step {} ({}){}",
+        resumed.trainer.step,
+        printable(&resumed.checkpoint.display().to_string()),
+        match newest {
+            Some(newest) => format!(
+                ", the newest intact checkpoint: the run continues from there, not from step \
+                 {newest}"
+            ),
+            None => String::new(),
+        }
+    );
+    Ok(resumed.trainer)
+}
+
 pub fn train(args: TrainArgs) -> Result<()> {
     // The output folder is checked before any work (the first save comes minutes later).
     disa::weights::atomic::check_output_dir(&args.out, "--out")?;
     let device = burn::tensor::Device::flex().autodiff();
     let mut trainer = if args.resume {
-        Trainer::resume(&args.out, &device)?
+        resume(&args.out, &device)?
     } else {
         if args.out.join("state.json").exists() || args.out.join(CHECKPOINTS).exists() {
             return Err(DisaError::InvalidSetting(format!(

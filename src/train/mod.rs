@@ -21,7 +21,10 @@ use crate::noise::{NoiseSource, SeededNoise};
 use crate::weights::{Bundle, BundleInfo, DecoderSpec, HostTensor, WeightMap};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, GradientsParams, LearningRate, ModuleOptimizer, Optimizer,
+    RecordState, StateSink, StateSource,
+};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -209,6 +212,35 @@ impl ModuleMapper for NumberParams {
     }
 }
 
+/// What [`Trainer::resume_reporting`] resumed, and what it skipped on the way.
+pub struct Resumed {
+    pub trainer: Trainer,
+    /// The checkpoint folder resumed from (`OUT/checkpoints/step-N`).
+    pub checkpoint: std::path::PathBuf,
+    /// The newer checkpoints that could not be loaded, newest first.
+    pub skipped: Vec<SkippedCheckpoint>,
+}
+
+/// A checkpoint [`Trainer::resume_reporting`] passed over, and why.
+#[derive(Debug)]
+pub struct SkippedCheckpoint {
+    /// The step its folder name gives.
+    pub step: usize,
+    /// Its folder.
+    pub path: std::path::PathBuf,
+    /// What is wrong with it (a file missing, or not matching the manifest, ...).
+    pub reason: DisaError,
+}
+
+/// The skipped checkpoints in one line: `step N: reason; ...`.
+fn describe(skipped: &[SkippedCheckpoint]) -> String {
+    skipped
+        .iter()
+        .map(|s| format!("step {}: {}", s.step, s.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A MAR being trained, with its optimizer and EMA weights.
 pub struct Trainer {
     pub config: MarConfig,
@@ -228,12 +260,61 @@ pub struct Trainer {
 pub const LAYOUT: PatchLayout = PatchLayout::FASHION;
 
 fn optimizer(s: &TrainSettings) -> ModuleOptimizer {
-    AdamWConfig::new()
+    let adamw = AdamWConfig::new()
         .with_beta_1(0.9)
         .with_beta_2(0.95)
         .with_weight_decay(s.weight_decay)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(s.grad_clip)))
-        .init()
+        .build();
+    // `AdamWConfig::init` is `ModuleOptimizer::from(build())` plus this clipping.
+    ModuleOptimizer::from(HostLoadedAdamW(adamw))
+        .with_grad_clipping(GradientClippingConfig::Norm(s.grad_clip).init())
+}
+
+/// Burn's AdamW, except that its saved state loads onto the CPU (Burn's `flex` device).
+///
+/// `ModuleOptimizer::from_bytes` materializes every state tensor on `Device::default()`,
+/// which in a build with the `wgpu` feature is the wgpu device: resuming a CPU run then
+/// started wgpu, which probed every GPU adapter (Vulkan, GL, ...; "error: XDG_RUNTIME_DIR is
+/// invalid or not set" four times on a machine without a display) and uploaded the whole
+/// optimizer state to a GPU only to copy it back at the first step. The host is always a
+/// valid place for the loaded state: the optimizer moves each state to its parameter's
+/// device at the next step (`Optimizer::to_device`). The steps and the saved format (the
+/// tensor names under each parameter) are AdamW's own, so runs resume bit for bit and old
+/// checkpoints load.
+#[derive(Clone)]
+struct HostLoadedAdamW(AdamW);
+
+/// [`AdamWState`], loaded onto the CPU (see [`HostLoadedAdamW`]).
+#[derive(Clone)]
+struct HostLoadedState<const D: usize>(AdamWState<D>);
+
+impl<const D: usize> RecordState for HostLoadedState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        self.0.state_flatten(prefix, out)
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, _device: &Device) -> Option<Self> {
+        AdamWState::state_unflatten(prefix, src, &Device::flex()).map(Self)
+    }
+}
+
+impl Optimizer for HostLoadedAdamW {
+    type State<const D: usize> = HostLoadedState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let (tensor, state) = self.0.step(lr, tensor, grad, state.map(|s| s.0));
+        (tensor, state.map(HostLoadedState))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        HostLoadedState(AdamW::to_device(state.0, device))
+    }
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> DisaError {
@@ -705,8 +786,16 @@ impl Trainer {
 
     /// Resumes from the newest complete checkpoint of a run folder written by
     /// [`Trainer::save`]. A checkpoint whose files do not match its manifest is skipped (rolled
-    /// back to the one before); settings are validated as from the command line.
+    /// back to the one before); settings are validated as from the command line. Which
+    /// checkpoints were skipped, and why, is not told: [`Trainer::resume_reporting`] does.
     pub fn resume(dir: &Path, device: &Device) -> Result<Self> {
+        Self::resume_reporting(dir, device).map(|r| r.trainer)
+    }
+
+    /// [`Trainer::resume`], also telling which checkpoint it resumed from and every newer one
+    /// it skipped as damaged, with the reason (for the caller to warn about: a silent
+    /// roll-back loses steps unseen).
+    pub fn resume_reporting(dir: &Path, device: &Device) -> Result<Resumed> {
         let root = dir.join(CHECKPOINTS);
         if !root.is_dir() {
             return Err(DisaError::InvalidSetting(
@@ -732,22 +821,36 @@ impl Trainer {
             })
             .collect();
         steps.sort_by_key(|s| std::cmp::Reverse(s.0));
-        let mut problems = Vec::new();
+        let mut skipped = Vec::new();
         for (step, path) in steps {
             match Self::load_checkpoint(&path, step, device) {
-                Ok(t) => return Ok(t),
-                // Settings that cannot train are final, whichever checkpoint holds them.
+                Ok(trainer) => {
+                    return Ok(Resumed {
+                        trainer,
+                        checkpoint: path,
+                        skipped,
+                    });
+                }
+                // Settings that cannot train are final, whichever checkpoint holds them (the
+                // newer ones skipped on the way are named too).
+                Err(DisaError::InvalidSetting(m)) if !skipped.is_empty() => {
+                    return Err(DisaError::InvalidSetting(format!(
+                        "{m} (in the checkpoint of step {step}, tried because the newer ones are \
+                         damaged: {})",
+                        describe(&skipped)
+                    )));
+                }
                 Err(e @ DisaError::InvalidSetting(_)) => return Err(e),
-                Err(e) => problems.push(format!("step {step}: {e}")),
+                Err(reason) => skipped.push(SkippedCheckpoint { step, path, reason }),
             }
         }
         Err(DisaError::InvalidSetting(format!(
             "{} holds no complete checkpoint{}",
             dir.display(),
-            if problems.is_empty() {
+            if skipped.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", problems.join("; "))
+                format!(" ({})", describe(&skipped))
             }
         )))
     }
