@@ -440,10 +440,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 fn print_work(rows: &[Row]) {
     println!("multiply-adds per image (G) and their rate (G/s):");
     for r in rows {
-        let rate = |macs: u64, seconds: f64| macs as f64 / 1e9 / seconds.max(1e-12);
+        // Three significant digits: a software adapter runs at hundredths of a G/s.
+        let rate = |macs: u64, seconds: f64| {
+            let g = macs as f64 / 1e9 / seconds.max(1e-12);
+            let decimals = (2 - g.abs().max(1e-9).log10().floor() as i32).clamp(0, 4);
+            format!("{g:.*}", decimals as usize)
+        };
         let m = r.macs_per_image;
         println!(
-            "  {:<18}transformer blocks {:.2} G at {:.1} G/s · head {:.2} G at {:.1} G/s · \
+            "  {:<18}transformer blocks {:.2} G at {} G/s · head {:.2} G at {} G/s · \
              transformer {:.0}% of the time",
             r.schedule,
             m.transformer as f64 / 1e9,
