@@ -91,6 +91,17 @@ fn another_format_version_is_refused_by_name() {
 }
 
 #[test]
+fn vae_tensors_in_a_model_without_a_vae_are_refused() {
+    // The official bundle with its VAE, relabelled as a tokens-only model: the `vae.` tensors
+    // would be ignored, so the file is refused (the content hash is right: it is written so).
+    let mut bundle = official();
+    bundle.decoder = DecoderSpec::None;
+    let bytes = bundle.to_bytes().unwrap();
+    let err = Bundle::from_bytes("relabelled", &bytes).err().unwrap();
+    assert!(err.to_string().contains("declares no VAE decoder"), "{err}");
+}
+
+#[test]
 fn truncated_bundles_are_format_errors() {
     let bytes = official().to_bytes().unwrap();
     for cut in [0, 5, 9, 200, bytes.len() / 2, bytes.len() - 1] {

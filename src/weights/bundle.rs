@@ -281,6 +281,22 @@ impl Bundle {
                 "declares a VAE decoder but holds no `vae.` tensors",
             ));
         }
+        if let (false, Some(vae)) = (decoder == DecoderSpec::Vae, &vae) {
+            return Err(meta_error(
+                source_name,
+                format!(
+                    "holds {} `vae.` tensor(s) ({}) but declares no VAE decoder: they would be \
+                     ignored; the file was edited or mislabelled",
+                    vae.tensors.len(),
+                    vae.tensors
+                        .keys()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         // Tensors the model or decoder would not take are refused, not ignored.
         super::usage::check_mar_unused(
             source_name,

@@ -109,7 +109,13 @@ fn pack_int4(values: &[u8]) -> Vec<u8> {
 /// Decodes file bytes written by [`encode`] back to f32 values of `shape`.
 pub fn decode(bytes: &[u8], shape: &[usize], bits: Bits) -> Result<HostTensor> {
     let bad = |m: String| DisaError::Format(m);
-    let numel: usize = shape.iter().product();
+    // A shape from a file: its size must not overflow (nor the bytes it would need, 5 per value
+    // at most), whatever the file claims.
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|n| n.checked_mul(5).is_some())
+        .ok_or_else(|| bad(format!("quantized tensor shape {shape:?} is too large")))?;
     // Blocks run along each row, as `quantizable` requires of what `encode` is given.
     if shape.len() != 2 || !shape[1].is_multiple_of(BLOCK) || numel == 0 {
         return Err(bad(format!(
@@ -232,6 +238,14 @@ pub fn gpu_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_too_large_to_count_is_an_error() {
+        for shape in [[usize::MAX, 64], [usize::MAX / 4, 64]] {
+            let err = decode(&[], &shape, Bits::Int8).unwrap_err().to_string();
+            assert!(err.contains("too large"), "{shape:?}: {err}");
+        }
+    }
 
     #[test]
     fn requantizing_gives_back_the_stored_bytes() {
