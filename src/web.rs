@@ -239,6 +239,7 @@ struct Parsed {
 
 impl Parsed {
     fn from_js(value: JsValue) -> Result<Self, JsError> {
+        check_request_keys(&value)?;
         let r: WebRequest = serde_wasm_bindgen::from_value(value)
             .map_err(|e| JsError::new(&format!("bad request: {e}")))?;
         let request = Request {
@@ -257,6 +258,45 @@ impl Parsed {
             previews: r.previews,
         })
     }
+}
+
+/// [`WebRequest`]'s fields as JavaScript spells them.
+const REQUEST_FIELDS: [&str; 10] = [
+    "classLabel",
+    "seed",
+    "arSteps",
+    "schedule",
+    "cfg",
+    "cfgSchedule",
+    "temperature",
+    "clip",
+    "kernels",
+    "previews",
+];
+
+/// A request's keys, checked before serde reads it: `serde_wasm_bindgen` looks up only the
+/// fields it knows, so `deny_unknown_fields` never sees a misspelt one (`kernel`, `clips`),
+/// and a missing `classLabel` (an `Option`) would silently mean "unconditional".
+fn check_request_keys(value: &JsValue) -> Result<(), JsError> {
+    let Some(object) = value.dyn_ref::<js_sys::Object>() else {
+        return Ok(()); // not an object: serde's own error names the type
+    };
+    for key in js_sys::Object::keys(object).iter() {
+        let key = key.as_string().unwrap_or_default();
+        if !REQUEST_FIELDS.contains(&key.as_str()) {
+            return Err(JsError::new(&format!(
+                "bad request: unknown field `{key}`, expected one of {}",
+                REQUEST_FIELDS.join(", ")
+            )));
+        }
+    }
+    if !js_sys::Reflect::has(object, &"classLabel".into()).unwrap_or(false) {
+        return Err(JsError::new(
+            "bad request: missing field `classLabel` (a class index, or null for an \
+             unconditional image)",
+        ));
+    }
+    Ok(())
 }
 
 /// One AR step of a plan.
@@ -841,24 +881,28 @@ impl Session {
     /// Starts a teaching analysis of `request` (the page's request: same seed, same image) with
     /// `samples` re-samples per token for the spread. Cancels any analysis in progress.
     #[wasm_bindgen(js_name = teachStart)]
-    pub fn teach_start(&self, request: JsValue, samples: usize) -> Result<(), JsError> {
+    pub fn teach_start(&self, request: JsValue, samples: f64) -> Result<(), JsError> {
         let g = self.generator()?;
         let Parsed { request, seed, .. } = Parsed::from_js(request)?;
-        if !(2..=4096).contains(&samples) {
+        // A JS number: a `usize` parameter would wrap 2³² + 3 to 3 and truncate 1.5 to 1.
+        if !(samples.fract() == 0.0 && samples >= 0.0) {
             return Err(JsError::new(&format!(
-                "re-samples per token must be in 2..=4096, got {samples}"
+                "re-samples per token must be a whole number, got {samples}"
             )));
         }
+        let options = AnalysisOptions {
+            // Saturated: anything past u32 is refused as too many below.
+            samples: samples.min(u32::MAX as f64) as usize,
+            ..AnalysisOptions::default()
+        };
+        options.validate().map_err(js_err)?;
         let ar_steps = request.ar_steps;
         let recorder =
             Recorder::new(g.clone(), request, Box::new(SeededNoise::new(seed))).map_err(js_err)?;
         self.inner.borrow_mut().teach.set(Some(Teach {
             generator: g,
             phase: TeachPhase::Recording(recorder),
-            options: AnalysisOptions {
-                samples,
-                ..AnalysisOptions::default()
-            },
+            options,
             ar_steps,
         }));
         Ok(())

@@ -192,11 +192,18 @@ async function generate({ runId, request, lane }) {
   }
 }
 
+// The `init` in progress. Every other message waits for it: a file picked while the built-in
+// model downloads must not be replaced by it when the download ends, and nothing may reach a
+// session that does not exist yet.
+let initializing = null;
+
 self.onmessage = async ({ data }) => {
+  if (initializing && !(data && data.type === 'init')) await initializing.catch(() => {});
   try {
     switch (data.type) {
       case 'init':
-        await initAll(data);
+        initializing = initAll(data);
+        await initializing;
         break;
       case 'loadFile':
         try {

@@ -439,12 +439,15 @@ test('CPU fallback when WebGPU is unavailable; a corrupt weights file gives a me
 });
 
 /** A copy of a disa model file whose `config` metadata is edited by `edit` (tensors unchanged). */
-function withConfig(file, edit) {
+const withConfig = (file, edit) => withMetadata(file, 'config', edit);
+
+/** A copy of a disa model file whose JSON metadata entry `key` is edited by `edit`. */
+function withMetadata(file, key, edit) {
   const n = Number(file.readBigUInt64LE(0));
   const header = JSON.parse(file.toString('utf8', 8, 8 + n));
-  const config = JSON.parse(header.__metadata__.config);
-  edit(config);
-  header.__metadata__.config = JSON.stringify(config);
+  const value = JSON.parse(header.__metadata__[key]);
+  edit(value);
+  header.__metadata__[key] = JSON.stringify(value);
   let json = Buffer.from(JSON.stringify(header));
   json = Buffer.concat([json, Buffer.alloc((8 - (json.length % 8)) % 8, 0x20)]);
   const len = Buffer.alloc(8);
@@ -485,6 +488,62 @@ test('bench mode (previews off, as bench-page.mjs runs it): one decode at the en
   } catch (e) {
     console.log(logs.slice(-20).join('\n'));
     throw e;
+  } finally {
+    await context.close();
+  }
+});
+
+test('the library refuses a misspelt or missing request field and a sample count a JS number would wrap', { timeout: TIMEOUT }, async () => {
+  const { context, page } = await launchBrowser({ webgpu: false });
+  try {
+    await gotoBlank(page, baseUrl);
+    const answers = await page.evaluate(async () => {
+      const lib = await import('./disa.js');
+      await lib.default();
+      const session = new lib.Session();
+      await session.initBackend(true);
+      const bytes = new Uint8Array(await (await fetch('assets/model.safetensors')).arrayBuffer());
+      session.loadModel('model.safetensors', bytes);
+      const base = { classLabel: 0, seed: 0, arSteps: 4, schedule: 'linear:8:2', cfg: 2, cfgSchedule: 'linear', temperature: 1 };
+      const attempt = (f) => { try { f(); return 'accepted'; } catch (e) { return String(e && e.message || e); } };
+      const unlabelled = { ...base };
+      delete unlabelled.classLabel;
+      return {
+        valid: attempt(() => session.plan(base)),
+        unconditional: attempt(() => session.plan({ ...base, classLabel: null })),
+        misspelt: attempt(() => session.plan({ ...base, kernel: 'tensor' })),
+        missing: attempt(() => session.startGeneration(unlabelled)),
+        wrapped: attempt(() => session.teachStart(base, 2 ** 32 + 3)),
+        fractional: attempt(() => session.teachStart(base, 2.5)),
+      };
+    });
+    assert.equal(answers.valid, 'accepted');
+    assert.equal(answers.unconditional, 'accepted', 'null asks for an unconditional image');
+    assert.match(answers.misspelt, /unknown field `kernel`/);
+    assert.match(answers.missing, /missing field `classLabel`/);
+    assert.match(answers.wrapped, /too many|at most/);
+    assert.match(answers.fractional, /whole number/);
+  } finally {
+    await context.close();
+  }
+});
+
+test('a file picked while the built-in model still downloads is the model the page ends with', { timeout: TIMEOUT }, async () => {
+  const { context, page, logs } = await launchBrowser({ webgpu: false });
+  try {
+    // The built-in model's download takes 4 s; the user's file arrives during it.
+    await page.route('**/assets/model.safetensors', async (route) => {
+      await new Promise((resolve) => setTimeout(resolve, 4000));
+      await route.continue();
+    });
+    const mine = withMetadata(fs.readFileSync(MODEL), 'info', (info) => { info.name = 'My own model'; });
+    await page.goto(baseUrl);
+    await page.waitForSelector('#file-input', { state: 'attached' });
+    await page.setInputFiles('#file-input', { name: 'mine.safetensors', mimeType: 'application/octet-stream', buffer: mine });
+    await waitState(page, ['ready'], logs);
+    // Past the download's end: the built-in model must not replace the user's.
+    await page.waitForTimeout(5000);
+    assert.match(await text(page, 'model-info'), /^My own model/);
   } finally {
     await context.close();
   }
