@@ -2,7 +2,7 @@
 //! of one generation, as a CSV table and an SVG plot for slides.
 
 use super::args::{BackendArg, ModelArgs, SamplingArgs, suggested};
-use super::common::{MAX_IMAGES, check_batch, printable, progress_bar, write_file};
+use super::common::{check_batch, check_image_count, printable, progress_bar, write_file};
 use clap::Args;
 use disa::analysis::{Analysis, AnalysisOptions, Analyzer, Recorder};
 use disa::backend::Backend;
@@ -331,11 +331,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         args.classes.iter().map(|&c| Some(c)).collect()
     };
     let images = classes.len().saturating_mul(args.batch);
-    if images > MAX_IMAGES {
-        return Err(DisaError::InvalidSetting(format!(
-            "{images} images at once is more than the {MAX_IMAGES} accepted: lower --batch"
-        )));
-    }
+    check_image_count(images)?;
     let device = Backend::from(args.backend).device()?;
     let bundle = args.model.bundle()?;
     let sampling = args

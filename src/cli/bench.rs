@@ -4,7 +4,7 @@
 use super::args::{
     BackendArg, CfgScheduleArg, Clip, KernelsArg, ModelArgs, check_flags, parse_clip, suggested,
 };
-use super::common::{MAX_IMAGES, check_batch, printable};
+use super::common::{check_batch, check_image_count, printable};
 use clap::Args;
 use disa::backend::Backend;
 use disa::defaults::SamplingDefaults;
@@ -170,12 +170,7 @@ fn check_before_loading(args: &BenchArgs, flags: &SamplingDefaults) -> Result<()
             args.repeats
         )));
     }
-    if args.batch > MAX_IMAGES {
-        return Err(DisaError::InvalidSetting(format!(
-            "{} images at once is more than the {MAX_IMAGES} accepted: lower --batch",
-            args.batch
-        )));
-    }
+    check_image_count(args.batch)?;
     // Each row's settings as its request will have them (a custom schedule against --ar-steps
     // where K is given; against the model's K once it is loaded).
     check_flags(flags, args.clip)?;

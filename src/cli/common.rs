@@ -69,14 +69,21 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Refuses `images` images of `config` (doubled rows with guidance) that would not fit in
-/// memory, before anything is allocated for them.
-pub fn check_batch(config: &disa::model::MarConfig, images: usize, cfg: f32) -> Result<()> {
+/// Refuses more than [`MAX_IMAGES`] images at once: the part of [`check_batch`] that needs no
+/// model, so commands run it before loading one.
+pub fn check_image_count(images: usize) -> Result<()> {
     if images > MAX_IMAGES {
         return Err(DisaError::InvalidSetting(format!(
             "{images} images at once is more than the {MAX_IMAGES} accepted: lower --batch"
         )));
     }
+    Ok(())
+}
+
+/// Refuses `images` images of `config` (doubled rows with guidance) that would not fit in
+/// memory, before anything is allocated for them.
+pub fn check_batch(config: &disa::model::MarConfig, images: usize, cfg: f32) -> Result<()> {
+    check_image_count(images)?;
     disa::weights::limits::check_fits(
         &format!("generating {images} images at once (lower --batch)"),
         disa::weights::limits::sampling_bytes(config, images as f64, cfg != 1.0),

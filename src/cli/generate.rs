@@ -2,7 +2,7 @@
 //! step and a per-phase timing table.
 
 use super::args::{BackendArg, KernelsArg, ModelArgs, SamplingArgs, suggested};
-use super::common::{IMAGE_EXTENSIONS, MAX_IMAGES, check_batch, progress_bar, write_image};
+use super::common::{IMAGE_EXTENSIONS, check_batch, check_image_count, progress_bar, write_image};
 use clap::Args;
 use disa::backend::Backend;
 use disa::image::{grid, images_from_tensor};
@@ -65,11 +65,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         return Err(DisaError::InvalidSetting("batch must be at least 1".into()));
     }
     let images = classes.len().saturating_mul(args.batch);
-    if images > MAX_IMAGES {
-        return Err(DisaError::InvalidSetting(format!(
-            "{images} images at once is more than the {MAX_IMAGES} accepted: lower --batch"
-        )));
-    }
+    check_image_count(images)?;
     let backend = Backend::from(args.backend);
     let device = backend.device()?;
     let bundle = args.model.bundle()?;

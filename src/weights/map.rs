@@ -411,12 +411,10 @@ pub(crate) struct Listed {
     pub shape: Vec<usize>,
 }
 
+/// Values a claimed shape holds, in floating point (a file's product may overflow `usize`).
 #[cfg(not(target_arch = "wasm32"))]
-impl Listed {
-    /// Values the shape claims, in floating point (a product may overflow).
-    fn values(&self) -> f64 {
-        self.shape.iter().map(|&d| d as f64).product()
-    }
+fn claimed_values(shape: &[usize]) -> f64 {
+    shape.iter().map(|&d| d as f64).product()
 }
 
 /// The error for tensors a reader would take that are not of a float type (`others`, sorted),
@@ -551,11 +549,7 @@ impl ReadLimits {
         listed: &[&Listed],
         shapes: impl Iterator<Item = (&'a str, &'a [usize])> + Clone,
     ) -> Result<()> {
-        // In floating point: a shape's product may overflow.
-        let claimed: f64 = shapes
-            .clone()
-            .map(|(_, s)| s.iter().map(|&d| d as f64).product::<f64>())
-            .sum();
+        let claimed: f64 = shapes.clone().map(|(_, s)| claimed_values(s)).sum();
         let mut max_values = self.max_values;
         if let Expect::Mar { config, origin } = &self.expect {
             let outline = WeightMap {
@@ -578,7 +572,9 @@ impl ReadLimits {
             let origin = config.as_ref().and(origin.as_deref());
             super::usage::check_mar_unused(
                 source_name,
-                listed.iter().map(|l| (l.name.as_str(), l.values())),
+                listed
+                    .iter()
+                    .map(|l| (l.name.as_str(), claimed_values(&l.shape))),
                 model,
                 origin,
             )?;
